@@ -1,0 +1,222 @@
+"""Shared plumbing for every stage: user errors, atomic file writes, JSON, progress.
+
+All file writing in the project goes through `atomic_path` / `write_text` /
+`write_json` here, so that an interrupted run never leaves a truncated output
+in place of a good one (and so that "only rank 0 writes" has one place to live).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+log = logging.getLogger("mini_llm")
+
+# Exit codes, documented in the README and stable across versions.
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class UserError(Exception):
+    """Bad user input or environment: main.py prints `error: <message>` and exits with `code`."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE):
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------- files
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds.
+
+    The temporary file lives in the same folder (same filesystem) so `os.replace`
+    is atomic. On any exception, KeyboardInterrupt included, the temporary file is
+    removed and an existing `path` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file"):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{what} {path} is not valid JSON ({e}); pass the right file")
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def require_file(path: str | os.PathLike, what: str) -> Path:
+    """Check that `path` is a readable, non-empty regular file; return it as a Path."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise UserError(f"{what} is not a regular file: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"{what} is empty: {path}")
+    return path
+
+
+def refuse_same_file(inputs: Iterable[str | os.PathLike], output: str | os.PathLike) -> None:
+    """Refuse to overwrite an input file with its own output."""
+    out = Path(output)
+    if not out.exists():
+        return
+    for p in inputs:
+        p = Path(p)
+        if p.exists() and os.path.samefile(p, out):
+            raise UserError(f"output {out} is also an input; choose another --output path")
+
+
+# --------------------------------------------------------------------------- logging and progress
+
+def setup_logging(quiet: bool = False, logfile: Optional[str | os.PathLike] = None) -> None:
+    """Logs go to stderr (never stdout, which --json keeps for its one object)."""
+    log.handlers.clear()
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(console)
+    if logfile is not None:
+        add_log_file(logfile)
+
+
+def add_log_file(path: str | os.PathLike) -> None:
+    """Append every log record, with a timestamp, to `path` (e.g. runs/x/train.log)."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(handler)
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+class Progress:
+    """A progress bar on a terminal, plain periodic log lines otherwise (cron, pipes).
+
+    Usage:
+        with Progress("encoding", total=n_bytes, unit="B") as p:
+            p.update(k, loss=1.23)
+    `quiet` hides everything. Extra keyword fields passed to update() are shown
+    after the bar (terminal) or in the log line (non-terminal).
+    """
+
+    def __init__(self, desc: str, total: Optional[float] = None, unit: str = "it",
+                 quiet: bool = False, log_every_s: float = 10.0):
+        self.desc, self.total, self.unit, self.quiet = desc, total, unit, quiet
+        self.log_every_s = log_every_s
+        self.n = 0.0
+        self.fields: dict = {}
+        self._bar = None
+        self._start = time.monotonic()
+        self._last_log = self._start
+
+    def __enter__(self) -> "Progress":
+        if not self.quiet and stderr_is_terminal():
+            from tqdm import tqdm
+            self._bar = tqdm(total=self.total, desc=self.desc, unit=self.unit,
+                             unit_scale=self.unit == "B", dynamic_ncols=True, file=sys.stderr,
+                             leave=False)
+        return self
+
+    def update(self, n: float = 1, **fields) -> None:
+        self.n += n
+        self.fields.update(fields)
+        if self._bar is not None:
+            self._bar.update(n)
+            if fields:
+                self._bar.set_postfix({k: _fmt(v) for k, v in self.fields.items()}, refresh=False)
+        elif not self.quiet:
+            now = time.monotonic()
+            if now - self._last_log >= self.log_every_s:
+                self._last_log = now
+                log.info(self._line(now))
+
+    def _line(self, now: float) -> str:
+        elapsed = now - self._start
+        done = f"{_fmt(self.n)}"
+        if self.total:
+            pct = 100.0 * self.n / self.total
+            eta = elapsed * (self.total - self.n) / self.n if self.n else float("nan")
+            done = f"{_fmt(self.n)}/{_fmt(self.total)} {self.unit} ({pct:.1f}%, eta {format_seconds(eta)})"
+        extra = " ".join(f"{k}={_fmt(v)}" for k, v in self.fields.items())
+        return f"{self.desc}: {done} elapsed {format_seconds(elapsed)} {extra}".rstrip()
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def format_seconds(s: float) -> str:
+    if s != s or s == float("inf"):  # NaN or inf
+        return "?"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
+
+
+def parse_duration(text: str) -> float:
+    """'90m' -> 5400.0, '2h' -> 7200.0, '45s' or '45' -> 45.0, '1h30m' -> 5400.0."""
+    import re
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", t)
+    if not parts or "".join(a + b for a, b in parts) != t:
+        raise ValueError(f"cannot parse duration {text!r}; use e.g. 2h, 90m, 1h30m, 45s")
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0}
+    return sum(float(a) * scale[b] for a, b in parts)
