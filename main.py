@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from common import EXIT_INTERRUPTED, UserError, log, setup_logging
@@ -42,7 +43,24 @@ def cmd_init_tokenizer(args) -> int:
 # =========================================================================== train
 
 def cmd_train(args) -> int:
-    raise UserError("train is not implemented yet")
+    import training
+    from common import parse_duration
+    overrides = {name: getattr(args, name) for name in training.CLI_OVERRIDES}
+    if args.max_time is not None:
+        try:
+            overrides["max_time"] = parse_duration(args.max_time)
+        except ValueError as e:
+            raise UserError(f"--max-time: {e}")
+    try:
+        summary = training.train(args.tokenizer, args.corpus, args.outdir, args.config, overrides,
+                                 separator=args.separator, resume=args.resume, force=args.force,
+                                 quiet=args.quiet)
+    except training.Interrupted as e:
+        sys.stderr.write(f"error: {e.reason} before training started; nothing was saved\n")
+        return e.code
+    if args.json:
+        emit_json(summary)
+    return training.exit_code(summary["stopped_reason"])
 
 
 # =========================================================================== generate
@@ -54,25 +72,43 @@ def cmd_generate(args) -> int:
 # =========================================================================== evaluate
 
 def cmd_evaluate(args) -> int:
-    raise UserError("evaluate is not implemented yet")
+    from common import require_file
+    for path, what in ((args.test_file, "test file"), (args.ckpt, "checkpoint"), (args.tokenizer, "tokenizer file")):
+        require_file(path, what)  # fail fast, before torch is imported
+    import evaluation  # torch is only imported by the stages that need it
+    result = evaluation.evaluate(args.ckpt, args.tokenizer, args.test_file, separator=args.separator,
+                                 stride=args.stride, batch_size=args.batch_size, device=args.device,
+                                 amp=args.amp, per_document=args.per_document, quiet=args.quiet)
+    if args.json:
+        emit_json(result)
+    else:
+        evaluation.print_report(result)
+    return 0
 
 
 # =========================================================================== export
 
 def cmd_export(args) -> int:
-    raise UserError("export is not implemented yet")
+    import export
+    out = export.export_hf(args.ckpt, args.tokenizer, args.out)
+    log.info(f"load it with transformers: AutoModelForCausalLM.from_pretrained({str(out)!r}) "
+             f"and AutoTokenizer.from_pretrained({str(out)!r})")
+    return 0
 
 
 # =========================================================================== report
 
 def cmd_report(args) -> int:
-    raise UserError("report is not implemented yet")
+    import report  # matplotlib is only needed here
+    report.write_report(args.runs, args.out)
+    return 0
 
 
 # =========================================================================== quickstart
 
 def cmd_quickstart(args) -> int:
-    raise UserError("quickstart is not implemented yet")
+    import quickstart
+    return quickstart.run(args.corpus, args.outdir, args.max_time, quiet=args.quiet)
 
 
 # =========================================================================== parser
@@ -128,7 +164,8 @@ def _common(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = _Parser(prog="main.py", description="mini-llm: train a small language model on your own corpus.")
+    prog = "mini-llm" if os.path.basename(sys.argv[0]) == "mini-llm" else "main.py"
+    parser = _Parser(prog=prog, description="mini-llm: train a small language model on your own corpus.")
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", parser_class=_Parser)
     sub.required = True
 
@@ -250,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=16, help="windows per batch")
     p.add_argument("--per-document", action="store_true", help="add each document's perplexity and the worst 5")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="device")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (default: on for CUDA, off elsewhere)")
     _common(p, json_flag=True)
     p.set_defaults(func=cmd_evaluate)
 
@@ -272,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", formatter_class=fmt, help="run the whole pipeline on a demo corpus")
     p.add_argument("--corpus", default=None, help="your own raw text instead of the demo corpus")
     p.add_argument("--outdir", default="runs/quickstart", help="where every stage writes")
+    p.add_argument("--max-time", default="5m", help="training budget (wall clock), e.g. 5m, 30m, 2h")
     _common(p)
     p.set_defaults(func=cmd_quickstart)
 

@@ -1,0 +1,703 @@
+"""Corpus reading, tokenizer training, the memory-mapped token store, train/val split,
+document-aware windows, and corpus analysis."""
+from __future__ import annotations
+
+# ============================================================================ tokenizer, token store, windows
+# (owned by the dataset helper)
+
+import itertools
+import json
+import math
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from common import Progress, UserError, atomic_path, file_sha256, log, require_file
+
+DOC_SEPARATOR = "<|doc|>"
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+BYTE_ALPHABET = 256                      # byte-level BPE starts from every byte value
+N_SPECIAL = 3                            # separator, end-of-text, padding (ids 0, 1, 2)
+MIN_VOCAB_SIZE = BYTE_ALPHABET + N_SPECIAL
+DEFAULT_VAL_FRACTION = 0.05              # of documents; at least one document when > 0 (see split_documents)
+
+# Long documents are cut into pieces of about this many characters (at safe line breaks) so that
+# batch encoding spreads one big document over all cores; see _text_pieces for why the tokens are
+# unchanged by the cut.
+PIECE_CHARS = 16_000
+ENCODE_BATCH_CHARS = 4_000_000           # characters handed to one encode_batch call
+FITNESS_SAMPLE_CHARS = 2_000_000         # characters of training text used for the fitness report
+FITNESS_MIN_WORD_CHARS = 8
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+def read_documents(path: str | os.PathLike, separator: str = DOC_SEPARATOR) -> Iterator[str]:
+    """Stream the documents of a corpus file: text between lines holding only `separator`.
+
+    UTF-8 (a BOM is dropped). The newline before a separator line is not part of the document;
+    documents that are empty or whitespace only are skipped. A file without separator lines is
+    one document. Raises UserError for text that is not UTF-8 or looks binary (NUL bytes).
+    """
+    path = Path(path)
+    sep = separator.strip()
+    if not sep or "\n" in sep:
+        raise UserError(f"separator {separator!r} must be a non-empty single line")
+    lines: list[str] = []
+    lineno = 0
+    try:
+        with open(path, encoding="utf-8-sig", newline=None) as f:
+            for lineno, line in enumerate(f, 1):
+                # cheap test first: a separator line is short
+                if len(line) <= len(sep) + 4 and line.strip() == sep:
+                    doc = _finish_document(lines, path)
+                    lines = []
+                    if doc is not None:
+                        yield doc
+                else:
+                    lines.append(line)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not valid UTF-8 text (bad byte near line {lineno + 1}: {e.reason}); "
+                        f"clean it with 'python main.py prepare-corpus' first")
+    doc = _finish_document(lines, path)
+    if doc is not None:
+        yield doc
+
+
+def _finish_document(lines: list[str], path: Path) -> Optional[str]:
+    if not lines:
+        return None
+    text = "".join(lines)
+    if text.endswith("\n"):
+        text = text[:-1]
+    if "\x00" in text:
+        raise UserError(f"{path} contains NUL bytes (binary data?); pass a text corpus "
+                        f"made by 'python main.py prepare-corpus'")
+    if not text.strip():
+        return None
+    return text
+
+
+# A maximal run of ASCII whitespace that holds a newline, between two non-space characters
+# (Python's \S excludes every character the tokenizer's regex counts as whitespace).
+_SAFE_CUT = re.compile(r"(?<=\S)[ \t\n\r\f\v]*\n[ \t\n\r\f\v]*(?=\S)")
+
+
+def _text_pieces(text: str, piece_chars: int = PIECE_CHARS) -> Iterator[str]:
+    """Cut `text` into pieces of about `piece_chars` characters at whitespace runs that hold a
+    newline, without changing its tokens: encoding the pieces and concatenating the ids gives
+    exactly the ids of the whole text.
+
+    Why: the byte-level pre-tokenizer (GPT-2 regex, no prefix space) splits a whitespace run W
+    between non-space characters as W[:-1] | W[-1]+next (or W alone when it is one newline), and
+    BPE merges never cross pre-tokens. Cutting before W[-1] (after W when W is a single newline)
+    therefore cuts at a pre-token boundary, and the regex gives the same pre-tokens on both sides
+    of the cut. tests/test_dataset.py checks pieces == whole on real text. A text without such
+    a run stays whole.
+    """
+    n = len(text)
+    start = 0
+    while n - start > piece_chars:
+        m = _SAFE_CUT.search(text, start + piece_chars)
+        if m is None:
+            break
+        cut = m.end() if m.end() - m.start() == 1 else m.end() - 1
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+# ---------------------------------------------------------------------------------------- tokenizer
+
+def load_tokenizer(path: str | os.PathLike):
+    """Load a tokenizer.json made by init-tokenizer; UserError if missing, invalid or foreign."""
+    from tokenizers import Tokenizer
+    path = require_file(path, "tokenizer file")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # the library raises plain Exception subclasses for bad JSON
+        raise UserError(f"{path} is not a valid tokenizer.json ({str(e).splitlines()[0][:200]}); "
+                        f"create one with 'python main.py init-tokenizer'")
+    special_ids(tok, path)
+    return tok
+
+
+def tokenizer_hash(path: str | os.PathLike) -> str:
+    """sha256 (hex) of the tokenizer file bytes: checkpoints and token stores record it."""
+    return file_sha256(require_file(path, "tokenizer file"))
+
+
+def special_ids(tok, path: str | os.PathLike | None = None) -> dict:
+    """{'sep': 0, 'eos': 1, 'pad': 2}: ids of the special tokens, looked up by their strings.
+
+    The separator token is `<|doc|>` unless the tokenizer was trained with another --separator;
+    in every case it is the special token with id 0 (see tokenizer_separator).
+    """
+    where = f" {path}" if path is not None else ""
+    decoder = tok.get_added_tokens_decoder()
+    first = decoder.get(0)
+    eos, pad = tok.token_to_id(EOS_TOKEN), tok.token_to_id(PAD_TOKEN)
+    if first is None or not first.special or eos is None or pad is None:
+        raise UserError(f"tokenizer{where} lacks the special tokens of mini-llm (separator id 0, "
+                        f"{EOS_TOKEN}, {PAD_TOKEN}); create one with 'python main.py init-tokenizer'")
+    return {"sep": 0, "eos": eos, "pad": pad}
+
+
+def tokenizer_separator(tok) -> str:
+    """The document separator string of this tokenizer (the content of special token id 0)."""
+    return tok.get_added_tokens_decoder()[0].content
+
+
+def _iter_training_texts(files: Sequence[Path], separator: str, progress: Progress) -> Iterator[str]:
+    for path in files:
+        for doc in read_documents(path, separator):
+            progress.update(len(doc.encode("utf-8")) + len(separator) + 2)
+            yield from _text_pieces(doc)
+
+
+def train_tokenizer(files: Sequence[str | os.PathLike], vocab_size: int = 32000, min_frequency: int = 2,
+                    separator: str = DOC_SEPARATOR, out_path: str | os.PathLike = "tokenizer.json",
+                    quiet: bool = False) -> dict:
+    """Train a byte-level BPE tokenizer on the documents of `files`, write it atomically to
+    `out_path` and return a fitness report (see tokenizer_fitness).
+
+    Special tokens are declared first, so their ids are stable: `separator` (default `<|doc|>`) = 0,
+    `<|endoftext|>` = 1, `<|pad|>` = 2. Only document text is fed to the trainer: separator lines
+    are never learned as characters. Raises UserError for a vocabulary smaller than the byte
+    alphabet plus the special tokens, for missing/empty/non-text files and for empty training text.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise UserError(f"--vocab-size {vocab_size} is too small: byte-level BPE needs at least "
+                        f"{MIN_VOCAB_SIZE} (256 bytes + {N_SPECIAL} special tokens); try 8000-32000")
+    if separator.strip() != separator or not separator or "\n" in separator:
+        raise UserError(f"--separator {separator!r} must be a non-empty single line without "
+                        f"leading or trailing spaces")
+    if separator in (EOS_TOKEN, PAD_TOKEN):
+        raise UserError(f"--separator {separator!r} clashes with a reserved special token")
+    paths = [require_file(f, "training file") for f in files]
+    if not any(next(iter(read_documents(p, separator)), None) is not None for p in paths):
+        raise UserError("the training text is empty (only separator lines or whitespace); "
+                        "pass a corpus made by 'python main.py prepare-corpus'")
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+        special_tokens=[separator, EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    total = sum(p.stat().st_size for p in paths)
+    with Progress("reading training text", total=total, unit="B", quiet=quiet) as progress:
+        tok.train_from_iterator(_iter_training_texts(paths, separator, progress), trainer=trainer)
+    actual = tok.get_vocab_size(with_added_tokens=True)
+    assert tok.token_to_id(separator) == 0 and tok.token_to_id(EOS_TOKEN) == 1 and tok.token_to_id(PAD_TOKEN) == 2
+    if actual < vocab_size:
+        log.warning(f"warning: the training text only supports {actual} tokens "
+                    f"(asked for {vocab_size}): more text would give a better tokenizer")
+
+    with atomic_path(out_path) as tmp:
+        tok.save(str(tmp))
+    report = tokenizer_fitness(tok, _fitness_sample(paths, separator))
+    report.update({"path": str(out_path), "vocab_size": actual, "requested_vocab_size": vocab_size,
+                   "hash": tokenizer_hash(out_path), "separator": separator,
+                   "special_tokens": {separator: 0, EOS_TOKEN: 1, PAD_TOKEN: 2},
+                   "files": [str(p) for p in paths]})
+    return report
+
+
+def _fitness_sample(paths: Sequence[Path], separator: str) -> str:
+    """The first documents of each file, FITNESS_SAMPLE_CHARS characters in all."""
+    budget = max(1, FITNESS_SAMPLE_CHARS // len(paths))
+    parts = []
+    for p in paths:
+        n = 0
+        for doc in read_documents(p, separator):
+            parts.append(doc[: budget - n])
+            n += len(parts[-1])
+            if n >= budget:
+                break
+    return "\n".join(parts)
+
+
+def tokenizer_fitness(tok, text: str, n_words: int = 10) -> dict:
+    """How well `tok` fits `text`: tokens per word, bytes per token, and how the most frequent
+    long words (>= 8 characters) split."""
+    pieces = list(_text_pieces(text))
+    n_tokens = sum(len(e.ids) for e in tok.encode_batch(pieces, add_special_tokens=False))
+    n_words_total = len(text.split())
+    n_bytes = len(text.encode("utf-8"))
+    counts = Counter(w for w in re.findall(r"\w+", text) if len(w) >= FITNESS_MIN_WORD_CHARS)
+    words = []
+    for word, count in counts.most_common(n_words):
+        ids = tok.encode(" " + word, add_special_tokens=False).ids   # as it appears after a space
+        words.append({"word": word, "count": count, "tokens": [tok.decode([i]) for i in ids]})
+    return {"sample_chars": len(text), "sample_tokens": n_tokens,
+            "tokens_per_word": n_tokens / max(1, n_words_total),
+            "bytes_per_token": n_bytes / max(1, n_tokens), "long_words": words}
+
+
+def format_fitness(report: dict) -> str:
+    """Human-readable fitness report (init-tokenizer without --json)."""
+    lines = [f"tokenizer: {report['path']} ({report['vocab_size']} tokens, separator "
+             f"{report['separator']!r} = id 0)",
+             f"on {report['sample_chars']:,} characters of training text:",
+             f"  tokens per word:  {report['tokens_per_word']:.3f}",
+             f"  bytes per token:  {report['bytes_per_token']:.3f}",
+             "  frequent long words:"]
+    for w in report["long_words"]:
+        split = "|".join(t.strip() if i == 0 else t for i, t in enumerate(w["tokens"]))
+        lines.append(f"    {w['word']:<20} x{w['count']:<7} -> {split}  ({len(w['tokens'])} tokens)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- token store
+#
+# File layout (little endian):
+#   [0, HEADER_BYTES)      magic b"MLLMTOK\0", then uint32 header JSON length, then the header JSON
+#                          (format version, dtype, n_tokens, n_docs, vocab_size, sep/eos/pad ids,
+#                          tokenizer_hash, corpus_hash, separator, offsets, file_size), zero padded
+#   tokens_offset          n_tokens ids (uint16 or uint32): SEP d1 SEP d2 ... SEP dn SEP
+#   doc_starts_offset      n_docs + 1 int64: index of the SEP before each document, then the final SEP
+# The header is written last, so a file cut short or never finished fails the checks on load.
+
+STORE_MAGIC = b"MLLMTOK\0"
+STORE_VERSION = 1
+HEADER_BYTES = 4096
+
+
+class TokenStore:
+    """A corpus as one memory-mapped stream of token ids plus its document index.
+
+    Attributes: tokens (np.memmap, 1-D), doc_starts (np.ndarray int64, n_docs + 1), n_docs,
+    vocab_size, sep_id, eos_id, pad_id, tokenizer_hash, corpus_hash, separator, path, header.
+    Document i is tokens[doc_starts[i] + 1 : doc_starts[i + 1]]; the SEP before it acts as BOS.
+    Pickling keeps only the path (DataLoader workers re-open the map, never copy the tokens).
+    """
+
+    def __init__(self, path: str | os.PathLike, header: dict):
+        self.path = Path(path)
+        self.header = header
+        self.n_docs = int(header["n_docs"])
+        self.vocab_size = int(header["vocab_size"])
+        self.sep_id, self.eos_id, self.pad_id = int(header["sep_id"]), int(header["eos_id"]), int(header["pad_id"])
+        self.tokenizer_hash, self.corpus_hash = header["tokenizer_hash"], header["corpus_hash"]
+        self.separator = header["separator"]
+        self._open()
+
+    def _open(self) -> None:
+        h = self.header
+        self.tokens = np.memmap(self.path, dtype=np.dtype(h["dtype"]), mode="r",
+                                offset=h["tokens_offset"], shape=(h["n_tokens"],))
+        self.doc_starts = np.fromfile(self.path, dtype="<i8", count=self.n_docs + 1,
+                                      offset=h["doc_starts_offset"]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.header["n_tokens"])
+
+    def doc_lengths(self) -> np.ndarray:
+        """Tokens per document (without its SEP)."""
+        return np.diff(self.doc_starts) - 1
+
+    def document(self, i: int) -> np.ndarray:
+        return self.tokens[self.doc_starts[i] + 1: self.doc_starts[i + 1]]
+
+    def __getstate__(self):
+        return {"path": str(self.path), "header": self.header}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"], state["header"])
+
+    def __repr__(self) -> str:
+        return (f"TokenStore({str(self.path)!r}, tokens={len(self):,}, docs={self.n_docs:,}, "
+                f"dtype={self.header['dtype']})")
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (vocab <= 65535), else uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 65535 else np.dtype(np.uint32)
+
+
+def token_store_path(cache_dir: str | os.PathLike, corpus_hash: str, tok_hash: str) -> Path:
+    return Path(cache_dir) / f"tokens-{corpus_hash[:12]}-{tok_hash[:12]}.bin"
+
+
+def _read_header(path: Path) -> dict:
+    """Parse and sanity-check a token store header; ValueError with the reason if it is not one."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(HEADER_BYTES)
+    if len(head) < HEADER_BYTES or head[:8] != STORE_MAGIC:
+        raise ValueError("not a mini-llm token file (bad magic or too short)")
+    n = int.from_bytes(head[8:12], "little")
+    try:
+        header = json.loads(head[12:12 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ValueError("corrupt header")
+    if header.get("version") != STORE_VERSION:
+        raise ValueError(f"format version {header.get('version')} (this program reads {STORE_VERSION})")
+    try:
+        itemsize = np.dtype(header["dtype"]).itemsize
+        expected = header["doc_starts_offset"] + 8 * (header["n_docs"] + 1)
+        consistent = (header["tokens_offset"] == HEADER_BYTES
+                      and header["doc_starts_offset"] == HEADER_BYTES + itemsize * header["n_tokens"]
+                      and header["file_size"] == expected and header["n_docs"] >= 1)
+    except (KeyError, TypeError):
+        raise ValueError("incomplete header")
+    if not consistent:
+        raise ValueError("inconsistent header")
+    if size != header["file_size"]:
+        raise ValueError(f"truncated or extended: {size} bytes instead of {header['file_size']}")
+    return header
+
+
+def open_token_store(path: str | os.PathLike, tokenizer_hash: Optional[str] = None,
+                     corpus_hash: Optional[str] = None, separator: Optional[str] = None) -> TokenStore:
+    """Open an existing token file, checking its header (and the hashes/separator when given).
+    UserError with the reason when it is not valid or does not match."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"token file not found: {path}")
+    try:
+        store = TokenStore(path, _read_header(path))
+        _check_store(store, tokenizer_hash, corpus_hash, separator)
+    except ValueError as e:
+        raise UserError(f"token file {path} cannot be used: {e}; delete it to rebuild it")
+    return store
+
+
+def _check_store(store: TokenStore, tokenizer_hash, corpus_hash, separator) -> None:
+    if tokenizer_hash is not None and store.tokenizer_hash != tokenizer_hash:
+        raise ValueError("it was made with another tokenizer")
+    if corpus_hash is not None and store.corpus_hash != corpus_hash:
+        raise ValueError("it was made from another corpus (or the corpus changed)")
+    if separator is not None and store.separator != separator:
+        raise ValueError(f"it was made with separator {store.separator!r}, not {separator!r}")
+    ds = store.doc_starts
+    if ds[0] != 0 or ds[-1] != len(store) - 1 or np.any(np.diff(ds) < 2) or np.any(store.tokens[ds] != store.sep_id):
+        raise ValueError("its document index does not match its tokens")
+
+
+def load_or_build_token_store(corpus_path: str | os.PathLike, tokenizer_path: str | os.PathLike,
+                              cache_dir: str | os.PathLike, separator: Optional[str] = None,
+                              quiet: bool = False) -> TokenStore:
+    """The token store of `corpus_path` under `tokenizer_path`, cached in `cache_dir` as
+    tokens-<corpus sha256[:12]>-<tokenizer sha256[:12]>.bin.
+
+    A valid cache is reused without tokenizing; a stale, foreign or truncated one is rebuilt.
+    `separator`: the corpus separator line; None means the tokenizer's own separator (`<|doc|>`
+    unless init-tokenizer was given another --separator).
+    """
+    corpus_path = require_file(corpus_path, "corpus file")
+    tok_hash = tokenizer_hash(tokenizer_path)
+    tok = load_tokenizer(tokenizer_path)
+    if separator is None:
+        separator = tokenizer_separator(tok)
+    c_hash = file_sha256(corpus_path)
+    path = token_store_path(cache_dir, c_hash, tok_hash)
+    if path.exists():
+        try:
+            store = TokenStore(path, _read_header(path))
+            _check_store(store, tok_hash, c_hash, separator)
+            log.info(f"token store: reusing {path} ({len(store):,} tokens, {store.n_docs:,} documents)")
+            return store
+        except (ValueError, OSError) as e:
+            log.warning(f"token store {path} is not usable ({e}): rebuilding it")
+    build_token_store(corpus_path, tok, tok_hash, c_hash, path, separator, quiet)
+    store = TokenStore(path, _read_header(path))
+    _check_store(store, tok_hash, c_hash, separator)
+    return store
+
+
+def build_token_store(corpus_path: Path, tok, tok_hash: str, corpus_hash: str, out_path: Path,
+                      separator: str, quiet: bool = False) -> None:
+    """Tokenize the corpus into `out_path` (atomically), streaming: memory stays flat.
+
+    Documents are gathered into batches of about ENCODE_BATCH_CHARS characters (long documents cut
+    into pieces, _text_pieces) and encoded with encode_batch on all cores. Text inside a document
+    never becomes a special token (encode_special_tokens), so a literal "<|doc|>" in the text
+    cannot fake a document boundary.
+    """
+    import time
+    ids = special_ids(tok)
+    sep_id = ids["sep"]
+    vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    dtype = token_dtype(vocab_size)
+    tok.encode_special_tokens = True
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)   # no offsets: faster when available
+    total_bytes = corpus_path.stat().st_size
+    doc_starts_parts: list[np.ndarray] = []
+    n_tokens = 0
+    t0 = time.perf_counter()
+    with atomic_path(out_path) as tmp, open(tmp, "wb") as f, \
+            Progress("tokenizing", total=total_bytes, unit="B", quiet=quiet) as progress:
+        f.write(b"\0" * HEADER_BYTES)
+
+        def flush(pieces: list[str], pieces_per_doc: list[int]) -> None:
+            nonlocal n_tokens
+            encs = encode(pieces, add_special_tokens=False)
+            piece_lens = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
+            flat = np.fromiter(itertools.chain.from_iterable(e.ids for e in encs), dtype=dtype,
+                               count=int(piece_lens.sum()))
+            first_piece = np.concatenate(([0], np.cumsum(pieces_per_doc)[:-1]))
+            doc_lens = np.add.reduceat(piece_lens, first_piece)
+            sep_pos = np.concatenate(([0], np.cumsum(doc_lens + 1)[:-1]))    # SEP before each doc
+            out = np.empty(len(flat) + len(doc_lens), dtype=dtype)
+            is_sep = np.zeros(len(out), dtype=bool)
+            is_sep[sep_pos] = True
+            out[is_sep] = sep_id
+            out[~is_sep] = flat
+            out.tofile(f)
+            doc_starts_parts.append(sep_pos + n_tokens)
+            n_tokens += len(out)
+
+        pieces: list[str] = []
+        pieces_per_doc: list[int] = []
+        batch_chars = batch_bytes = 0
+        for doc in read_documents(corpus_path, separator):
+            before = len(pieces)
+            pieces.extend(_text_pieces(doc))
+            pieces_per_doc.append(len(pieces) - before)
+            batch_chars += len(doc)
+            batch_bytes += len(doc.encode("utf-8")) + len(separator) + 2
+            if batch_chars >= ENCODE_BATCH_CHARS:
+                flush(pieces, pieces_per_doc)
+                progress.update(batch_bytes)
+                pieces, pieces_per_doc, batch_chars, batch_bytes = [], [], 0, 0
+        if pieces:
+            flush(pieces, pieces_per_doc)
+            progress.update(batch_bytes)
+        if not doc_starts_parts:
+            raise UserError(f"corpus {corpus_path} has no documents (only separator lines or whitespace)")
+        np.array([sep_id], dtype=dtype).tofile(f)                       # the SEP that ends the last doc
+        doc_starts = np.concatenate(doc_starts_parts + [np.array([n_tokens], dtype=np.int64)])
+        n_tokens += 1
+        doc_starts_offset = HEADER_BYTES + dtype.itemsize * n_tokens
+        assert f.tell() == doc_starts_offset
+        doc_starts.astype("<i8").tofile(f)
+        header = {"version": STORE_VERSION, "dtype": dtype.name, "n_tokens": n_tokens,
+                  "n_docs": len(doc_starts) - 1, "vocab_size": vocab_size, "sep_id": sep_id,
+                  "eos_id": ids["eos"], "pad_id": ids["pad"], "tokenizer_hash": tok_hash,
+                  "corpus_hash": corpus_hash, "corpus_bytes": total_bytes, "separator": separator,
+                  "tokens_offset": HEADER_BYTES, "doc_starts_offset": doc_starts_offset,
+                  "file_size": doc_starts_offset + 8 * len(doc_starts)}
+        blob = json.dumps(header).encode("utf-8")
+        assert 12 + len(blob) <= HEADER_BYTES
+        f.seek(0)
+        f.write(STORE_MAGIC + len(blob).to_bytes(4, "little") + blob)
+        f.flush()
+    tok.encode_special_tokens = False
+    seconds = time.perf_counter() - t0
+    log.info(f"token store: {n_tokens:,} tokens, {header['n_docs']:,} documents, "
+             f"{total_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s -> {out_path}")
+    # DataLoader workers forked later never tokenize; silence the library's fork warning there.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# ---------------------------------------------------------------------------------------- split
+
+def split_documents(n_docs: int, val_fraction: float = DEFAULT_VAL_FRACTION,
+                    seed: int = 1337) -> tuple[np.ndarray, np.ndarray]:
+    """Split document ids into (train, val), sorted int64 arrays, by whole documents.
+
+    Deterministic from `seed`. round(n_docs * val_fraction) validation documents, at least one when
+    val_fraction > 0 and n_docs >= 2, and always at least one training document. With one document
+    everything is train (make_split_windows then splits inside it).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"--val-fraction {val_fraction} must be in [0, 1)")
+    if n_docs < 1:
+        raise UserError("the corpus has no documents")
+    n_val = 0
+    if val_fraction > 0 and n_docs >= 2:
+        n_val = min(n_docs - 1, max(1, round(n_docs * val_fraction)))
+    perm = np.random.default_rng(seed).permutation(n_docs)
+    return np.sort(perm[n_val:]).astype(np.int64), np.sort(perm[:n_val]).astype(np.int64)
+
+
+def make_split_windows(store: TokenStore, block_size: int, stride: int,
+                       val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 1337):
+    """(train_windows, val_windows, warning or None) for training.
+
+    Split by whole documents (split_documents). A one-document corpus is split inside the document
+    instead: the last `val_fraction` of its tokens are validation, with a warning.
+    """
+    if store.n_docs >= 2 or val_fraction == 0:
+        train_ids, val_ids = split_documents(store.n_docs, val_fraction, seed)
+        return (make_windows(store, train_ids, block_size, stride),
+                make_windows(store, val_ids, block_size, stride), None)
+    start, end = int(store.doc_starts[0]), int(store.doc_starts[1])
+    n_val = max(1, round((end - start) * val_fraction))       # targets end - n_val + 1 .. end
+    cut = end - n_val                                          # last train target; val span starts here
+    if cut - start < 1:
+        raise UserError(f"the corpus is a single document of {end - start} tokens: too short to hold "
+                        f"out validation text; add text or pass --val-fraction 0")
+    _check_block_stride(block_size, stride)
+    train = _span_windows(np.array([start]), np.array([cut]), block_size, stride)
+    val = _span_windows(np.array([cut]), np.array([end]), block_size, stride)
+    warning = (f"the corpus has a single document: its last {n_val:,} tokens "
+               f"({100 * val_fraction:.1f}%) are the validation set; more documents give a fairer split")
+    return train, val, warning
+
+
+# ---------------------------------------------------------------------------------------- windows
+
+def _check_block_stride(block_size: int, stride: int) -> None:
+    if block_size < 1:
+        raise UserError(f"block_size {block_size} must be positive")
+    if not 1 <= stride <= block_size:
+        raise UserError(f"--stride {stride} must be between 1 and the block size {block_size} "
+                        f"(a larger stride would skip tokens)")
+
+
+def _span_windows(starts: np.ndarray, ends: np.ndarray, block_size: int, stride: int) -> np.ndarray:
+    """Windows over spans [start, end] of the stream (end inclusive, its last target): one window
+    when the span fits, else windows of block_size + 1 tokens every `stride`, the last one ending
+    exactly at `end`. Vectorised; rows [start, length] sorted by start."""
+    starts, ends = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
+    n_targets = ends - starts
+    fits = n_targets <= block_size
+    short = np.stack([starts[fits], n_targets[fits] + 1], axis=1)
+    ls, le, ln = starts[~fits], ends[~fits], n_targets[~fits]
+    # regular windows at start + k * stride while they end before `end`, then one ending at `end`
+    n_regular = -(-(ln - block_size) // stride)                 # ceil((n - block) / stride) >= 1
+    counts = n_regular + 1
+    owner = np.repeat(np.arange(len(ls)), counts)
+    k = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    win_start = np.where(k < n_regular[owner], ls[owner] + k * stride, le[owner] - block_size)
+    long = np.stack([win_start, np.full(len(win_start), block_size + 1, np.int64)], axis=1)
+    out = np.concatenate([short, long]).astype(np.int64).reshape(-1, 2)
+    return out[np.argsort(out[:, 0], kind="stable")]
+
+
+def make_windows(store: TokenStore, doc_ids, block_size: int, stride: int) -> np.ndarray:
+    """Training windows over the documents `doc_ids`: an (N, 2) int64 array of [start, length].
+
+    A window is the contiguous stream span tokens[start : start + length], length <= block_size + 1
+    (inputs are span[:-1], targets span[1:]). Document i is the span from its SEP to the next SEP,
+    so the target of its last token is the SEP, never a token of another document.
+    - A long document (> block_size targets) gets windows every `stride` tokens from its SEP, the
+      last one ending at its final SEP; every token is a target at least once.
+    - Short documents that are consecutive both in `doc_ids` and in the stream are packed greedily
+      into one window. A window that would still be under half full is widened to block_size + 1
+      tokens inside the same run of consecutive selected documents (re-reading the head of the next
+      document or the tail of the previous one), so no window is mostly padding unless the whole
+      run is shorter than that. No window reaches a document outside `doc_ids`.
+    """
+    _check_block_stride(block_size, stride)
+    doc_ids = np.unique(np.asarray(doc_ids, dtype=np.int64))
+    if len(doc_ids) == 0:
+        return np.zeros((0, 2), np.int64)
+    if doc_ids[0] < 0 or doc_ids[-1] >= store.n_docs:
+        raise ValueError(f"doc_ids out of range [0, {store.n_docs})")
+    ds = store.doc_starts
+    starts, ends = ds[doc_ids], ds[doc_ids + 1]
+    is_long = ends - starts > block_size
+    windows = [_span_windows(starts[is_long], ends[is_long], block_size, stride)]
+
+    # runs of consecutive selected documents: [run_start, run_end] stream spans
+    new_run = np.concatenate(([True], np.diff(doc_ids) != 1))
+    run_id = np.cumsum(new_run) - 1
+    run_lo = starts[new_run]
+    run_hi = ends[np.concatenate((new_run[1:], [True]))]
+    half = (block_size + 1) / 2
+    packed = []
+    s_list, e_list, r_list = starts[~is_long].tolist(), ends[~is_long].tolist(), run_id[~is_long].tolist()
+    lo_list, hi_list = run_lo.tolist(), run_hi.tolist()
+    cur_s = cur_e = cur_r = None
+    for s, e, r in itertools.chain(zip(s_list, e_list, r_list), [(None, None, None)]):
+        if cur_s is not None and (s is None or r != cur_r or s != cur_e or e - cur_s > block_size):
+            ws, we = cur_s, cur_e                      # close the current group [cur_s, cur_e]
+            if we - ws + 1 < half:
+                lo, hi = lo_list[cur_r], hi_list[cur_r]
+                we = min(hi, ws + block_size)
+                ws = max(lo, we - block_size)
+            packed.append((ws, we - ws + 1))
+            cur_s = None
+        if s is None:
+            break
+        if cur_s is None:
+            cur_s, cur_r = s, r
+        cur_e = e
+    windows.append(np.array(packed, dtype=np.int64).reshape(-1, 2))
+    out = np.concatenate(windows)
+    return out[np.argsort(out[:, 0], kind="stable")]
+
+
+class WindowDataset:
+    """torch Dataset over windows: item i -> (x, y) LongTensors of shape (block_size,).
+
+    x = span[:-1] padded with pad_id, y = span[1:] padded with -1 (ignored by the loss)."""
+
+    def __init__(self, store: TokenStore, windows: np.ndarray, block_size: int):
+        self.store, self.block_size = store, block_size
+        self.windows = np.asarray(windows, dtype=np.int64).reshape(-1, 2)
+        if len(self.windows) and self.windows[:, 1].max() > block_size + 1:
+            raise ValueError("a window is longer than block_size + 1")
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i):
+        import torch
+        start, length = self.windows[i]
+        span = torch.from_numpy(self.store.tokens[start: start + length].astype(np.int64))
+        n = length - 1
+        x = torch.full((self.block_size,), self.store.pad_id, dtype=torch.long)
+        y = torch.full((self.block_size,), -1, dtype=torch.long)
+        x[:n] = span[:-1]
+        y[:n] = span[1:]
+        return x, y
+
+
+class ResumableSampler:
+    """Batch sampler: a permutation of range(n) fixed by (seed, epoch), cut into batches.
+
+    - `start_batch` skips the batches already done (exact resume inside an epoch).
+    - Sharding: the permutation is padded by wrapping to a multiple of world_size and rank r takes
+      every world_size-th index, so all ranks get the same number of batches.
+    - The last batch may be smaller (drop_last False). Use as DataLoader(batch_sampler=...).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, start_batch: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if n < 1 or batch_size < 1:
+            raise ValueError(f"need n >= 1 and batch_size >= 1 (got n={n}, batch_size={batch_size})")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, {world_size})")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def indices(self) -> np.ndarray:
+        """This rank's indices for the current epoch, in order."""
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        total = -(-self.n // self.world_size) * self.world_size
+        if total > self.n:
+            perm = np.resize(perm, total)                # wraps around
+        return perm[self.rank::self.world_size]
+
+    def num_batches(self) -> int:
+        return -(-(-(-self.n // self.world_size)) // self.batch_size)
+
+    def __len__(self) -> int:
+        return max(0, self.num_batches() - self.start_batch)
+
+    def __iter__(self):
+        idx = self.indices()
+        for b in range(self.start_batch, self.num_batches()):
+            yield idx[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+
+
+
+# ============================================================================ corpus analysis (analyze-corpus)
+# (owned by the cleaning helper)

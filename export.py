@@ -1,0 +1,278 @@
+"""Export a checkpoint as a Hugging Face model folder (GPT-NeoX architecture, no custom code).
+
+Our model is GPT-NeoX with sequential residual (`use_parallel_residual=False`), rotary on the
+whole head (`rotary_pct=1.0`), exact GELU, LayerNorm, biases and tied embeddings, so the
+export is a renaming of weights plus one permutation (see `_neox_qkv`). The folder holds
+`config.json`, `generation_config.json`, `model.safetensors`, `tokenizer.json`,
+`tokenizer_config.json`, `special_tokens_map.json` and a short `README.md`, and loads with
+`AutoModelForCausalLM.from_pretrained(folder)` / `AutoTokenizer.from_pretrained(folder)`.
+
+transformers itself is not needed here (it is a test-only dependency): the files are
+written directly as JSON and safetensors.
+
+Differences a user of the export should know:
+- The exported tokenizer prepends the document separator (our BOS) when called with
+  `add_special_tokens=True` (the default), as our training data has a separator before every
+  document; with `add_special_tokens=False` it gives exactly our tokenizer's ids.
+- GPT-NeoX in transformers has no document-aware attention: a sequence that contains the
+  separator in the middle attends across it. Single documents (the normal generation case)
+  give the same logits as our model.
+- End of generation: both the separator (which ends every document in our training data)
+  and `<|endoftext|>` are listed as `eos_token_id`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from common import UserError, log, require_file
+
+EOT_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+DEFAULT_SEP_TOKEN = "<|doc|>"
+_MARKER = "mini-llm export"  # in README.md: marks a folder that a new export may replace
+
+
+def _neox_qkv(t: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Our fused qkv rows [q heads | k heads | v heads] -> GPT-NeoX per-head [q_h k_h v_h].
+
+    transformers views the fused output as (B, T, H, 3 * D) and chunks the last dim into
+    q, k, v, so head h owns rows [h*3D, (h+1)*3D). Works for the weight (3C, C) and bias (3C,).
+    """
+    three_c = t.shape[0]
+    D = three_c // 3 // n_head
+    rest = t.shape[1:]
+    return t.reshape(3, n_head, D, *rest).transpose(0, 1).reshape(three_c, *rest).contiguous()
+
+
+def hf_state_dict(model) -> dict[str, torch.Tensor]:
+    """Our GPT's weights under GPT-NeoX names (float32, contiguous). The tied output head is
+    not written: `tie_word_embeddings=True` makes transformers tie it to `embed_in`.
+    Missing biases (`bias=False`) are written as zeros, which is the same function."""
+    cfg = model.cfg
+    sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    C = cfg.n_embd
+
+    def get(name, shape):
+        return sd[name] if name in sd else torch.zeros(shape)
+
+    out = {"gpt_neox.embed_in.weight": sd["tok_emb.weight"]}
+    for i in range(cfg.n_layer):
+        ours, hf = f"blocks.{i}.", f"gpt_neox.layers.{i}."
+        out[hf + "input_layernorm.weight"] = sd[ours + "ln_1.weight"]
+        out[hf + "input_layernorm.bias"] = get(ours + "ln_1.bias", (C,))
+        out[hf + "attention.query_key_value.weight"] = _neox_qkv(sd[ours + "attn.qkv.weight"], cfg.n_head)
+        out[hf + "attention.query_key_value.bias"] = _neox_qkv(get(ours + "attn.qkv.bias", (3 * C,)), cfg.n_head)
+        out[hf + "attention.dense.weight"] = sd[ours + "attn.proj.weight"]
+        out[hf + "attention.dense.bias"] = get(ours + "attn.proj.bias", (C,))
+        out[hf + "post_attention_layernorm.weight"] = sd[ours + "ln_2.weight"]
+        out[hf + "post_attention_layernorm.bias"] = get(ours + "ln_2.bias", (C,))
+        out[hf + "mlp.dense_h_to_4h.weight"] = sd[ours + "mlp.fc.weight"]
+        out[hf + "mlp.dense_h_to_4h.bias"] = get(ours + "mlp.fc.bias", (4 * C,))
+        out[hf + "mlp.dense_4h_to_h.weight"] = sd[ours + "mlp.proj.weight"]
+        out[hf + "mlp.dense_4h_to_h.bias"] = get(ours + "mlp.proj.bias", (C,))
+    out["gpt_neox.final_layer_norm.weight"] = sd["ln_f.weight"]
+    out["gpt_neox.final_layer_norm.bias"] = get("ln_f.bias", (C,))
+    return {k: v.contiguous().clone() for k, v in out.items()}  # no shared storage in safetensors
+
+
+def hf_config(cfg, special: dict) -> dict:
+    """config.json for transformers' GPTNeoXForCausalLM matching ModelConfig `cfg` exactly."""
+    eos = [i for i in (special["sep"], special["eos"]) if i is not None]
+    return {
+        "architectures": ["GPTNeoXForCausalLM"],
+        "model_type": "gpt_neox",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "intermediate_size": 4 * cfg.n_embd,
+        "hidden_act": "gelu",  # exact erf GELU, as ours
+        "use_parallel_residual": False,  # x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))
+        "rotary_pct": 1.0,  # RoPE on every head dim
+        "rotary_emb_base": cfg.rope_base,
+        # transformers >= 5 reads these; 4.x reads the two keys above
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base, "partial_rotary_factor": 1.0},
+        "max_position_embeddings": cfg.block_size,
+        "layer_norm_eps": cfg.norm_eps,
+        "attention_bias": True,  # biases of zeros when our model has bias=False
+        "attention_dropout": 0.0,
+        "hidden_dropout": 0.0,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "bos_token_id": special["sep"],
+        "eos_token_id": eos if len(eos) != 1 else eos[0],
+        "pad_token_id": special["pad"],
+        "torch_dtype": "float32",
+    }
+
+
+def _special_tokens(tok, cfg) -> dict:
+    """Ids and strings of the separator (BOS), end-of-text and padding tokens."""
+    sep_id = cfg.sep_token_id if cfg.sep_token_id is not None else tok.token_to_id(DEFAULT_SEP_TOKEN)
+    ids = {"sep": sep_id, "eos": tok.token_to_id(EOT_TOKEN), "pad": tok.token_to_id(PAD_TOKEN)}
+    names = {k: (tok.id_to_token(v) if v is not None else None) for k, v in ids.items()}
+    return {**ids, "names": names}
+
+
+def _tokenizer_json(tok, special: dict) -> str:
+    """Our tokenizer.json, plus a post-processor that prepends the separator (BOS) when
+    special tokens are requested; without them the ids are exactly ours."""
+    data = json.loads(tok.to_str())
+    sep_name, sep_id = special["names"]["sep"], special["sep"]
+    if sep_name is not None and data.get("post_processor") is None:
+        data["post_processor"] = {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": sep_name, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": sep_name, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": sep_name, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {sep_name: {"id": sep_name, "ids": [sep_id], "tokens": [sep_name]}},
+        }
+    return json.dumps(data, ensure_ascii=False, indent=None)
+
+
+def _tokenizer_config(special: dict, block_size: int) -> dict:
+    names = special["names"]
+    added = {str(i): {"content": t.content, "lstrip": t.lstrip, "rstrip": t.rstrip,
+                      "normalized": t.normalized, "single_word": t.single_word, "special": t.special}
+             for i, t in special["added"].items()}
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": names["sep"],
+        "eos_token": names["eos"] or names["sep"],
+        "pad_token": names["pad"],
+        "model_max_length": block_size,
+        "padding_side": "left",  # decoder-only generation pads on the left
+        "clean_up_tokenization_spaces": False,  # decode(encode(text)) == text
+        "add_prefix_space": False,
+        "added_tokens_decoder": added,
+    }
+
+
+def _model_card(cfg, meta: dict, n_params: int) -> str:
+    return f"""---
+library_name: transformers
+pipeline_tag: text-generation
+---
+# {_MARKER}
+
+A small GPT-style language model trained with mini-llm, exported as GPT-NeoX
+(sequential residual, full rotary embeddings, tied embeddings).
+
+- parameters: {n_params:,}
+- layers {cfg.n_layer}, heads {cfg.n_head}, width {cfg.n_embd}, context {cfg.block_size} tokens,
+  vocabulary {cfg.vocab_size}
+- training step: {meta.get("step", "?")}
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained("path/to/this/folder")
+model = AutoModelForCausalLM.from_pretrained("path/to/this/folder")
+ids = tok("Había una vez", return_tensors="pt").input_ids  # starts with the document separator
+out = model.generate(ids, max_new_tokens=50, do_sample=True, top_p=0.9)
+print(tok.decode(out[0], skip_special_tokens=True))
+```
+
+Each document in training started with the separator token, which the tokenizer adds
+(`add_special_tokens=True`). transformers does not apply mini-llm's document-aware attention,
+so give one document per sequence.
+"""
+
+
+def _is_replaceable(out: Path) -> bool:
+    """True for an empty folder or a folder written by an earlier export."""
+    entries = list(out.iterdir())
+    if not entries:
+        return True
+    card = out / "README.md"
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        return (out / "config.json").is_file() and _MARKER in card.read_text(encoding="utf-8")
+    return False
+
+
+def export_hf(ckpt_path, tokenizer_path, out_dir) -> Path:
+    """Write the Hugging Face folder `out_dir` for checkpoint `ckpt_path`; return its path.
+
+    Written into a temporary sibling folder and renamed into place, so an interrupted export
+    never leaves a half-written folder where a good one was. An existing `out_dir` is replaced
+    only if it is empty or an earlier export.
+    """
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer
+
+    import model as model_lib
+
+    ckpt_path = require_file(ckpt_path, "checkpoint")
+    tokenizer_path = require_file(tokenizer_path, "tokenizer")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder; pass a folder path")
+    if out.is_dir() and not _is_replaceable(out):
+        raise UserError(f"--out {out} is a folder with other files in it; pass a new or empty folder "
+                        f"(an earlier export there would be replaced)")
+    for p in (ckpt_path, tokenizer_path):
+        if out.resolve() in p.resolve().parents:
+            raise UserError(f"--out {out} contains the input {p}; choose another output folder")
+
+    model, meta = model_lib.load_model(ckpt_path, "cpu", tokenizer_path=tokenizer_path)
+    cfg = model.cfg
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    special = _special_tokens(tok, cfg)
+    if special["sep"] is None:
+        raise UserError(f"tokenizer {tokenizer_path} has no {DEFAULT_SEP_TOKEN} token; "
+                        f"pass the tokenizer.json written by init-tokenizer")
+    special["added"] = dict(sorted(tok.get_added_tokens_decoder().items()))  # id -> AddedToken
+    names = special["names"]
+    special_map = {"bos_token": names["sep"], "eos_token": names["eos"] or names["sep"]}
+    if names["pad"] is not None:
+        special_map["pad_token"] = names["pad"]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        def write_json(name, obj):
+            (tmp / name).write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+        write_json("config.json", hf_config(cfg, special))
+        gen = {"bos_token_id": special["sep"], "eos_token_id": hf_config(cfg, special)["eos_token_id"],
+               "pad_token_id": special["pad"]}
+        write_json("generation_config.json", gen)
+        save_file(hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "tokenizer.json").write_text(_tokenizer_json(tok, special), encoding="utf-8")
+        write_json("tokenizer_config.json", _tokenizer_config(special, cfg.block_size))
+        write_json("special_tokens_map.json", special_map)
+        (tmp / "README.md").write_text(_model_card(cfg, meta, model.num_parameters()), encoding="utf-8")
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)  # safetensors writes 0600; an export is meant to be shared
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info(f"exported {model.num_parameters():,} parameters as GPT-NeoX to {out}")
+    return out
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder `tmp` onto `out`; an old `out` is removed only afterwards."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    os.rmdir(old)
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        os.replace(old, out)  # put the previous export back
+        raise
+    shutil.rmtree(old, ignore_errors=True)

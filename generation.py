@@ -1,0 +1,665 @@
+"""Sampling and generation: a pure `sample()`, KV-cached decoding (single prompts, left-padded
+batches, a sliding context), incremental UTF-8-safe decoding with stop strings, and the
+`generate` stage's text-level driver.
+
+Layers, bottom up:
+  - `filter_logits` / `sample`: pure functions of a (B, V) logits tensor.
+  - `generate_batch`: KV-cached decoding of B prompts (token ids) -> one list of B new ids per
+    step; `generate_tokens` is its single-prompt, streaming form (nanochat style: streaming is
+    iterating it).
+  - `IncrementalDecoder` / `TextStream`: ids -> text pieces that never split a character, cut
+    before stop strings.
+  - `generate_texts` / `complete`: prompts (str) -> results (str).
+
+Notation: B batch (rows), T time (tokens fed this step), S cache slots, V vocabulary, K candidates.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Sequence
+
+import torch
+
+from common import UserError, log
+
+FINISH_LENGTH = "length"                    # max_new_tokens reached
+FINISH_STOP = "stop"                        # a stop string appeared; the text ends before it
+FINISH_END_OF_DOCUMENT = "end_of_document"  # the model produced <|doc|> or <|endoftext|>
+
+# When prompt + output outgrow the model's context (block_size), decoding restarts from the
+# most recent `SLIDE_KEEP_FRACTION * block_size` tokens (re-prefilled at positions 0..). Half the
+# block keeps plenty of context while a re-prefill happens only every block_size / 2 tokens.
+SLIDE_KEEP_FRACTION = 0.5
+
+
+# =========================================================================== configuration
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.8        # 0 = greedy (argmax)
+    top_k: int = 50                 # keep the k most likely tokens (0 = off)
+    top_p: float = 0.9              # nucleus: smallest set with this much mass (1.0 = off)
+    min_p: float = 0.0              # drop tokens below min_p * p(top token) (0 = off)
+    repetition_penalty: float = 1.0  # > 1 penalises tokens already in the prompt or output
+    no_repeat_ngram: int = 0        # forbid repeating any n-gram of this size (0 = off)
+
+    def __post_init__(self):
+        problems = []
+
+        def number(name, v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                problems.append(f"{name}={v!r} must be a finite number")
+                return False
+            return True
+
+        def whole(name, v):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                problems.append(f"{name}={v!r} must be a whole number >= 0")
+
+        if number("temperature", self.temperature) and self.temperature < 0:
+            problems.append(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
+        whole("top_k", self.top_k)
+        if number("top_p", self.top_p) and not 0.0 < self.top_p <= 1.0:
+            problems.append(f"top_p={self.top_p} must be in (0, 1] (1 = off)")
+        if number("min_p", self.min_p) and not 0.0 <= self.min_p < 1.0:
+            problems.append(f"min_p={self.min_p} must be in [0, 1) (0 = off)")
+        if number("repetition_penalty", self.repetition_penalty) and self.repetition_penalty <= 0:
+            problems.append(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 = off)")
+        whole("no_repeat_ngram", self.no_repeat_ngram)
+        if problems:
+            raise ValueError("invalid sampling settings: " + "; ".join(problems))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+# =========================================================================== pure sampling
+
+def _top_k_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exactly k candidates per row -> (logits (B, k), ids (B, k)), ordered by logit descending,
+    ties by lower token id. Ties at the cut keep the lowest ids, so no extra token slips in.
+
+    Vectorised and free of host syncs: the k-th largest value is found with topk; tokens equal
+    to it beyond the `k - (number strictly above)` lowest ids are pushed to -inf, after which
+    exactly k tokens are >= the k-th value and a second topk returns precisely that set.
+    """
+    kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
+    tied = logits == kth  # (B, V)
+    n_above = (logits > kth).sum(-1, keepdim=True)  # (B, 1)
+    surplus = tied & (tied.cumsum(-1) > k - n_above)  # tied tokens past the cut, by id
+    ids = torch.topk(logits.masked_fill(surplus, float("-inf")), k, dim=-1).indices  # (B, k) the set
+    ids = ids.sort(dim=-1).values  # canonical order of the set: ascending ids
+    cand = logits.gather(-1, ids)  # (B, k)
+    cand, order = cand.sort(dim=-1, descending=True, stable=True)  # ties stay in id order
+    return cand, ids.gather(-1, order)
+
+
+def _support(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, min_p: float
+             ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The candidates of a draw: logits at `temperature` (B, K) with dropped tokens at -inf, and
+    their token ids (B, K), or None when K == V and candidate i is token i. Never writes into
+    `logits`. Filters apply in the usual order, each on the survivors of the previous one:
+      top_k: exactly k tokens (ties at the cut go to the lower token id), taken on the raw logits
+             (dividing by a positive temperature keeps their order);
+      top_p: the smallest set, in order of probability, whose mass reaches top_p (at least the
+             top token; ties in id order);
+      min_p: tokens with p >= min_p * p(top token).
+    """
+    V = logits.shape[-1]
+    if 0 < top_k < V:
+        cand, ids = _top_k_candidates(logits, top_k)  # sorted
+        cand = cand / temperature
+    elif top_p < 1.0:
+        cand, ids = torch.sort(logits / temperature, dim=-1, descending=True, stable=True)  # ties by id
+    else:
+        cand, ids = logits / temperature, None
+    if top_p < 1.0:  # cand is sorted: keep each token whose preceding mass is < top_p
+        probs = torch.softmax(cand, dim=-1)
+        mass_before = probs.cumsum(-1) - probs
+        cand = cand.masked_fill(mass_before >= top_p, float("-inf"))  # the top token always stays
+    if min_p > 0.0:  # p >= min_p * p_max  <=>  logit >= max logit + log(min_p)
+        threshold = cand.max(dim=-1, keepdim=True).values + math.log(min_p)
+        cand = cand.masked_fill(cand < threshold, float("-inf"))
+    return cand, ids
+
+
+def filter_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
+    """A new (B, V) tensor: logits / temperature, with -inf at every token that `sample` with the
+    same settings cannot draw (its support; see `_support` for the filters). temperature 0 keeps
+    only the argmax. The caller's tensor is never modified."""
+    assert logits.dim() == 2, "logits must be (B, V)"
+    if temperature == 0:
+        top = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+        return torch.full_like(logits, float("-inf")).scatter_(-1, top, logits.gather(-1, top))
+    cand, ids = _support(logits, temperature, top_k, top_p, min_p)
+    if ids is None:
+        return cand
+    return torch.full_like(cand[:, :1].expand_as(logits), float("-inf")).scatter_(-1, ids, cand)
+
+
+def sample(logits: torch.Tensor, *, temperature: float, top_k: int = 0, top_p: float = 1.0,
+           min_p: float = 0.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Draw one token id per row from (B, V) logits -> LongTensor (B,). Pure: `logits` is not
+    modified. temperature 0 = argmax (the lowest id among equal maxima; filters are moot).
+
+    The draw is an exponential race (argmax of p / Exp(1), equivalent to sampling from p) over
+    the candidates of `_support`: no host sync, and only k random numbers when top_k is on.
+    """
+    assert logits.dim() == 2, "logits must be (B, V)"
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    cand, ids = _support(logits, temperature, top_k, top_p, min_p)
+    probs = torch.softmax(cand, dim=-1)  # (B, K)
+    race = torch.empty_like(probs).exponential_(generator=generator)
+    choice = (probs / race).argmax(dim=-1)  # (B,) position among the candidates
+    return choice if ids is None else ids.gather(-1, choice[:, None]).squeeze(-1)
+
+
+def apply_repetition_penalty(logits: torch.Tensor, token_ids: torch.Tensor, penalty: float) -> torch.Tensor:
+    """New (B, V) logits where every token in `token_ids` (B, N) is penalised: a positive logit is
+    divided by `penalty`, a negative one multiplied (so > 1 always lowers the probability).
+    Repeated ids count once. Pure; `penalty == 1` returns `logits` itself."""
+    if penalty == 1.0 or token_ids.numel() == 0:
+        return logits
+    seen = logits.gather(-1, token_ids)  # (B, N)
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits.scatter(-1, token_ids, seen)
+
+
+def banned_ngram_tokens(tokens: Sequence[int], n: int) -> set[int]:
+    """Tokens that would complete an n-gram already present in `tokens` (reference form of
+    `_NgramBlocker`; n == 1 bans every token seen)."""
+    if n <= 0 or len(tokens) < n - 1:
+        return set()
+    prefix = tuple(tokens[len(tokens) - (n - 1):]) if n > 1 else ()
+    return {tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tuple(tokens[i:i + n - 1]) == prefix}
+
+
+class _NgramBlocker:
+    """Incremental no-repeat-ngram state of one row: (n-1)-gram -> tokens that followed it."""
+
+    def __init__(self, n: int, tokens: Sequence[int]):
+        self.n = n
+        self.follow: dict[tuple, set] = {}
+        self.tokens: list[int] = []
+        for t in tokens:
+            self.add(t)
+
+    def add(self, token: int) -> None:
+        self.tokens.append(token)
+        if len(self.tokens) >= self.n:
+            key = tuple(self.tokens[len(self.tokens) - self.n:-1])
+            self.follow.setdefault(key, set()).add(token)
+
+    def banned(self) -> set:
+        if len(self.tokens) < self.n - 1:
+            return set()
+        key = tuple(self.tokens[len(self.tokens) - (self.n - 1):]) if self.n > 1 else ()
+        return self.follow.get(key, set())
+
+
+# =========================================================================== KV-cached decoding
+
+def _unwrap(model):
+    """The plain GPT under DDP / torch.compile wrappers (cached decoding calls its methods)."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+class _Batch:
+    """Left-padded contexts in the cache: slot s of row i holds position s - pad[i]."""
+
+    def __init__(self, contexts: list[list[int]], S: int, device, pad_id: int):
+        P = max(len(c) for c in contexts)
+        pads = [P - len(c) for c in contexts]
+        self.P = P
+        self.idx = torch.tensor([[pad_id] * p + c for p, c in zip(pads, contexts)],
+                                dtype=torch.long, device=device)  # (B, P)
+        if any(pads):
+            pad = torch.tensor(pads, device=device)[:, None]  # (B, 1)
+            slots = torch.arange(S, device=device)[None, :]  # (1, S)
+            self.key_mask = slots >= pad  # (B, S) False = padding slot
+            self.positions = (slots - pad).clamp(min=0)  # (B, S) RoPE position of each slot
+        else:
+            self.key_mask = self.positions = None  # plain causal, position = slot
+
+    def positions_at(self, start: int, end: int) -> Optional[torch.Tensor]:
+        return None if self.positions is None else self.positions[:, start:end]
+
+
+def _prefill(model, contexts, S, slots, device, pad_id) -> tuple[_Batch, torch.Tensor]:
+    batch = _Batch(contexts, S, device, pad_id)
+    logits, _ = model(batch.idx, input_pos=slots[:batch.P], key_mask=batch.key_mask,
+                      positions=batch.positions_at(0, batch.P))
+    return batch, logits[:, -1]  # (B, V)
+
+
+@torch.inference_mode()
+def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: SamplingConfig, *,
+                   generator: Optional[torch.Generator] = None, stop_ids: Sequence[int] = (0, 1),
+                   pad_id: int = 0) -> Iterator[list[int]]:
+    """KV-cached decoding of B prompts (lists of token ids, each starting with the SEP/BOS id).
+    Yields, per step, a list of B new token ids; -1 marks a row that already ended (it produced
+    one of `stop_ids`, which is yielded once). Stops after `max_new_tokens` steps or when every
+    row has ended; the caller may simply stop iterating (rows cut by stop strings).
+
+    Each prompt is prefilled once (left-padded to a common length: `key_mask` hides the padding
+    slots and `positions` restarts RoPE at 0 on each row's first real token, so a row gets the
+    same tokens as it would alone), then one token per step. A prompt longer than the model's
+    block_size keeps its last block_size tokens; when the context fills up, decoding re-prefills
+    the most recent SLIDE_KEEP_FRACTION * block_size tokens and continues.
+    Per step on the host: one transfer of the B sampled ids, plus list bookkeeping.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (the SEP/BOS id)")
+    model = _unwrap(model)
+    was_training = model.training
+    model.eval()
+    block = model.cfg.block_size
+    device = model.tok_emb.weight.device
+    B = len(prompts)
+    keep = max(1, int(block * SLIDE_KEEP_FRACTION))
+    history = [list(p) for p in prompts]  # all tokens of each row (prompt + output), on the host
+    contexts = [h[-block:] for h in history]
+    S = min(block, max(len(c) for c in contexts) + max_new_tokens)
+    stop = set(stop_ids)
+    finished = [False] * B
+
+    # repetition penalty: every token id so far, per row (left part padded with the row's own
+    # first token, a harmless duplicate); written in place, one column per step
+    penalise = cfg.repetition_penalty != 1.0
+    if penalise:
+        n_seen = max(len(h) for h in history)
+        seen = torch.tensor([[h[0]] * (n_seen - len(h)) + h + [h[0]] * max_new_tokens for h in history],
+                            dtype=torch.long, device=device)  # (B, L + N); column n_seen is next
+    blockers = [_NgramBlocker(cfg.no_repeat_ngram, h) for h in history] if cfg.no_repeat_ngram else None
+
+    def next_ids(logits: torch.Tensor) -> torch.Tensor:
+        if penalise:
+            logits = apply_repetition_penalty(logits, seen[:, :n_seen], cfg.repetition_penalty)
+        if blockers is not None:
+            rows, cols = [], []
+            for i, b in enumerate(blockers):
+                ban = b.banned()
+                rows += [i] * len(ban)
+                cols += list(ban)
+            if rows:
+                logits = logits.index_put((torch.tensor(rows, device=device), torch.tensor(cols, device=device)),
+                                          torch.tensor(float("-inf"), device=device))
+        return sample(logits, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                      min_p=cfg.min_p, generator=generator)
+
+    model.setup_cache(B, S)
+    try:
+        slots = torch.arange(S, device=device)
+        batch, logits = _prefill(model, contexts, S, slots, device, pad_id)
+        pos = batch.P  # next free cache slot
+        for step in range(max_new_tokens):
+            new = next_ids(logits)  # (B,)
+            tokens = new.tolist()  # the one host sync per step
+            out = []
+            for i, t in enumerate(tokens):
+                if finished[i]:
+                    out.append(-1)
+                    continue
+                out.append(t)
+                finished[i] = t in stop
+            for i, t in enumerate(tokens):
+                history[i].append(t)
+            if penalise:
+                seen[:, n_seen] = new
+                n_seen += 1
+            if blockers is not None:
+                for b, t in zip(blockers, tokens):
+                    b.add(t)
+            yield out
+            if all(finished) or step == max_new_tokens - 1:
+                return
+            if pos == S:  # context full (S == block): slide, keeping the most recent tokens
+                batch, logits = _prefill(model, [h[-keep:] for h in history], S, slots, device, pad_id)
+                pos = batch.P
+            else:
+                logits, _ = model(new[:, None], input_pos=slots[pos:pos + 1], key_mask=batch.key_mask,
+                                  positions=batch.positions_at(pos, pos + 1))
+                logits = logits[:, -1]
+                pos += 1
+    finally:
+        model.clear_cache()
+        model.train(was_training)
+
+
+def generate_tokens(model, prompt_ids: Sequence[int], max_new_tokens: int, cfg: SamplingConfig, *,
+                    generator: Optional[torch.Generator] = None, stop_ids: Sequence[int] = (0, 1)
+                    ) -> Iterator[int]:
+    """KV-cached generation for one prompt: yields new token ids as they are produced. A token in
+    `stop_ids` (SEP or <|endoftext|>) ends the sample and is not yielded."""
+    for (t,) in generate_batch(model, [prompt_ids], max_new_tokens, cfg, generator=generator,
+                               stop_ids=stop_ids):
+        if t in stop_ids:
+            return
+        yield t
+
+
+# =========================================================================== ids -> text
+
+class IncrementalDecoder:
+    """Token ids in, text pieces out; a character split across tokens is never cut.
+
+    Each call decodes only a short window: the ids since the last point where the text was
+    complete (`prefix`), compared with the ids up to the last emitted token (`read`). A window
+    whose text ends in U+FFFD is an incomplete UTF-8 sequence and is held back until the next
+    token completes it (or `flush` at the end). Because the window always starts right after a
+    complete character, the pieces concatenate to exactly `tokenizer.decode(all ids)`.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0
+        self.read = 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        new_text = self.tokenizer.decode(self.ids[self.prefix:])
+        if new_text.endswith("\ufffd"):
+            return ""
+        prefix_text = self.tokenizer.decode(self.ids[self.prefix:self.read]) if self.read > self.prefix else ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return new_text[len(prefix_text):]
+
+    def flush(self) -> str:
+        """The held-back rest (e.g. a truncated character, shown as U+FFFD)."""
+        if self.read == len(self.ids):
+            return ""
+        new_text = self.tokenizer.decode(self.ids[self.prefix:])
+        prefix_text = self.tokenizer.decode(self.ids[self.prefix:self.read]) if self.read > self.prefix else ""
+        self.prefix = self.read = len(self.ids)
+        return new_text[len(prefix_text):]
+
+
+class TextStream:
+    """The text of one sample as it grows: UTF-8-safe pieces, cut before the first stop string.
+
+    `push(token)` returns the text that is now final (never part of a possible stop string);
+    `close()` returns the rest. `text` is the final output, `finish_reason` why it ended.
+    """
+
+    def __init__(self, tokenizer, stop_strings: Sequence[str] = ()):
+        self.decoder = IncrementalDecoder(tokenizer)
+        self.stops = [s for s in stop_strings if s]
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.text = ""
+        self.shown = 0  # characters of text already returned
+        self.n_tokens = 0
+        self.finish_reason: Optional[str] = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def push(self, token_id: int) -> str:
+        assert not self.done
+        self.n_tokens += 1
+        return self._add(self.decoder.push(token_id))
+
+    def end(self, reason: str) -> str:
+        """Mark the sample finished (unless a stop string already did) and return the rest."""
+        if not self.done:
+            rest = self._add(self.decoder.flush())
+            if not self.done:
+                self.finish_reason = reason
+                rest += self.text[self.shown:]
+                self.shown = len(self.text)
+            return rest
+        return ""
+
+    def _add(self, piece: str) -> str:
+        if not piece:
+            return ""
+        start = max(0, len(self.text) - self.longest + 1)  # a stop string may straddle pieces
+        self.text += piece
+        if self.stops:
+            cut = min((i for i in (self.text.find(s, start) for s in self.stops) if i >= 0), default=-1)
+            if cut >= 0:
+                self.text = self.text[:cut]
+                self.finish_reason = FINISH_STOP
+                out = self.text[self.shown:]
+                self.shown = len(self.text)
+                return out
+        safe = len(self.text) - self._held()
+        out = self.text[self.shown:safe]
+        self.shown = max(self.shown, safe)
+        return out
+
+    def _held(self) -> int:
+        """Length of the longest tail of `text` that could still grow into a stop string."""
+        for n in range(min(len(self.text), self.longest - 1), 0, -1):
+            tail = self.text[-n:]
+            if any(s.startswith(tail) for s in self.stops):
+                return n
+        return 0
+
+
+# =========================================================================== prompts -> results
+
+@dataclass
+class Generation:
+    prompt: str
+    text: str            # the continuation (without the prompt), cut before a stop string
+    tokens: int          # new tokens generated (an end-of-document token not counted)
+    finish_reason: str   # "length" | "stop" | "end_of_document"
+    sample: int = 0      # sample number for this prompt (0-based)
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "text": self.text, "tokens": self.tokens,
+                "finish_reason": self.finish_reason, "sample": self.sample}
+
+
+def encode_prompt(tokenizer, prompt: str, sep_id: int = 0) -> list[int]:
+    """Prompt ids as in the training stream: the SEP/BOS id, then the text (no special tokens added)."""
+    return [sep_id] + tokenizer.encode(prompt, add_special_tokens=False).ids
+
+
+def _special_ids(tokenizer) -> dict:
+    from dataset import special_ids
+    return special_ids(tokenizer)
+
+
+def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, cfg: SamplingConfig,
+                   stop_strings: Sequence[str] = (), num_samples: int = 1, batch_size: int = 1,
+                   generator: Optional[torch.Generator] = None,
+                   on_start: Optional[Callable[[int], None]] = None,
+                   on_text: Optional[Callable[[int, str], None]] = None) -> list[Generation]:
+    """Generate `num_samples` continuations of each prompt -> results, prompt-major
+    (result r is prompt r // num_samples, sample r % num_samples).
+
+    batch_size 1: results one after another; `on_start(r)` is called before result r and
+    `on_text(r, piece)` with each final piece of its text as it is produced (streaming).
+    batch_size > 1: rows run in left-padded batches (similar prompt lengths together); the
+    callbacks are not available. Greedy results do not depend on the batch size.
+    """
+    if (on_start or on_text) and batch_size != 1:
+        raise ValueError("streaming callbacks need batch_size == 1")
+    ids = _special_ids(tokenizer)
+    stop_ids = (ids["sep"], ids["eos"])
+    rows = [(p, j) for p in prompts for j in range(num_samples)]
+    encoded = {p: encode_prompt(tokenizer, p, ids["sep"]) for p in prompts}
+    results: list[Optional[Generation]] = [None] * len(rows)
+
+    # rows of similar prompt length together: less padding (results are put back in order)
+    order = sorted(range(len(rows)), key=lambda r: len(encoded[rows[r][0]])) if batch_size > 1 \
+        else list(range(len(rows)))
+    for first in range(0, len(order), batch_size):
+        chunk = order[first:first + batch_size]
+        if on_start:
+            on_start(chunk[0])
+        streams = [TextStream(tokenizer, stop_strings) for _ in chunk]
+        steps = generate_batch(model, [encoded[rows[r][0]] for r in chunk], max_new_tokens, cfg,
+                               generator=generator, stop_ids=stop_ids, pad_id=ids["pad"])
+        for step in steps:
+            for r, s, t in zip(chunk, streams, step):
+                if s.done or t < 0:
+                    continue
+                piece = s.end(FINISH_END_OF_DOCUMENT) if t in stop_ids else s.push(t)
+                if piece and on_text:
+                    on_text(r, piece)
+            if all(s.done for s in streams):
+                steps.close()
+                break
+        for r, s in zip(chunk, streams):
+            piece = s.end(FINISH_LENGTH)
+            if piece and on_text:
+                on_text(r, piece)
+            results[r] = Generation(rows[r][0], s.text, s.n_tokens, s.finish_reason, rows[r][1])
+    return results
+
+
+def complete(model, tokenizer, prompt: str, max_new_tokens: int = 40, temperature: float = 0.0) -> str:
+    """The continuation of `prompt` (without the prompt), greedy by default. For training's
+    per-evaluation sample: the model's train/eval mode is restored and its cache freed."""
+    cfg = SamplingConfig(temperature=temperature, top_k=0, top_p=1.0)
+    generator = None
+    if temperature > 0:
+        generator = torch.Generator(device=_unwrap(model).tok_emb.weight.device).manual_seed(0)
+    return generate_texts(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, cfg=cfg,
+                          generator=generator)[0].text
+
+
+# =========================================================================== the generate stage
+
+def resolve_device(name: str) -> torch.device:
+    """--device auto|cpu|cuda|mps -> torch.device; UserError when the asked device is absent."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise UserError("--device mps: Apple MPS is not available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def read_prompts(path, separator: Optional[str] = None) -> list[str]:
+    """Prompts from a UTF-8 file: one per line (blank lines skipped), or, with `separator`,
+    blocks of lines between lines equal to the separator (surrounding blank lines trimmed)."""
+    from common import require_file
+    path = require_file(path, "prompt file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"prompt file {path} is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8")
+    lines = text.splitlines()
+    if separator is None:
+        prompts = [l for l in lines if l.strip()]
+    else:
+        prompts, block = [], []
+        for line in lines + [separator]:
+            if line.strip() == separator.strip():
+                body = "\n".join(block).strip("\n")
+                if body.strip():
+                    prompts.append(body)
+                block = []
+            else:
+                block.append(line)
+    if not prompts:
+        raise UserError(f"prompt file {path} has no prompts (only blank lines); write one prompt per line")
+    return prompts
+
+
+def _plain_parts(prompt: str, prompt_no: int, n_prompts: int, sample: int, num_samples: int,
+                single: bool) -> tuple[str, str]:
+    """(header, footer) of one result in plain text: the result reads header + text + footer.
+    `single` (one result on stdout): the prompt and its continuation as one running text."""
+    if single:
+        return prompt, "\n"
+    title = f"=== prompt {prompt_no + 1}/{n_prompts}"
+    if num_samples > 1:
+        title += f", sample {sample + 1}/{num_samples}"
+    return f"{title} ===\n{prompt}\n--- output ---\n", "\n\n"
+
+
+def _utf8_stdout():
+    import sys
+    if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8":
+        sys.stdout.reconfigure(encoding="utf-8")
+    return sys.stdout
+
+
+def run_generate(*, tokenizer_path, ckpt_path, prompts: Sequence[str], max_new_tokens: int,
+                 cfg: SamplingConfig, stop_strings: Sequence[str] = (), seed: Optional[int] = None,
+                 num_samples: int = 1, stream: bool = False, batch_size: int = 1,
+                 output=None, device: str = "auto") -> list[Generation]:
+    """The generate stage: load, generate, print (stdout) or write `output` (.jsonl = JSON Lines,
+    else plain text), log tokens/s. Streaming prints each piece of text as soon as it is final;
+    its stdout is byte for byte what the same run without streaming prints."""
+    import json
+
+    from common import atomic_path, refuse_same_file
+    from dataset import load_tokenizer
+    from model import load_model
+
+    if any(s == "" for s in stop_strings):
+        raise UserError("--stop: empty stop strings are not allowed; pass the text that ends a sample")
+    if stream and batch_size > 1:
+        raise UserError("--stream prints one sample at a time; drop --batch-generate (or --stream)")
+    if output is not None:
+        refuse_same_file([tokenizer_path, ckpt_path], output)
+    dev = resolve_device(device)
+    tokenizer = load_tokenizer(tokenizer_path)
+    model, _ = load_model(ckpt_path, dev, tokenizer_path)
+    generator = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
+
+    n_results = len(prompts) * num_samples
+    single = output is None and n_results == 1
+
+    def parts(r: int) -> tuple[str, str]:
+        return _plain_parts(prompts[r // num_samples], r // num_samples, len(prompts),
+                            r % num_samples, num_samples, single)
+
+    out = _utf8_stdout() if stream or output is None else None
+    on_start = on_text = None
+    if stream:
+        def on_start(r: int) -> None:
+            if r > 0:
+                out.write(parts(r - 1)[1])
+            out.write(parts(r)[0])
+            out.flush()
+
+        def on_text(r: int, piece: str) -> None:
+            out.write(piece)
+            out.flush()
+
+    start = time.perf_counter()
+    results = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, cfg=cfg,
+                             stop_strings=stop_strings, num_samples=num_samples, batch_size=batch_size,
+                             generator=generator, on_start=on_start, on_text=on_text)
+    elapsed = time.perf_counter() - start
+    if stream:
+        out.write(parts(n_results - 1)[1])
+        out.flush()
+    elif output is None:
+        for r, g in enumerate(results):
+            header, footer = parts(r)
+            out.write(header + g.text + footer)
+        out.flush()
+    if output is not None:
+        with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            for r, g in enumerate(results):
+                if str(output).endswith(".jsonl"):
+                    f.write(json.dumps(g.to_dict(), ensure_ascii=False) + "\n")
+                else:
+                    header, footer = _plain_parts(g.prompt, r // num_samples, len(prompts), g.sample,
+                                                  num_samples, single=False)
+                    f.write(header + g.text + footer)
+        log.info(f"wrote {len(results)} result(s) to {output}")
+    n_tokens = sum(g.tokens for g in results)
+    log.info(f"generated {n_tokens} tokens in {elapsed:.2f}s ({n_tokens / max(elapsed, 1e-9):.1f} tokens/s"
+             f"{f', batches of {batch_size}' if batch_size > 1 else ''}, {dev.type})")
+    return results

@@ -1,0 +1,499 @@
+"""The transformer: config, RoPE, attention (SDPA / flash-attn / reference), blocks, KV cache.
+
+Architecture (matches Hugging Face GPT-NeoX with `use_parallel_residual=False` and
+`rotary_pct=1.0` exactly, so `export.py` is a renaming of weights):
+
+    tok_emb -> dropout -> N x [x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))] -> ln_f -> lm_head
+    attn: fused qkv Linear, RoPE ("rotate_half" / NeoX convention) on all head dims of q and k,
+          causal scaled dot-product attention, output Linear.
+    mlp:  Linear(C, 4C) -> exact (erf) GELU -> Linear(4C, C).
+    lm_head shares its weight with tok_emb (weight tying).
+
+Document-aware attention (training / evaluation, `cfg.sep_token_id` set): every SEP token starts
+a new segment. A token attends only to earlier tokens of its own segment, and RoPE positions
+restart at 0 on the SEP. A window [SEP d1 SEP d2] therefore gives exactly the logits of
+[SEP d1] and [SEP d2] run alone.
+
+Cached decoding (`input_pos` given): keys/values are written into preallocated buffers at the
+slots `input_pos`; each query attends to the slots <= its own slot, minus the padding slots
+marked False in `key_mask`. No document segmentation in that mode.
+
+Notation: B batch, T time (query length), S key slots (cache length), C channels (n_embd),
+H heads, D head dim (C // H), V vocabulary.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from common import UserError, file_sha256, log, require_file
+
+
+# =========================================================================== config
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 32000
+    block_size: int = 256          # longest sequence (tokens) the model is trained on
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    dropout: float = 0.0
+    bias: bool = True              # biases in Linear and LayerNorm layers
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    sep_token_id: int | None = 0   # document-aware attention + RoPE restart at this token
+
+    def __post_init__(self):
+        problems = []
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            v = getattr(self, name)
+            if not is_int(v) or v <= 0:
+                problems.append(f"{name}={v!r} must be a positive whole number")
+        sizes_ok = all(is_int(getattr(self, n)) and getattr(self, n) > 0 for n in ("n_embd", "n_head"))
+        if sizes_ok and self.n_embd % self.n_head != 0:
+            problems.append(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        elif sizes_ok and (self.n_embd // self.n_head) % 2 != 0:
+            problems.append(f"head dim n_embd/n_head={self.n_embd // self.n_head} must be even for RoPE "
+                            f"(n_embd={self.n_embd}, n_head={self.n_head})")
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) \
+                or not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout={self.dropout!r} must be in [0, 1)")
+        if not isinstance(self.bias, bool):
+            problems.append(f"bias={self.bias!r} must be true or false")
+        if not isinstance(self.rope_base, (int, float)) or isinstance(self.rope_base, bool) \
+                or not self.rope_base > 0:
+            problems.append(f"rope_base={self.rope_base!r} must be a positive number")
+        if not isinstance(self.norm_eps, (int, float)) or isinstance(self.norm_eps, bool) \
+                or not self.norm_eps > 0:
+            problems.append(f"norm_eps={self.norm_eps!r} must be a positive number")
+        if self.sep_token_id is not None:
+            if not is_int(self.sep_token_id) or self.sep_token_id < 0:
+                problems.append(f"sep_token_id={self.sep_token_id!r} must be a token id >= 0 or None")
+            elif is_int(self.vocab_size) and self.sep_token_id >= self.vocab_size:
+                problems.append(f"sep_token_id={self.sep_token_id} must be < vocab_size={self.vocab_size}")
+        if problems:
+            raise ValueError("invalid model config: " + "; ".join(problems))
+        self.dropout = float(self.dropout)
+        self.rope_base = float(self.rope_base)
+        self.norm_eps = float(self.norm_eps)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"model config must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+
+# =========================================================================== RoPE
+
+def rope_cache(T: int, D: int, base: float = 10000.0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables, each (T, D) float32, for positions 0..T-1 ("rotate_half" layout).
+
+    Frequency i (i < D/2) rotates the pair (dim i, dim i + D/2); the tables repeat the D/2
+    angles twice so they multiply x directly. Computed in float32 exactly as GPT-NeoX does.
+    """
+    assert D % 2 == 0, D
+    inv_freq = 1.0 / (base ** (torch.arange(0, D, 2, dtype=torch.float32, device=device) / D))  # (D/2,)
+    t = torch.arange(T, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv_freq)  # (T, D/2)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T, D)
+    return emb.cos(), emb.sin()
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (..., T, D) by the angles in cos/sin (broadcastable to x, e.g. (T, D) or (B, 1, T, D))."""
+    cos = cos.to(x.dtype)
+    sin = sin.to(x.dtype)
+    return x * cos + _rotate_half(x) * sin
+
+
+# =========================================================================== attention
+
+def reference_attention(q, k, v, mask=None, is_causal=False):
+    """Explicit softmax attention, the test reference for the SDPA call site.
+
+    q (B, H, T, D), k/v (B, H, S, D); mask: bool broadcastable to (B, H, T, S), True = attend.
+    """
+    D = q.shape[-1]
+    att = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, T, S)
+    if is_causal:
+        T, S = q.shape[-2], k.shape[-2]
+        causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+        att = att.masked_fill(~causal, float("-inf"))
+    if mask is not None:
+        att = att.masked_fill(~mask, float("-inf"))
+    att = torch.softmax(att.float(), dim=-1).to(q.dtype)
+    return att @ v  # (B, H, T, D)
+
+
+_flash_attn_func = None  # flash_attn.flash_attn_func once use_flash_attn(True) found it usable
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values of one layer, (B, H, S, D) each, written at slots `input_pos`."""
+
+    def __init__(self, batch_size, n_head, max_seq_len, head_dim, device=None, dtype=None):
+        super().__init__()
+        shape = (batch_size, n_head, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """Write k/v (B, H, T, D) at slots input_pos (T,); return the caches (B, H, S, D)."""
+        B = k.shape[0]
+        k_cache, v_cache = self.k[:B], self.v[:B]
+        k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
+        v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
+        return k_cache, v_cache
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        # fused projection, output rows ordered [q (H*D) | k (H*D) | v (H*D)]
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
+        self.use_flash = False
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x, cos, sin, mask=None, input_pos=None):
+        """x (B, T, C); cos/sin broadcastable to (B, H, T, D); mask bool (B|1, 1, T, S) or None = causal."""
+        B, T, C = x.shape
+        H, D = self.n_head, self.head_dim
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        v = v.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        if input_pos is not None:
+            k, v = self.kv_cache.update(input_pos, k, v)  # (B, H, S, D)
+            if k.dtype != q.dtype:
+                k, v = k.to(q.dtype), v.to(q.dtype)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.use_flash and mask is None and q.dtype in (torch.float16, torch.bfloat16):
+            # flash-attn wants (B, T, H, D); it only does plain causal attention (no segment mask)
+            y = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                 dropout_p=dropout_p, causal=True).transpose(1, 2)  # (B, H, T, D)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                               is_causal=mask is None)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.drop(self.proj(F.gelu(self.fc(x))))  # exact (erf) GELU, as GPT-NeoX "gelu"
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask=None, input_pos=None):
+        x = x + self.attn(self.ln_1(x), cos, sin, mask, input_pos)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+# =========================================================================== model
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # weight tying: one tensor
+        cos, sin = rope_cache(cfg.block_size, cfg.head_dim, cfg.rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, D)
+        self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, D)
+        self.gradient_checkpointing = False  # recompute each block in backward (training mode only)
+        self._init_weights()
+
+    # ----------------------------------------------------------------------- parameters
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        """All initialisation in one place: N(0, 0.02) for matrices and the (tied) embedding,
+        zeros for biases, ones for norm scales; the two residual output projections of each
+        block get std 0.02 / sqrt(2 * n_layer) so the residual stream does not grow with depth."""
+        std = 0.02
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        resid_std = std / math.sqrt(2 * self.cfg.n_layer)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, mean=0.0, std=resid_std)
+            nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=resid_std)
+
+    def num_parameters(self) -> int:
+        """Trainable parameter count; the tied embedding / head matrix is counted once."""
+        return sum(p.numel() for p in self.parameters())  # parameters() yields a shared tensor once
+
+    def configure_optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups: weight decay on matrices (every >= 2-D weight, the tied
+        embedding / output head included, as in GPT-2), none on biases and LayerNorm scales."""
+        decay, no_decay = [], []
+        for _, p in self.named_parameters():  # shared tensors appear once
+            if not p.requires_grad:
+                continue
+            (decay if p.dim() >= 2 else no_decay).append(p)
+        seen = [id(p) for p in decay + no_decay]
+        expected = {id(p) for p in self.parameters() if p.requires_grad}
+        assert len(seen) == len(set(seen)) and set(seen) == expected, "optimizer groups must cover each param once"
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    # ----------------------------------------------------------------------- attention backends
+
+    def use_flash_attn(self, enable: bool) -> bool:
+        """Use the flash-attn package for plain causal attention when it is installed and the
+        model is on CUDA; otherwise log a one-line notice and keep SDPA. Returns whether it is on.
+
+        flash-attn cannot apply the document mask, so forward passes that need it (training and
+        evaluation with `cfg.sep_token_id` set) and cached decoding keep using SDPA (which picks
+        its own flash / memory-efficient kernel on GPU); flash-attn also needs fp16/bf16 inputs.
+        """
+        global _flash_attn_func
+        on = False
+        if enable:
+            try:
+                from flash_attn import flash_attn_func
+            except Exception:  # ImportError, or a build that does not match this torch / GPU
+                log.info("note: the flash-attn package is not installed (or does not load); using SDPA attention")
+            else:
+                if self.tok_emb.weight.device.type != "cuda":
+                    log.info("note: flash-attn needs a CUDA GPU; using SDPA attention")
+                else:
+                    _flash_attn_func = flash_attn_func
+                    on = True
+                    if self.cfg.sep_token_id is not None:
+                        log.info("note: flash-attn cannot mask documents; document-aware passes use SDPA")
+        for block in self.blocks:
+            block.attn.use_flash = on
+        return on
+
+    # ----------------------------------------------------------------------- KV cache
+
+    def setup_cache(self, batch_size: int, max_seq_len: int, device=None, dtype=None) -> None:
+        """Preallocate (batch_size, H, max_seq_len, D) key/value buffers in every layer.
+
+        max_seq_len is limited to cfg.block_size (the RoPE tables and the trained context).
+        dtype defaults to the parameters' dtype.
+        """
+        if not 0 < max_seq_len <= self.cfg.block_size:
+            raise ValueError(f"max_seq_len={max_seq_len} must be in 1..block_size={self.cfg.block_size}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size={batch_size} must be positive")
+        p = self.tok_emb.weight
+        device = p.device if device is None else device
+        dtype = p.dtype if dtype is None else dtype
+        for block in self.blocks:
+            block.attn.kv_cache = KVCache(batch_size, self.cfg.n_head, max_seq_len, self.cfg.head_dim,
+                                          device=device, dtype=dtype)
+
+    def clear_cache(self) -> None:
+        for block in self.blocks:
+            block.attn.kv_cache = None
+
+    # ----------------------------------------------------------------------- forward
+
+    def _segment_positions_and_mask(self, idx: torch.Tensor):
+        """RoPE positions (B, T) restarting at 0 on each SEP, and the bool mask (B, 1, T, T):
+        causal and same segment. Vectorised, no host sync."""
+        B, T = idx.shape
+        ar = torch.arange(T, device=idx.device)  # (T,)
+        is_sep = idx == self.cfg.sep_token_id  # (B, T)
+        start = torch.where(is_sep, ar, 0).cummax(dim=1).values  # (B, T) latest SEP at/before t (0 if none)
+        positions = ar - start  # (B, T)
+        seg = is_sep.cumsum(dim=1)  # (B, T) segment id
+        same = seg[:, :, None] == seg[:, None, :]  # (B, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()  # (T, T)
+        return positions, (same & causal)[:, None]  # (B, T), (B, 1, T, T)
+
+    def forward(self, idx, targets=None, *, input_pos=None, key_mask=None, positions=None):
+        """idx (B, T) long -> (logits (B, T, V) float32, mean cross-entropy over targets != -1 or None).
+
+        input_pos None: training / evaluation over a whole window (T <= block_size), causal, and
+        document-aware when cfg.sep_token_id is set.
+        input_pos (T,) long: cached decoding at those cache slots (see the module docstring);
+        key_mask (B, S) bool, False = padding slot; positions (B, T) long RoPE positions
+        (default: input_pos).
+        """
+        B, T = idx.shape
+        mask = None
+        if input_pos is None:
+            if T > self.cfg.block_size:
+                raise ValueError(f"sequence length {T} exceeds block_size={self.cfg.block_size}")
+            if self.cfg.sep_token_id is not None:
+                pos, mask = self._segment_positions_and_mask(idx)
+                cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]  # (B, 1, T, D)
+            else:
+                cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, D)
+        else:
+            cache = self.blocks[0].attn.kv_cache
+            if cache is None:
+                raise RuntimeError("cached forward needs setup_cache() first")
+            pos = input_pos if positions is None else positions  # (T,) or (B, T)
+            cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, D) or (B, T, D)
+            if cos.dim() == 3:
+                cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D)
+            slots = torch.arange(cache.k.shape[2], device=idx.device)  # (S,)
+            mask = slots[None, :] <= input_pos[:, None]  # (T, S) causal over cache slots
+            if key_mask is not None:
+                # padding slots are never attended, except by the query sitting in that very slot
+                # (so a padding query still has one key and no row of the softmax is empty / NaN)
+                own = slots[None, :] == input_pos[:, None]  # (T, S)
+                mask = mask[None] & (key_mask[:, None, :] | own[None])  # (B, T, S)
+                mask = mask[:, None]  # (B, 1, T, S)
+            else:
+                mask = mask[None, None]  # (1, 1, T, S)
+
+        x = self.drop(self.tok_emb(idx))  # (B, T, C)
+        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for block in self.blocks:
+            if ckpt:
+                x = checkpoint(block, x, cos, sin, mask, input_pos, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, input_pos)
+        x = self.ln_f(x)
+        logits = self.lm_head(x).float()  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+
+# =========================================================================== loading
+
+def _strip_prefixes(state_dict: dict) -> dict:
+    """Remove `_orig_mod.` (torch.compile) and `module.` (DDP) prefixes, defensively."""
+    out = {}
+    for k, v in state_dict.items():
+        for prefix in ("_orig_mod.", "module."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        k = k.replace("._orig_mod.", ".")
+        out[k] = v
+    return out
+
+
+def _tokenizer_hash_and_vocab(tokenizer_path) -> tuple[str, int]:
+    try:
+        from dataset import load_tokenizer, tokenizer_hash
+    except ImportError:  # dataset.py without these helpers yet: same definitions inline
+        from tokenizers import Tokenizer
+        path = require_file(tokenizer_path, "tokenizer")
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:
+            raise UserError(f"tokenizer {path} cannot be read ({e}); pass the tokenizer.json from init-tokenizer")
+        return file_sha256(path), tok.get_vocab_size()
+    tok = load_tokenizer(tokenizer_path)
+    return tokenizer_hash(tokenizer_path), tok.get_vocab_size()
+
+
+def load_model(ckpt_path, device="cpu", tokenizer_path=None):
+    """Load a training checkpoint -> (GPT in eval mode on `device`, the checkpoint's meta dict).
+
+    Loads with weights_only=True (never runs pickled code). Missing, truncated, corrupt or
+    foreign files raise UserError. With tokenizer_path, the tokenizer's hash and vocabulary
+    size must match the ones the model was trained with.
+    """
+    path = require_file(ckpt_path, "checkpoint")
+    hint = "pass a ckpt_best.pt or ckpt_last.pt written by `main.py train`"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle with forbidden globals, not a torch file, ...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if len(reason) > 160:
+            reason = reason[:157] + "..."
+        raise UserError(f"checkpoint {path} cannot be loaded: it is truncated, corrupt or not a "
+                        f"mini-llm checkpoint ({reason}); {hint}")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
+            or not isinstance(ckpt.get("model_config"), dict):
+        raise UserError(f"{path} is not a mini-llm checkpoint (no 'model' / 'model_config' entries); {hint}")
+    try:
+        cfg = ModelConfig.from_dict(ckpt["model_config"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"checkpoint {path} has a bad model config: {e}")
+    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+
+    if tokenizer_path is not None:
+        tok_hash, tok_vocab = _tokenizer_hash_and_vocab(tokenizer_path)
+        want_hash = meta.get("tokenizer_hash")
+        if want_hash and want_hash != tok_hash:
+            raise UserError(f"tokenizer {tokenizer_path} is not the one checkpoint {path} was trained with "
+                            f"(hash {tok_hash[:12]} != {str(want_hash)[:12]}); pass the training tokenizer.json")
+        want_vocab = meta.get("vocab_size", cfg.vocab_size)
+        if tok_vocab != want_vocab or tok_vocab > cfg.vocab_size:
+            raise UserError(f"tokenizer {tokenizer_path} has {tok_vocab} tokens but checkpoint {path} expects "
+                            f"{want_vocab}; pass the training tokenizer.json")
+
+    state = _strip_prefixes(ckpt["model"])
+    if "lm_head.weight" not in state and "tok_emb.weight" in state:
+        state["lm_head.weight"] = state["tok_emb.weight"]  # tied; some writers drop the duplicate
+    model = GPT(cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise UserError(f"checkpoint {path} weights do not fit its model config "
+                        f"({' '.join(first[:2])[:200]}); {hint}")
+    model.to(device)
+    model.eval()
+    return model, dict(meta)

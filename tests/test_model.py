@@ -1,0 +1,445 @@
+"""model.py: shapes, RoPE, attention references, document-aware masking, KV cache, loading."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import model as M
+from common import UserError, file_sha256
+
+SEP = 0
+
+
+def tiny_cfg(**kw) -> M.ModelConfig:
+    base = dict(vocab_size=97, block_size=64, n_layer=2, n_head=2, n_embd=32, sep_token_id=SEP)
+    base.update(kw)
+    return M.ModelConfig(**base)
+
+
+def tiny_model(seed=0, **kw) -> M.GPT:
+    torch.manual_seed(seed)
+    return M.GPT(tiny_cfg(**kw)).eval()
+
+
+def random_tokens(B, T, vocab=97, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (B, T), generator=g)  # ids 0..2 are the special tokens
+
+
+# =========================================================================== config
+
+def test_config_collects_every_problem_with_values_and_limits():
+    with pytest.raises(ValueError) as e:
+        M.ModelConfig(n_embd=100, n_head=6, block_size=0, dropout=1.0, vocab_size=10, sep_token_id=10)
+    msg = str(e.value)
+    assert "n_embd=100 is not divisible by n_head=6" in msg
+    assert "block_size=0" in msg
+    assert "dropout=1.0" in msg and "[0, 1)" in msg
+    assert "sep_token_id=10 must be < vocab_size=10" in msg
+
+
+@pytest.mark.parametrize("kw, fragment", [
+    (dict(n_embd=12, n_head=4), "must be even for RoPE"),
+    (dict(n_layer=0), "n_layer=0"),
+    (dict(n_head=-2), "n_head=-2"),
+    (dict(vocab_size=3.5), "vocab_size=3.5"),
+    (dict(dropout=-0.1), "dropout=-0.1"),
+    (dict(rope_base=0), "rope_base=0"),
+    (dict(norm_eps=0.0), "norm_eps=0.0"),
+    (dict(sep_token_id=-1), "sep_token_id=-1"),
+])
+def test_config_single_errors(kw, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("[", r"\[").replace(".", r"\.")):
+        M.ModelConfig(**kw)
+
+
+def test_config_dict_round_trip_and_unknown_keys():
+    cfg = tiny_cfg(sep_token_id=None, dropout=0.1)
+    assert M.ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        M.ModelConfig.from_dict({**cfg.to_dict(), "n_embed": 32})
+
+
+PRESET_SHAPES = {  # (n_layer, n_head, n_embd) -> target parameters at a 32k vocabulary
+    "small": ((4, 4, 256), 10e6),
+    "medium": ((10, 6, 384), 30e6),
+    "large": ((10, 10, 640), 70e6),
+}
+
+
+@pytest.mark.parametrize("name", PRESET_SHAPES)
+def test_preset_shapes_parameter_counts(name):
+    (n_layer, n_head, n_embd), target = PRESET_SHAPES[name]
+    cfg = M.ModelConfig(vocab_size=32000, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+    m = _count_only(cfg)
+    # closed form: embedding (tied head) + per block (ln, qkv, proj, ln, fc, proj) + ln_f
+    C, L = n_embd, n_layer
+    expected = 32000 * C + L * (2 * C + 3 * C * C + 3 * C + C * C + C + 2 * C + 4 * C * C + 4 * C + 4 * C * C + C) + 2 * C
+    assert m == expected
+    assert abs(m - target) / target < 0.20, (name, m)
+
+
+def _count_only(cfg):
+    with torch.device("meta"):  # counts only: no memory, no init time
+        return M.GPT(cfg).num_parameters()
+
+
+# =========================================================================== shapes, tying, init
+
+def test_forward_shapes_and_loss():
+    m = tiny_model()
+    idx = random_tokens(3, 20)
+    logits, loss = m(idx)
+    assert logits.shape == (3, 20, 97) and logits.dtype == torch.float32 and loss is None
+    targets = random_tokens(3, 20, seed=2)
+    targets[:, :5] = -1
+    logits, loss = m(idx, targets)
+    expected = F.cross_entropy(logits[:, 5:].reshape(-1, 97), targets[:, 5:].reshape(-1))
+    assert loss.shape == () and torch.allclose(loss, expected)
+    with pytest.raises(ValueError, match="exceeds block_size=64"):
+        m(random_tokens(1, 65))
+
+
+def test_tied_weights_share_storage_and_count_once():
+    m = tiny_model()
+    assert m.lm_head.weight is m.tok_emb.weight
+    assert m.lm_head.weight.data_ptr() == m.tok_emb.weight.data_ptr()
+    unique = {p.data_ptr(): p.numel() for p in m.state_dict().values()}
+    assert m.num_parameters() == sum(unique.values())
+    # still tied after loading a state dict into a fresh model
+    m2 = M.GPT(tiny_cfg())
+    m2.load_state_dict(m.state_dict())
+    assert m2.lm_head.weight.data_ptr() == m2.tok_emb.weight.data_ptr()
+
+
+def test_init_scales_residual_projections():
+    torch.manual_seed(0)
+    m = M.GPT(tiny_cfg(n_layer=8, n_embd=64, n_head=4))
+    assert abs(m.blocks[0].attn.qkv.weight.std().item() - 0.02) < 0.002
+    resid = 0.02 / math.sqrt(2 * 8)
+    assert abs(m.blocks[3].mlp.proj.weight.std().item() - resid) < 0.1 * resid
+    assert abs(m.blocks[3].attn.proj.weight.std().item() - resid) < 0.1 * resid
+    assert torch.all(m.blocks[0].attn.qkv.bias == 0) and torch.all(m.ln_f.weight == 1)
+
+
+def test_optimizer_groups_cover_every_parameter_once():
+    m = tiny_model()
+    decay, no_decay = m.configure_optimizer_groups(0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    ids = [id(p) for p in decay["params"] + no_decay["params"]]
+    assert len(ids) == len(set(ids)) == len(list(m.parameters()))
+    torch.optim.AdamW([decay, no_decay], lr=1e-3)  # accepted as-is
+
+
+# =========================================================================== RoPE and attention
+
+def test_rope_matches_complex_formula():
+    T, D, base = 11, 8, 10000.0
+    x = torch.randn(2, 3, T, D, dtype=torch.float64)
+    cos, sin = M.rope_cache(T, D, base)
+    got = M.apply_rope(x, cos.double(), sin.double())
+    # rotate_half pairs dim i with dim i + D/2: z_i = x_i + j * x_{i + D/2}, rotated by pos * theta_i
+    half = D // 2
+    theta = base ** (-torch.arange(half, dtype=torch.float64) * 2 / D)  # (D/2,)
+    angle = torch.arange(T, dtype=torch.float64)[:, None] * theta  # (T, D/2)
+    z = torch.complex(x[..., :half], x[..., half:]) * torch.polar(torch.ones_like(angle), angle)
+    want = torch.cat([z.real, z.imag], dim=-1)
+    assert torch.allclose(got, want, atol=1e-5)
+    # position 0 is the identity; relative property: <rope(q, m), rope(k, n)> depends on m - n only
+    assert torch.allclose(got[..., 0, :], x[..., 0, :])
+    q, k = torch.randn(D, dtype=torch.float64), torch.randn(D, dtype=torch.float64)
+    rq = M.apply_rope(q.expand(T, D), cos.double(), sin.double())
+    rk = M.apply_rope(k.expand(T, D), cos.double(), sin.double())
+    assert torch.allclose(rq[5] @ rk[2], rq[9] @ rk[6], atol=1e-5)
+
+
+def test_sdpa_matches_reference_attention():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 9, 8) for _ in range(3))
+    got = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(got, M.reference_attention(q, k, v, is_causal=True), atol=1e-5)
+    mask = torch.rand(2, 1, 9, 9) > 0.4
+    mask |= torch.eye(9, dtype=torch.bool)  # no empty rows
+    got = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.allclose(got, M.reference_attention(q, k, v, mask=mask), atol=1e-5)
+
+
+def _with_reference_attention(monkeypatch):
+    def ref(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False):
+        assert dropout_p == 0.0
+        return M.reference_attention(q, k, v, mask=attn_mask, is_causal=is_causal)
+    monkeypatch.setattr(M.F, "scaled_dot_product_attention", ref)
+
+
+@pytest.mark.parametrize("sep", [SEP, None])
+def test_model_with_sdpa_equals_model_with_reference_attention(monkeypatch, sep):
+    m = tiny_model(sep_token_id=sep)
+    idx = random_tokens(2, 30)
+    idx[:, 0] = SEP
+    idx[0, 12] = SEP
+    want, _ = m(idx)
+    _with_reference_attention(monkeypatch)
+    got, _ = m(idx)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_use_flash_attn_falls_back_to_sdpa_on_cpu(caplog):
+    import logging
+    m = tiny_model()
+    idx = random_tokens(1, 10)
+    want, _ = m(idx)
+    with caplog.at_level(logging.INFO, logger="mini_llm"):
+        assert m.use_flash_attn(True) is False
+    assert any("using SDPA" in r.getMessage() for r in caplog.records)
+    got, _ = m(idx)
+    assert torch.equal(got, want)
+
+
+# =========================================================================== document-aware attention
+
+def test_packed_window_equals_documents_run_alone():
+    m = tiny_model()
+    d1 = random_tokens(1, 9, seed=3)[0]
+    d2 = random_tokens(1, 6, seed=4)[0]
+    nxt = torch.tensor([5])  # the token after d2 in the stream
+    sep = torch.tensor([SEP])
+    x = torch.cat([sep, d1, sep, d2])[None]  # (1, 17): [SEP d1 SEP d2]
+    y = torch.cat([d1, sep, d2, nxt])[None]  # targets: d1 ends by predicting SEP
+    packed_logits, packed_loss = m(x, y)
+
+    x1, y1 = torch.cat([sep, d1])[None], torch.cat([d1, sep])[None]
+    x2, y2 = torch.cat([sep, d2])[None], torch.cat([d2, nxt])[None]
+    l1, loss1 = m(x1, y1)
+    l2, loss2 = m(x2, y2)
+    assert torch.allclose(packed_logits, torch.cat([l1, l2], dim=1), atol=1e-5)
+    n1, n2 = x1.shape[1], x2.shape[1]
+    assert torch.allclose(packed_loss, (n1 * loss1 + n2 * loss2) / (n1 + n2), atol=1e-6)
+
+    # and the mask matters: without document awareness the second document sees the first
+    plain = M.GPT(tiny_cfg(sep_token_id=None)).eval()
+    plain.load_state_dict(m.state_dict())
+    plain_logits, _ = plain(x)
+    assert not torch.allclose(plain_logits[:, n1:], l2, atol=1e-3)
+
+
+def test_tokens_before_the_first_sep_form_their_own_segment():
+    m = tiny_model()
+    tail = random_tokens(1, 5, seed=5)  # a window starting mid-document
+    doc = torch.cat([torch.tensor([[SEP]]), random_tokens(1, 7, seed=6)], dim=1)
+    packed, _ = m(torch.cat([tail, doc], dim=1))
+    assert torch.allclose(packed[:, :5], m(tail)[0], atol=1e-5)
+    assert torch.allclose(packed[:, 5:], m(doc)[0], atol=1e-5)
+
+
+def test_segment_positions_and_mask():
+    m = tiny_model()
+    idx = torch.tensor([[7, 8, SEP, 9, SEP, SEP, 4]])
+    pos, mask = m._segment_positions_and_mask(idx)
+    assert pos.tolist() == [[0, 1, 0, 1, 0, 0, 1]]
+    assert mask.shape == (1, 1, 7, 7)
+    assert mask[0, 0, 3].tolist() == [False, False, True, True, False, False, False]
+    assert mask[0, 0, 6].tolist() == [False] * 5 + [True, True]
+
+
+# =========================================================================== gradient checkpointing
+
+def test_gradient_checkpointing_same_gradients_and_only_in_training():
+    idx, y = random_tokens(2, 24), random_tokens(2, 24, seed=9)
+    idx[:, 0] = SEP
+    idx[1, 10] = SEP
+    grads = []
+    calls = []
+    for ckpt in (False, True):
+        m = tiny_model(seed=0, dropout=0.1).train()
+        m.gradient_checkpointing = ckpt
+        calls.append(0)
+        m.blocks[0].mlp.fc.register_forward_hook(lambda *a: calls.__setitem__(-1, calls[-1] + 1))
+        torch.manual_seed(123)  # same dropout masks; checkpoint replays the RNG state
+        _, loss = m(idx, y)
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters()})
+    assert calls == [1, 2]  # the block really is recomputed in backward
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
+    m.eval()
+    calls.append(0)
+    m(idx)
+    assert calls[-1] == 1  # not active in eval mode
+
+
+# =========================================================================== KV cache
+
+def test_kv_cache_prefill_and_decode_equal_full_forward():
+    m = tiny_model()
+    idx = random_tokens(2, 20)
+    idx[:, 0] = SEP  # a single document: cached mode has no segmentation
+    full, _ = m(idx)
+    m.setup_cache(batch_size=2, max_seq_len=24)
+    first, _ = m(idx[:, :8], input_pos=torch.arange(8))
+    steps = [first]
+    for t in range(8, 20):
+        logits, _ = m(idx[:, t:t + 1], input_pos=torch.tensor([t]))
+        steps.append(logits)
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+    # a smaller batch reuses the first rows of the buffers
+    one, _ = m(idx[:1, :5], input_pos=torch.arange(5))
+    assert torch.allclose(one, full[:1, :5], atol=1e-5)
+    m.clear_cache()
+    assert all(b.attn.kv_cache is None for b in m.blocks)
+    with pytest.raises(RuntimeError, match="setup_cache"):
+        m(idx[:, :1], input_pos=torch.tensor([0]))
+
+
+def test_kv_cache_with_left_padding_equals_unpadded_runs():
+    m = tiny_model()
+    PAD = 2
+    a = torch.cat([torch.tensor([SEP]), random_tokens(1, 9, seed=11)[0]])  # 10 tokens
+    b = torch.cat([torch.tensor([SEP]), random_tokens(1, 4, seed=12)[0]])  # 5 tokens
+    cont_a, cont_b = random_tokens(1, 4, seed=13)[0], random_tokens(1, 4, seed=14)[0]
+    full_a, _ = m(torch.cat([a, cont_a])[None])
+    full_b, _ = m(torch.cat([b, cont_b])[None])
+
+    S, L = 16, 10
+    pad_len = torch.tensor([0, L - len(b)])
+    prompt = torch.stack([a, torch.cat([torch.full((L - len(b),), PAD), b])])  # (2, 10) left-padded
+    slots = torch.arange(S)
+    key_mask = slots[None, :] >= pad_len[:, None]  # (2, S), False on padding slots
+    positions = (torch.arange(L)[None, :] - pad_len[:, None]).clamp(min=0)  # (2, 10)
+    m.setup_cache(2, S)
+    logits, _ = m(prompt, input_pos=torch.arange(L), key_mask=key_mask, positions=positions)
+    assert torch.isfinite(logits).all()
+    assert torch.allclose(logits[0], full_a[0, :L], atol=1e-5)
+    assert torch.allclose(logits[1, L - len(b):], full_b[0, :len(b)], atol=1e-5)
+    for i in range(4):
+        t = L + i
+        step = torch.stack([cont_a[i:i + 1], cont_b[i:i + 1]])  # (2, 1)
+        logits, _ = m(step, input_pos=torch.tensor([t]), key_mask=key_mask, positions=(t - pad_len)[:, None])
+        assert torch.allclose(logits[0, 0], full_a[0, L + i], atol=1e-5)
+        assert torch.allclose(logits[1, 0], full_b[0, len(b) + i], atol=1e-5)
+
+
+def test_setup_cache_limits_and_dtype():
+    m = tiny_model()
+    with pytest.raises(ValueError, match="block_size=64"):
+        m.setup_cache(1, 65)
+    m.setup_cache(1, 16, dtype=torch.bfloat16)
+    assert m.blocks[0].attn.kv_cache.k.dtype == torch.bfloat16
+    assert m.blocks[0].attn.kv_cache.k.shape == (1, 2, 16, 16)
+    logits, _ = m(random_tokens(1, 4), input_pos=torch.arange(4))
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    assert not any("kv_cache" in k for k in m.state_dict())  # never saved
+
+
+def test_bf16_autocast_forward_backward():
+    m = tiny_model().train()
+    idx = random_tokens(2, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = m(idx, idx)
+    assert logits.dtype == torch.float32
+    loss.backward()
+    assert torch.isfinite(m.tok_emb.weight.grad).all()
+
+
+@pytest.mark.gpu
+def test_forward_backward_without_host_sync_on_cuda():
+    m = tiny_model().cuda().train()
+    idx = random_tokens(2, 32).cuda()
+    idx[:, 0] = SEP
+    idx[1, 9] = SEP
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _, loss = m(idx, idx)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+# =========================================================================== load_model
+
+def _save_ckpt(path, m, **meta):
+    torch.save({"model": m.state_dict(), "model_config": m.cfg.to_dict(),
+                "meta": {"vocab_size": m.cfg.vocab_size, "step": 7, **meta}, "step": 7}, path)
+
+
+def test_load_model_round_trip(tmp_path):
+    m = tiny_model()
+    path = tmp_path / "ckpt.pt"
+    _save_ckpt(path, m, tokenizer_hash="abc")
+    loaded, meta = M.load_model(path)
+    assert not loaded.training and meta["step"] == 7 and meta["tokenizer_hash"] == "abc"
+    idx = random_tokens(2, 12)
+    assert torch.equal(loaded(idx)[0], m(idx)[0])
+    assert loaded.lm_head.weight.data_ptr() == loaded.tok_emb.weight.data_ptr()
+
+
+def test_load_model_strips_compile_prefix(tmp_path):
+    m = tiny_model()
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": {"_orig_mod." + k: v for k, v in m.state_dict().items()},
+                "model_config": m.cfg.to_dict(), "meta": {}}, path)
+    loaded, _ = M.load_model(path)
+    idx = random_tokens(1, 5)
+    assert torch.equal(loaded(idx)[0], m(idx)[0])
+
+
+def test_load_model_bad_files(tmp_path):
+    m = tiny_model()
+    good = tmp_path / "good.pt"
+    _save_ckpt(good, m)
+    data = good.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    text = tmp_path / "notes.pt"
+    text.write_text("hola, esto no es un modelo\n", encoding="utf-8")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    wrong_shape = tmp_path / "wrong.pt"
+    torch.save({"model": m.state_dict(), "model_config": {**m.cfg.to_dict(), "n_embd": 64, "n_head": 4},
+                "meta": {}}, wrong_shape)
+    for bad, fragment in [(tmp_path / "missing.pt", "not found"), (truncated, "truncated"),
+                          (text, "cannot be loaded"), (foreign, "not a mini-llm checkpoint"),
+                          (wrong_shape, "do not fit")]:
+        with pytest.raises(UserError, match=fragment):
+            M.load_model(bad)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pickle code ran",))
+
+
+def test_load_model_never_runs_pickled_code(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "model_config": {}, "meta": _Evil()}, path)
+    with pytest.raises(UserError, match="cannot be loaded"):
+        M.load_model(path)
+    assert "pickle code ran" not in capsys.readouterr().out
+
+
+def test_load_model_checks_the_tokenizer(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|doc|>", "<|endoftext|>", "<|pad|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(["el perro come pan", "la casa es grande"] * 20, trainer)
+    tok_path = tmp_path / "tokenizer.json"
+    tok.save(str(tok_path))
+    vocab = tok.get_vocab_size()
+    m = tiny_model(vocab_size=vocab)
+    good = tmp_path / "good.pt"
+    _save_ckpt(good, m, tokenizer_hash=file_sha256(tok_path))
+    M.load_model(good, tokenizer_path=tok_path)
+    other = tmp_path / "other.pt"
+    _save_ckpt(other, m, tokenizer_hash="0" * 64)
+    with pytest.raises(UserError, match="not the one"):
+        M.load_model(other, tokenizer_path=tok_path)
+    small = tmp_path / "small.pt"
+    _save_ckpt(small, tiny_model(vocab_size=vocab - 1), tokenizer_hash=file_sha256(tok_path))
+    with pytest.raises(UserError, match="tokens"):
+        M.load_model(small, tokenizer_path=tok_path)

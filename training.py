@@ -1,0 +1,1076 @@
+"""Training: presets, TrainConfig, the learning-rate schedule, checkpoints, the run lock and
+the training loop (`python main.py train`).
+
+A run folder (`--outdir`) holds:
+    ckpt_best.pt   the checkpoint with the lowest validation loss so far
+    ckpt_last.pt   the latest checkpoint: written at every evaluation, at the end and on SIGINT/SIGTERM
+    history.json   one entry per evaluation (keys in HISTORY_KEYS)
+    config.json    model and training config, tokenizer and corpus (path, sha256), library versions
+    train.log      every log line of every run on this folder, with timestamps
+    loss.png       train/validation loss and validation perplexity against tokens seen
+    train.lock     while a run is active (PID, host, start time); see RunLock
+    cache/         the token store of the corpus (dataset.load_or_build_token_store)
+
+Checkpoints are plain dicts of tensors and primitives (see `checkpoint_state`) that load with
+`torch.load(..., weights_only=True)`. Every file is written through common.atomic_path, by the
+`RunFolder` object only (one place for file writing: under DDP only rank 0 will own one).
+
+Exact resume: a checkpoint holds the model, the optimizer, the gradient scaler, the step, the
+data position (epoch, next batch of the epoch's fixed permutation), every RNG state, the
+best-so-far and the history. Re-running the same command on a folder with ckpt_last.pt continues
+the run; on CPU the final parameters are bit-identical to an uninterrupted run with the same seed.
+
+Exit codes of the train stage: 0 finished (epochs done, --max-steps, --max-time or early
+stopping), 1 the loss diverged (3 non-finite losses in a row; ckpt_best.pt is left intact),
+2 bad input, 3 the outdir is locked by another run, 130 SIGINT, 143 SIGTERM (both after saving
+ckpt_last.pt).
+
+Defaults that are not in the presets:
+- stride = block_size: training windows do not overlap, so one epoch reads each token once.
+- val_fraction = dataset.DEFAULT_VAL_FRACTION (5% of the documents, at least one).
+- warmup_steps = 5% of the schedule, at most 500 steps; min_lr = lr / 10.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+import dataset
+from common import (EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_TERMINATED, Progress, UserError, add_log_file,
+                    atomic_path, format_seconds, log, require_file, stderr_is_terminal, write_json)
+from model import GPT, ModelConfig
+
+# =========================================================================== presets and configs
+
+# Model shape + training defaults, looked up by exact name. `--config custom` starts from
+# small's training defaults and takes its shape from --n-layer/--n-head/--n-embd (required)
+# and --block-size (default small's).
+PRESETS: dict[str, dict] = {
+    "small": {"n_layer": 4, "n_head": 4, "n_embd": 256, "block_size": 256,
+              "batch_size": 32, "epochs": 30, "lr": 5e-4},
+    "medium": {"n_layer": 10, "n_head": 6, "n_embd": 384, "block_size": 512,
+               "batch_size": 16, "epochs": 20, "lr": 3e-4},
+    "large": {"n_layer": 10, "n_head": 10, "n_embd": 640, "block_size": 1024,
+              "batch_size": 8, "epochs": 15, "lr": 2e-4, "gradient_checkpointing": True},
+}
+CUSTOM_BASE = "small"
+CUSTOM_REQUIRED = ("n_layer", "n_head", "n_embd")
+MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")
+SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "rope_base",
+                "norm_eps", "sep_token_id")   # must match on resume (dropout may change)
+
+HISTORY_KEYS = ("step", "epoch", "tokens_seen", "train_loss", "val_loss", "val_perplexity", "lr",
+                "grad_norm", "tokens_per_second", "elapsed_seconds", "sample")
+
+SAMPLE_PROMPT = "La historia de"      # greedy sample written into the history at each evaluation
+SAMPLE_TOKENS = 32
+MAX_NONFINITE_STEPS = 3               # non-finite losses in a row before the run stops
+EXIT_DIVERGED = 1
+WARMUP_FRACTION = 0.05                # default warmup: 5% of the schedule ...
+WARMUP_MAX = 500                      # ... at most this many steps
+MIN_LR_RATIO = 0.1                    # default min_lr = lr * MIN_LR_RATIO
+CHECKPOINT_VERSION = 1
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32                 # windows per micro-batch
+    accumulation_steps: int = 1          # micro-batches per optimizer step
+    epochs: int = 30
+    max_steps: Optional[int] = None      # cap on optimizer steps (the schedule ends there)
+    max_time: Optional[float] = None     # wall-clock budget of one invocation, seconds
+    lr: float = 5e-4                     # peak learning rate
+    min_lr: Optional[float] = None       # end of the cosine decay; None = lr * MIN_LR_RATIO
+    warmup_steps: Optional[int] = None   # None = WARMUP_FRACTION of the schedule, <= WARMUP_MAX
+    weight_decay: float = 0.1            # AdamW, matrices only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0               # max global gradient norm; 0 = no clipping
+    patience: int = 5                    # evaluations without improvement before stopping; 0 = never
+    eval_every: int = 250                # optimizer steps between evaluations (also at each epoch end)
+    eval_batches: int = 20               # fixed validation batches per evaluation
+    stride: Optional[int] = None         # window stride in long documents; None = block_size
+    val_fraction: float = dataset.DEFAULT_VAL_FRACTION
+    device: str = "auto"
+    amp: Optional[bool] = None           # None = on for CUDA, off elsewhere
+    compile: bool = False
+    gradient_checkpointing: bool = False
+    flash_attention: bool = False
+    num_workers: int = 0
+    seed: int = 1337
+    log_every: int = 10                  # steps per log line when stderr is not a terminal
+    total_steps: Optional[int] = None    # schedule length; resolved from the data (resolve_schedule)
+
+    def __post_init__(self):
+        problems = []
+
+        def check(ok: bool, msg: str):
+            if not ok:
+                problems.append(msg)
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name in ("batch_size", "accumulation_steps", "epochs", "eval_every", "eval_batches", "log_every"):
+            v = getattr(self, name)
+            check(is_int(v) and v >= 1, f"{name}={v!r} must be a whole number >= 1")
+        for name in ("max_steps", "stride", "total_steps"):
+            v = getattr(self, name)
+            check(v is None or (is_int(v) and v >= 1), f"{name}={v!r} must be a whole number >= 1")
+        for name in ("warmup_steps", "patience", "num_workers"):
+            v = getattr(self, name)
+            check(v is None or (is_int(v) and v >= 0), f"{name}={v!r} must be a whole number >= 0")
+        check(self.max_time is None or (is_num(self.max_time) and self.max_time > 0),
+              f"max_time={self.max_time!r} must be a positive number of seconds")
+        check(is_num(self.lr) and self.lr > 0, f"lr={self.lr!r} must be a positive number")
+        if self.min_lr is not None:
+            check(is_num(self.min_lr) and self.min_lr >= 0, f"min_lr={self.min_lr!r} must be >= 0")
+            if is_num(self.min_lr) and is_num(self.lr):
+                check(self.min_lr <= self.lr, f"min_lr={self.min_lr} must not exceed lr={self.lr}")
+        check(is_num(self.weight_decay) and self.weight_decay >= 0,
+              f"weight_decay={self.weight_decay!r} must be >= 0")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            check(is_num(v) and 0 <= v < 1, f"{name}={v!r} must be in [0, 1)")
+        check(is_num(self.grad_clip) and self.grad_clip >= 0, f"grad_clip={self.grad_clip!r} must be >= 0 (0 = off)")
+        check(is_num(self.val_fraction) and 0 <= self.val_fraction < 1,
+              f"val_fraction={self.val_fraction!r} must be in [0, 1)")
+        check(self.device in DEVICES, f"device={self.device!r} must be one of {', '.join(DEVICES)}")
+        check(self.amp is None or isinstance(self.amp, bool), f"amp={self.amp!r} must be true, false or unset")
+        check(is_int(self.seed), f"seed={self.seed!r} must be a whole number")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+        self.lr = float(self.lr)
+        if self.min_lr is not None:
+            self.min_lr = float(self.min_lr)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def make_configs(preset: str, overrides: Optional[dict] = None, *, vocab_size: int,
+                 sep_token_id: Optional[int] = 0) -> tuple[ModelConfig, TrainConfig]:
+    """ModelConfig and TrainConfig for a preset (exact name) or "custom", with `overrides`
+    (None values = not given) changing only their own fields. ValueError listing every problem."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if preset != "custom" and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} or custom")
+    known = set(MODEL_FIELDS) | {f.name for f in dataclasses.fields(TrainConfig)} - {"total_steps"}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ValueError(f"unknown config fields {unknown}")
+    problems = []
+    if preset == "custom":
+        missing = [f for f in CUSTOM_REQUIRED if f not in given]
+        if missing:
+            problems.append("--config custom needs " + ", ".join("--" + m.replace("_", "-") for m in missing)
+                            + " (or pick a preset: " + ", ".join(PRESETS) + ")")
+    values = {**PRESETS[CUSTOM_BASE if preset == "custom" else preset], **given}
+    model_kw = {k: values.pop(k) for k in MODEL_FIELDS if k in values}
+    mcfg = tcfg = None
+    try:
+        mcfg = ModelConfig(vocab_size=vocab_size, sep_token_id=sep_token_id, **model_kw)
+    except ValueError as e:
+        problems.append(str(e))
+    try:
+        tcfg = TrainConfig(**values)
+    except ValueError as e:
+        problems.append(str(e))
+    if mcfg is not None and tcfg is not None and tcfg.stride is not None and tcfg.stride > mcfg.block_size:
+        problems.append(f"stride={tcfg.stride} must not exceed block_size={mcfg.block_size} "
+                        f"(a larger stride would skip tokens)")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return mcfg, tcfg
+
+
+def resolve_schedule(cfg: TrainConfig, steps_per_epoch: int) -> TrainConfig:
+    """Fill in the data-dependent defaults: total_steps, warmup_steps and min_lr."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(WARMUP_MAX, int(total * WARMUP_FRACTION))
+    min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr * MIN_LR_RATIO
+    return dataclasses.replace(cfg, total_steps=max(1, total), warmup_steps=warmup, min_lr=min_lr)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step `step` (0-based) of a schedule of cfg.total_steps steps.
+
+    Linear warmup lr * (step + 1) / (warmup + 1) for step < warmup (never 0 at step 0), the peak
+    lr at step == warmup, then cosine decay reaching cfg.min_lr exactly at the last step
+    (total_steps - 1); min_lr after that.
+    """
+    assert cfg.total_steps is not None and cfg.warmup_steps is not None and cfg.min_lr is not None, \
+        "call resolve_schedule() first"
+    warmup, last = cfg.warmup_steps, cfg.total_steps - 1
+    if step < warmup:
+        return cfg.lr * (step + 1) / (warmup + 1)
+    if step >= last:
+        return cfg.min_lr if last > warmup else cfg.lr
+    progress = (step - warmup) / (last - warmup)  # 0 at the end of warmup, 1 at the last step
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+# =========================================================================== device and precision
+
+def resolve_device(name: str) -> torch.device:
+    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise UserError(f"--device cuda was asked but CUDA is not available ({why}); "
+                        f"use --device cpu or --device auto")
+    if name == "mps" and not mps_ok:
+        raise UserError("--device mps was asked but Apple MPS is not available; use --device cpu or --device auto")
+    return torch.device(name)
+
+
+def amp_settings(device: torch.device, amp: Optional[bool]) -> tuple[bool, Optional[torch.dtype], bool]:
+    """(autocast on, autocast dtype, use a GradScaler). CUDA: on by default, bf16 where the GPU
+    supports it, else fp16 with a gradient scaler. CPU / MPS: only when asked, bf16."""
+    enabled = (device.type == "cuda") if amp is None else amp
+    if not enabled:
+        return False, None, False
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return True, torch.bfloat16, False
+        return True, torch.float16, True
+    return True, torch.bfloat16, False
+
+
+# =========================================================================== RNG state (weights_only-safe)
+
+def rng_state() -> dict:
+    """Every RNG state as tensors / lists / ints (loadable with weights_only=True)."""
+    py = random.getstate()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": [py[0], list(py[1]), py[2]],
+             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = list(state["cuda"])
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# =========================================================================== run lock and signals
+
+class RunLock:
+    """Cron-safe lock on a run folder: `outdir/train.lock` holds the owner's PID, host and start
+    time, and the owner holds an exclusive flock on it (released by the kernel if it dies).
+
+    A second run finds the flock taken: UserError with exit code 3. A lock file left by a
+    dead run (flock free, content present) is taken over with a notice.
+    """
+
+    NAME = "train.lock"
+
+    def __init__(self, outdir: str | os.PathLike):
+        self.path = Path(outdir) / self.NAME
+        self.fd: Optional[int] = None
+
+    @staticmethod
+    def _describe(text: str) -> str:
+        try:
+            info = json.loads(text)
+            return f"PID {info['pid']} on {info['host']}, started {info['started']}"
+        except (ValueError, KeyError, TypeError):
+            return "owner unknown"
+
+    def _locked_error(self, text: str) -> UserError:
+        return UserError(f"{self.path.parent} is in use by another training run ({self._describe(text)}); "
+                         f"wait for it to finish or use another --outdir", code=EXIT_LOCKED)
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): PID check only
+            fcntl = None
+        for _ in range(20):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if fcntl is None:
+                break
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+                os.close(fd)
+                raise self._locked_error(text)
+            # a run that was finishing may have unlinked the file we opened: lock the current one
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        else:
+            raise UserError(f"could not lock {self.path}; try again", code=EXIT_LOCKED)
+        previous = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+        if previous.strip():
+            if fcntl is None and _pid_alive_here(previous):
+                os.close(fd)
+                raise self._locked_error(previous)
+            log.warning(f"notice: taking over the stale lock {self.path} ({self._describe(previous)}: "
+                        f"that run is gone)")
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            os.close(self.fd)
+            self.fd = None
+
+
+def _pid_alive_here(text: str) -> bool:
+    try:
+        info = json.loads(text)
+        if info["host"] != socket.gethostname():
+            return True  # cannot tell: assume alive
+        os.kill(int(info["pid"]), 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except (ValueError, KeyError, TypeError):
+        return False
+    except PermissionError:
+        return True
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal that stops the run at once (before the loop, or a second signal)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+        self.code = EXIT_TERMINATED if reason == "terminated" else EXIT_INTERRUPTED
+
+
+class StopSignals:
+    """SIGINT/SIGTERM handling. While `armed` (the training loop runs), the first signal only
+    sets `reason`: the loop finishes its optimizer step, saves ckpt_last.pt and returns. A signal
+    while not armed, or a second one, raises Interrupted at once (files are written atomically,
+    so nothing half-written replaces a good file)."""
+
+    SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+
+    def __init__(self):
+        self.reason: Optional[str] = None
+        self.armed = False
+        self._old: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        reason = self.SIGNALS[signum]
+        if not self.armed or self.reason is not None:
+            raise Interrupted(reason)
+        self.reason = reason
+        log.warning(f"{signal.Signals(signum).name} received: finishing the current step, then saving "
+                    f"ckpt_last.pt (send it again to stop at once)")
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+def exit_code(stopped_reason: str) -> int:
+    return {"interrupted": EXIT_INTERRUPTED, "terminated": EXIT_TERMINATED}.get(stopped_reason, 0)
+
+
+# =========================================================================== run folder (all file writing)
+
+class RunFolder:
+    """Every file a training run writes, written atomically. Under DDP only rank 0 gets one
+    with `enabled=True`; the others skip writing."""
+
+    def __init__(self, outdir: str | os.PathLike, enabled: bool = True):
+        self.dir = Path(outdir)
+        self.enabled = enabled
+        self.ckpt_last = self.dir / "ckpt_last.pt"
+        self.ckpt_best = self.dir / "ckpt_best.pt"
+        self.history = self.dir / "history.json"
+        self.config = self.dir / "config.json"
+        self.log = self.dir / "train.log"
+        self.plot = self.dir / "loss.png"
+        self.cache = self.dir / "cache"
+
+    def save_checkpoint(self, path: Path, state: dict) -> None:
+        if self.enabled:
+            with atomic_path(path) as tmp:
+                torch.save(state, tmp)
+
+    def write_history(self, history: list[dict]) -> None:
+        if self.enabled:
+            write_json(self.history, history)
+
+    def write_config(self, config: dict) -> None:
+        if self.enabled:
+            write_json(self.config, config)
+
+    def write_plot(self, history: list[dict]) -> None:
+        if self.enabled and history:
+            plot_history(history, self.plot)
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """loss.png: train/validation loss and validation perplexity against tokens seen (headless)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def series(key):
+        pts = [(h["tokens_seen"], h[key]) for h in history if h.get(key) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig = Figure(figsize=(11, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+        x, y = series(key)
+        if x:
+            ax1.plot(x, y, marker="o", markersize=3, label=label)
+    ax1.set(xlabel="tokens seen", ylabel="loss (nats / token)", title="loss")
+    ax1.legend()
+    x, y = series("val_perplexity")
+    if x:
+        ax2.plot(x, y, marker="o", markersize=3, color="tab:orange")
+        ax2.set_yscale("log")
+    ax2.set(xlabel="tokens seen", ylabel="perplexity", title="validation perplexity")
+    for ax in (ax1, ax2):
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def versions() -> dict:
+    import tokenizers
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "tokenizers": tokenizers.__version__, "numpy": np.__version__, "platform": platform.platform()}
+
+
+def _finite(x) -> Optional[float]:
+    """JSON-safe float: None for NaN/inf/None."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def perplexity(loss: Optional[float]) -> Optional[float]:
+    if loss is None or not math.isfinite(loss):
+        return None
+    return math.exp(loss) if loss < 700 else None
+
+
+def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    msg = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+# =========================================================================== trainer
+
+class Trainer:
+    """One training run on one run folder. `train()` below is the entry point."""
+
+    def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig, *, tokenizer, tokenizer_path: Path,
+                 corpus_path: Path, preset: str, folder: RunFolder, separator: Optional[str],
+                 quiet: bool, stop: StopSignals, on_step: Optional[Callable[["Trainer"], None]] = None):
+        self.mcfg, self.cfg, self.preset = mcfg, tcfg, preset
+        self.tokenizer, self.tokenizer_path, self.corpus_path = tokenizer, tokenizer_path, corpus_path
+        self.folder, self.separator, self.quiet, self.stop, self.on_step = folder, separator, quiet, stop, on_step
+        self.t_start = time.monotonic()
+        # progress state (all of it goes into the checkpoint)
+        self.step = 0                  # optimizer steps done
+        self.epoch = 0                 # epoch in progress
+        self.batch_in_epoch = 0        # next micro-batch of that epoch
+        self.tokens_seen = 0           # target tokens trained on
+        self.elapsed_before = 0.0      # training seconds of earlier invocations
+        self.best_val = float("inf")
+        self.best_step = -1
+        self.patience_counter = 0
+        self.nonfinite_streak = 0
+        self.history: list[dict] = []
+        self.window = self._empty_window()   # train statistics since the last evaluation
+        self.last_eval_step = -1
+        self.last_saved_step = -1
+        self.stopped_reason: Optional[str] = None
+
+    @staticmethod
+    def _empty_window() -> dict:
+        return {"loss_sum": 0.0, "loss_n": 0, "norm_sum": 0.0, "norm_n": 0, "tokens": 0, "seconds": 0.0}
+
+    # ----------------------------------------------------------------------- setup
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.device = resolve_device(cfg.device)
+        self.amp, self.amp_dtype, use_scaler = amp_settings(self.device, cfg.amp)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self._setup_data()
+        seed_everything(cfg.seed)
+        self.model = GPT(self.mcfg).to(self.device)
+        self.model.gradient_checkpointing = cfg.gradient_checkpointing
+        if cfg.flash_attention:
+            self.model.use_flash_attn(True)
+        self.n_params = self.model.num_parameters()
+        m = self.mcfg
+        log.info(f"model: {self.preset}, {m.n_layer} layers, {m.n_head} heads, width {m.n_embd}, "
+                 f"block {m.block_size}, vocab {m.vocab_size}: {self.n_params:,} parameters")
+        self.optimizer = self._make_optimizer()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.train_model = torch.compile(self.model) if cfg.compile else self.model
+        precision = f"autocast {str(self.amp_dtype).replace('torch.', '')}" if self.amp else "fp32"
+        log.info(f"device {self.device}, {precision}{' + grad scaler' if use_scaler else ''}"
+                 f"{', torch.compile' if cfg.compile else ''}"
+                 f"{', gradient checkpointing' if cfg.gradient_checkpointing else ''}")
+
+    def _setup_data(self) -> None:
+        cfg, m = self.cfg, self.mcfg
+        store = dataset.load_or_build_token_store(self.corpus_path, self.tokenizer_path, self.folder.cache,
+                                                  separator=self.separator, quiet=self.quiet)
+        if store.vocab_size != m.vocab_size or store.sep_id != m.sep_token_id:
+            raise UserError(f"token store {store.path} does not match the tokenizer (vocab {store.vocab_size} "
+                            f"vs {m.vocab_size}); delete {self.folder.cache} and run again")
+        self.store = store
+        stride = cfg.stride or m.block_size
+        train_w, val_w, warning = dataset.make_split_windows(store, m.block_size, stride, cfg.val_fraction,
+                                                             cfg.seed)
+        if warning:
+            log.warning(f"warning: {warning}")
+        if len(train_w) == 0:
+            raise UserError("no training windows: the corpus is empty after the validation split; "
+                            "add text or lower --val-fraction")
+        longest = int(train_w[:, 1].max()) - 1   # targets in the fullest window
+        if longest < m.block_size:
+            n_train = int(train_w[:, 1].sum())
+            raise UserError(f"block size {m.block_size} is larger than the corpus can fill: the training "
+                            f"split holds only {n_train:,} tokens (its longest window {longest}); "
+                            f"lower --block-size (e.g. {max(8, _pow2_floor(longest))}) or use a bigger corpus")
+        if cfg.val_fraction > 0 and len(val_w) == 0:
+            raise UserError("the validation split is empty; add documents or pass --val-fraction 0")
+        if len(val_w) == 0:
+            log.warning("warning: no validation set (--val-fraction 0): no validation loss, no early "
+                        "stopping; ckpt_best.pt is the latest evaluated checkpoint")
+        self.train_ds = dataset.WindowDataset(store, train_w, m.block_size)
+        self.val_ds = dataset.WindowDataset(store, val_w, m.block_size)
+        self.n_batches = dataset.ResumableSampler(len(self.train_ds), cfg.batch_size, cfg.seed).num_batches()
+        self.steps_per_epoch = -(-self.n_batches // cfg.accumulation_steps)
+        self.cfg = cfg = resolve_schedule(cfg, self.steps_per_epoch)
+        log.info(f"data: {len(store):,} tokens, {store.n_docs:,} documents; {len(train_w):,} training and "
+                 f"{len(val_w):,} validation windows (block {m.block_size}, stride {stride}); "
+                 f"{self.steps_per_epoch:,} steps per epoch of {cfg.batch_size} x {cfg.accumulation_steps} "
+                 f"windows; schedule {cfg.total_steps:,} steps (warmup {cfg.warmup_steps}, "
+                 f"lr {cfg.lr:g} -> {cfg.min_lr:g})")
+        self.val_batches = self._fixed_val_batches()
+        self.sample_prompt = self._sample_prompt()
+
+    def _fixed_val_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """eval_batches batches of validation windows spread evenly over the validation set, the
+        same at every evaluation (so successive validation losses are comparable)."""
+        n, bs = len(self.val_ds), self.cfg.batch_size
+        if n == 0:
+            return []
+        k = min(n, bs * self.cfg.eval_batches)
+        idx = np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
+        return [_collate([self.val_ds[int(i)] for i in idx[j:j + bs]]) for j in range(0, len(idx), bs)]
+
+    def _sample_prompt(self) -> str:
+        """SAMPLE_PROMPT, lowercased when the corpus has no capital letters (lowercased corpus)."""
+        head = np.asarray(self.store.tokens[:20000], dtype=np.int64).tolist()
+        text = self.tokenizer.decode(head, skip_special_tokens=True)
+        return SAMPLE_PROMPT if any(c.isupper() for c in text) else SAMPLE_PROMPT.lower()
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        groups = self.model.configure_optimizer_groups(cfg.weight_decay)
+        kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kw)
+        except (RuntimeError, TypeError, ValueError):   # no fused kernel for this device / dtype
+            return torch.optim.AdamW(groups, foreach=True, **kw)
+
+    # ----------------------------------------------------------------------- checkpoints
+
+    def checkpoint_state(self) -> dict:
+        """The checkpoint dict (INTERFACES.md): tensors and primitives only."""
+        return {
+            "version": CHECKPOINT_VERSION,
+            "model": self.model.state_dict(),       # the uncompiled module: no _orig_mod. prefixes
+            "model_config": self.mcfg.to_dict(),
+            "meta": {"tokenizer_hash": self.store.tokenizer_hash, "vocab_size": self.mcfg.vocab_size,
+                     "corpus_hash": self.store.corpus_hash, "step": self.step},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "data_position": {"epoch": self.epoch, "batch": self.batch_in_epoch,
+                              "n_windows": len(self.train_ds), "batch_size": self.cfg.batch_size,
+                              "seed": self.cfg.seed, "world_size": 1},
+            "rng": rng_state(),
+            "best_val": self.best_val,
+            "best_step": self.best_step,
+            "patience_counter": self.patience_counter,
+            "train_config": self.cfg.to_dict(),
+            "history": self.history,
+            "progress": {"tokens_seen": self.tokens_seen, "elapsed_seconds": self.elapsed(),
+                         "nonfinite_streak": self.nonfinite_streak, "window": dict(self.window),
+                         "last_eval_step": self.last_eval_step},
+        }
+
+    def save_last(self) -> None:
+        self.folder.save_checkpoint(self.folder.ckpt_last, self.checkpoint_state())
+        self.last_saved_step = self.step
+
+    def resume(self, path: Path, force: bool) -> None:
+        """Restore everything from `path`; refuse another model shape, and another corpus or
+        tokenizer unless `force`."""
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise UserError(f"cannot resume from {path}: it is truncated or not a training checkpoint "
+                            f"({str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}); "
+                            f"delete it to start over, or use another --outdir")
+        needed = ("model", "model_config", "meta", "optimizer", "step", "data_position", "rng")
+        if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
+            raise UserError(f"cannot resume from {path}: not a full training checkpoint; use another --outdir")
+        old, new = ckpt["model_config"], self.mcfg.to_dict()
+        diff = [f"{k} {old.get(k)} -> {new[k]}" for k in SHAPE_FIELDS if old.get(k) != new[k]]
+        if diff:
+            raise UserError(f"cannot resume {path}: the model shape differs from the checkpoint's "
+                            f"({', '.join(diff)}); use the same --config and shape flags, or another --outdir")
+        meta = ckpt["meta"]
+        changed = []
+        if meta.get("tokenizer_hash") != self.store.tokenizer_hash:
+            changed.append("tokenizer")
+        if meta.get("corpus_hash") != self.store.corpus_hash:
+            changed.append("corpus")
+        if changed and not force:
+            raise UserError(f"cannot resume {path}: the {' and '.join(changed)} differ from the ones this run "
+                            f"was trained with (sha256 mismatch); pass the original files, use another "
+                            f"--outdir, or add --force to continue anyway")
+        if changed:
+            log.warning(f"warning: --force: resuming with another {' and '.join(changed)}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        for group in self.optimizer.param_groups:   # the current command's hyperparameters win
+            group["betas"] = (self.cfg.beta1, self.cfg.beta2)
+            if group["weight_decay"] > 0:
+                group["weight_decay"] = self.cfg.weight_decay
+        if self.scaler.is_enabled() and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt["step"])
+        pos = ckpt["data_position"]
+        self.epoch, self.batch_in_epoch = int(pos["epoch"]), int(pos["batch"])
+        if (pos.get("n_windows") != len(self.train_ds) or pos.get("batch_size") != self.cfg.batch_size
+                or pos.get("seed") != self.cfg.seed):
+            log.warning(f"warning: the training windows, batch size or seed changed since the checkpoint: "
+                        f"restarting epoch {self.epoch + 1} from its first batch")
+            self.batch_in_epoch = 0
+        self.best_val = float(ckpt.get("best_val", float("inf")))
+        self.best_step = int(ckpt.get("best_step", -1))
+        self.patience_counter = int(ckpt.get("patience_counter", 0))
+        self.history = list(ckpt.get("history", []))
+        prog = ckpt.get("progress", {})
+        self.tokens_seen = int(prog.get("tokens_seen", 0))
+        self.elapsed_before = float(prog.get("elapsed_seconds", 0.0))
+        self.nonfinite_streak = int(prog.get("nonfinite_streak", 0))
+        self.window = {**self._empty_window(), **prog.get("window", {})}
+        self.last_eval_step = int(prog.get("last_eval_step", -1))
+        self.last_saved_step = self.step
+        old_total = ckpt.get("train_config", {}).get("total_steps")
+        if old_total not in (None, self.cfg.total_steps):
+            log.info(f"note: the learning-rate schedule now ends at step {self.cfg.total_steps:,} "
+                     f"(it ended at {old_total:,})")
+        set_rng_state(ckpt["rng"])
+        log.info(f"resumed from {path} at step {self.step:,} (epoch {self.epoch + 1}, batch "
+                 f"{self.batch_in_epoch}); best validation loss {self.best_val:.4f} at step {self.best_step}")
+        self.folder.write_history(self.history)
+
+    # ----------------------------------------------------------------------- evaluation
+
+    def autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    @torch.no_grad()
+    def validation_loss(self) -> Optional[float]:
+        """Mean token loss over the fixed validation batches (eval mode, no grad); None if no val set."""
+        if not self.val_batches:
+            return None
+        self.model.eval()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = 0
+        for x, y in self.val_batches:
+            n = int((y != -1).sum())
+            with self.autocast():
+                _, loss = self.model(x.to(self.device), y.to(self.device))
+            total += loss.double() * n
+            count += n
+        self.model.train()
+        return float(total) / max(1, count)
+
+    def greedy_sample(self) -> Optional[str]:
+        try:
+            import generation
+        except ImportError:
+            return None
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                text = generation.complete(self.model, self.tokenizer, self.sample_prompt,
+                                           max_new_tokens=SAMPLE_TOKENS, temperature=0.0)
+        finally:
+            if hasattr(self.model, "clear_cache"):
+                self.model.clear_cache()
+            self.model.train()
+        return text
+
+    def evaluate_and_save(self) -> None:
+        """Validation loss + sample -> history; ckpt_best.pt on improvement, then ckpt_last.pt and
+        history.json. Evaluation never touches the training RNG streams."""
+        t0 = time.monotonic()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            val = self.validation_loss()
+            sample = self.greedy_sample()
+        w = self.window
+        entry = {
+            "step": self.step,
+            "epoch": round(self.epoch + self.batch_in_epoch / self.n_batches, 4),
+            "tokens_seen": self.tokens_seen,
+            "train_loss": _finite(w["loss_sum"] / w["loss_n"]) if w["loss_n"] else None,
+            "val_loss": _finite(val),
+            "val_perplexity": perplexity(val),
+            "lr": lr_at(max(0, self.step - 1), self.cfg),
+            "grad_norm": _finite(w["norm_sum"] / w["norm_n"]) if w["norm_n"] else None,
+            "tokens_per_second": w["tokens"] / w["seconds"] if w["seconds"] > 0 else None,
+            "elapsed_seconds": round(self.elapsed(), 3),
+            "sample": sample,
+        }
+        assert tuple(entry) == HISTORY_KEYS
+        self.history.append(entry)
+        self.window = self._empty_window()
+        self.last_eval_step = self.step
+        if val is None:                            # no validation set: the latest is the best
+            improved = True
+        else:
+            improved = val < self.best_val         # NaN never improves
+        if improved:
+            if val is not None:
+                self.best_val = val
+            self.best_step = self.step
+            self.patience_counter = 0
+            self.folder.save_checkpoint(self.folder.ckpt_best, self.checkpoint_state())
+        else:
+            self.patience_counter += 1
+        self.save_last()
+        self.folder.write_history(self.history)
+        ppl = entry["val_perplexity"]
+        val_txt = "n/a" if val is None else f"{val:.4f} (perplexity {ppl:.2f})" if ppl else f"{val:.4f}"
+        note = " (best)" if improved and val is not None else \
+            f" (no improvement {self.patience_counter}/{self.cfg.patience or 'inf'})" if not improved else ""
+        train_txt = f"{entry['train_loss']:.4f}" if entry["train_loss"] is not None else "n/a"
+        log.info(f"eval step {self.step:,} epoch {entry['epoch']:.2f}: train loss {train_txt}, "
+                 f"val loss {val_txt}{note} [{time.monotonic() - t0:.1f}s]")
+        if sample is not None:
+            log.info(f"  sample: {sample!r}")
+
+    # ----------------------------------------------------------------------- training
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + (time.monotonic() - self.t_start)
+
+    def _epoch_batches(self, epoch: int, start_batch: int):
+        sampler = dataset.ResumableSampler(len(self.train_ds), self.cfg.batch_size, self.cfg.seed,
+                                           epoch=epoch, start_batch=start_batch)
+        pin = self.device.type == "cuda"
+        if self.cfg.num_workers > 0:
+            # own generator: creating the iterator must not draw from the global torch RNG
+            loader = torch.utils.data.DataLoader(
+                self.train_ds, batch_sampler=sampler, num_workers=self.cfg.num_workers, pin_memory=pin,
+                generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
+            return iter(loader)
+        return (_collate([self.train_ds[i] for i in idx], pin) for idx in sampler)
+
+    def train_step(self, micro_batches: list) -> Optional[float]:
+        """One optimizer step over `micro_batches`; returns the mean loss, or None if the step was
+        skipped because the loss or the gradients were not finite."""
+        cfg = self.cfg
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        n = len(micro_batches)
+        loss_sum = torch.zeros((), device=self.device)
+        for x, y in micro_batches:
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            with self.autocast():
+                _, loss = self.train_model(x, y)
+            loss_sum += loss.detach().float()
+            self.scaler.scale(loss / n).backward()
+        loss_val = loss_sum.item() / n
+        if not math.isfinite(loss_val):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.scaler.unscale_(self.optimizer)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))  # pre-clip norm
+        if not math.isfinite(norm) and not self.scaler.is_enabled():
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.scaler.step(self.optimizer)      # with a scaler, skips the update itself on inf gradients
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.last_norm = norm
+        return loss_val
+
+    def _stop_before_step(self) -> Optional[str]:
+        cfg = self.cfg
+        if cfg.patience and self.patience_counter >= cfg.patience:
+            return "early_stopping"
+        if self.step >= cfg.total_steps or self.epoch >= cfg.epochs:
+            return "max_steps" if cfg.max_steps is not None and self.step >= cfg.max_steps else "completed"
+        return None
+
+    def fit(self) -> str:
+        cfg = self.cfg
+        start_step, t_loop = self.step, time.monotonic()
+        batches = None
+        reason = self._stop_before_step()
+        if reason:
+            log.info(f"nothing to train: the run already stopped ({reason}) at step {self.step:,}; "
+                     f"use another --outdir to start over")
+        terminal = stderr_is_terminal()
+        self.stop.armed = True
+        with Progress("training", total=max(0, cfg.total_steps - self.step), unit="step", quiet=self.quiet,
+                      log_every_s=float("inf")) as progress:
+            while reason is None:
+                if batches is None:
+                    batches = self._epoch_batches(self.epoch, self.batch_in_epoch)
+                n_micro = min(cfg.accumulation_steps, self.n_batches - self.batch_in_epoch)
+                group = [next(batches) for _ in range(n_micro)]
+                tokens = sum(int((y != -1).sum()) for _, y in group)
+                t0 = time.monotonic()
+                try:
+                    loss = self.train_step(group)
+                except Exception as e:
+                    if _is_oom(e):
+                        raise UserError(f"out of memory at step {self.step + 1} ({self.device}); try a smaller "
+                                        f"--batch-size with more --accumulation-steps, or "
+                                        f"--gradient-checkpointing")
+                    raise
+                seconds = time.monotonic() - t0
+                self.step += 1
+                self.batch_in_epoch += n_micro
+                self.tokens_seen += tokens
+                w = self.window
+                w["tokens"] += tokens
+                w["seconds"] += seconds
+                if loss is None:
+                    self.nonfinite_streak += 1
+                    log.warning(f"warning: step {self.step:,}: non-finite loss or gradients; step skipped, "
+                                f"no update ({self.nonfinite_streak}/{MAX_NONFINITE_STEPS} in a row)")
+                else:
+                    self.nonfinite_streak = 0
+                    w["loss_sum"] += loss
+                    w["loss_n"] += 1
+                    if math.isfinite(self.last_norm):
+                        w["norm_sum"] += self.last_norm
+                        w["norm_n"] += 1
+                end_of_epoch = self.batch_in_epoch >= self.n_batches
+                if end_of_epoch:
+                    self.epoch, self.batch_in_epoch, batches = self.epoch + 1, 0, None
+                self._report(progress, loss, tokens, seconds, t_loop, start_step, terminal)
+                if self.nonfinite_streak >= MAX_NONFINITE_STEPS:
+                    reason = "diverged"
+                    break
+                if end_of_epoch or self.step % cfg.eval_every == 0:
+                    self.evaluate_and_save()
+                if self.on_step is not None:
+                    self.on_step(self)
+                reason = (self.stop.reason or self._stop_before_step()
+                          or ("max_time" if cfg.max_time and time.monotonic() - self.t_start >= cfg.max_time
+                              else None))
+        self.stop.armed = False
+        return reason
+
+    def _report(self, progress, loss, tokens, seconds, t_loop, start_step, terminal) -> None:
+        lr = lr_at(self.step - 1, self.cfg)
+        done = self.step - start_step
+        per_step = (time.monotonic() - t_loop) / max(1, done)
+        eta = per_step * (self.cfg.total_steps - self.step)
+        tok_s = tokens / seconds if seconds > 0 else 0.0
+        loss_txt = f"{loss:.4f}" if loss is not None else "nan"
+        progress.update(1, epoch=self.epoch + 1, loss=loss_txt, lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+        if self.step % self.cfg.log_every == 0 or done == 1:
+            line = (f"step {self.step:,}/{self.cfg.total_steps:,} epoch {self.epoch + 1}/{self.cfg.epochs} "
+                    f"loss {loss_txt} lr {lr:.2e} grad_norm {getattr(self, 'last_norm', float('nan')):.3f} "
+                    f"tok/s {tok_s:,.0f} eta {format_seconds(eta)}")
+            (log.debug if terminal and not self.quiet else log.info)(line)
+
+    def summary(self, reason: str) -> dict:
+        best = self.best_val if math.isfinite(self.best_val) else None
+        return {"best_val_loss": best, "best_val_perplexity": perplexity(best), "best_step": self.best_step,
+                "steps": self.step, "tokens_seen": self.tokens_seen, "elapsed_seconds": round(self.elapsed(), 3),
+                "params": self.n_params, "outdir": str(self.folder.dir), "stopped_reason": reason}
+
+    def run_config(self) -> dict:
+        return {"preset": self.preset, "model": self.mcfg.to_dict(), "train": self.cfg.to_dict(),
+                "tokenizer": {"path": str(self.tokenizer_path.resolve()), "hash": self.store.tokenizer_hash,
+                              "vocab_size": self.mcfg.vocab_size},
+                "corpus": {"path": str(self.corpus_path.resolve()), "hash": self.store.corpus_hash,
+                           "tokens": len(self.store), "documents": self.store.n_docs,
+                           "separator": self.store.separator},
+                "data": {"train_windows": len(self.train_ds), "val_windows": len(self.val_ds),
+                         "steps_per_epoch": self.steps_per_epoch},
+                "params": self.n_params, "versions": versions()}
+
+
+def _collate(items: list, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.stack([it[0] for it in items])  # (B, T)
+    y = torch.stack([it[1] for it in items])  # (B, T)
+    if pin:
+        x, y = x.pin_memory(), y.pin_memory()
+    return x, y
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << max(0, int(n).bit_length() - 1)
+
+
+# =========================================================================== entry point
+
+def train(tokenizer_path: str | os.PathLike, corpus_path: str | os.PathLike, outdir: str | os.PathLike,
+          preset: str = "small", overrides: Optional[dict] = None, *, separator: Optional[str] = None,
+          resume: bool = False, force: bool = False, quiet: bool = False,
+          on_step: Optional[Callable[[Trainer], None]] = None) -> dict:
+    """Train (or continue training) a model in `outdir`; return the summary dict.
+
+    `overrides`: field -> value (None = not given) over the preset; see make_configs.
+    Continues from outdir/ckpt_last.pt when it exists (`resume=True` requires it).
+    `on_step(trainer)` runs after every optimizer step (tests, instrumentation).
+    Raises UserError for bad input (code 2), a locked outdir (3) or a diverged run (1), and
+    Interrupted for a signal received before the training loop.
+    """
+    tokenizer_path = require_file(tokenizer_path, "tokenizer file")
+    corpus_path = require_file(corpus_path, "corpus file")
+    tokenizer = dataset.load_tokenizer(tokenizer_path)
+    sep_id = dataset.special_ids(tokenizer, tokenizer_path)["sep"]
+    try:
+        mcfg, tcfg = make_configs(preset, overrides, vocab_size=tokenizer.get_vocab_size(), sep_token_id=sep_id)
+    except ValueError as e:
+        raise UserError(str(e))
+    resolve_device(tcfg.device)                     # fail before touching the outdir
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise UserError(f"--outdir {outdir} exists and is not a folder; pass a folder path")
+    folder = RunFolder(outdir)
+    before = list(log.handlers)
+    with StopSignals() as stop, RunLock(outdir):
+        add_log_file(folder.log)
+        try:
+            log.debug(f"train: {' '.join(sys.argv)}")
+            trainer = Trainer(mcfg, tcfg, tokenizer=tokenizer, tokenizer_path=tokenizer_path,
+                              corpus_path=corpus_path, preset=preset, folder=folder, separator=separator,
+                              quiet=quiet, stop=stop, on_step=on_step)
+            trainer.setup()
+            if folder.ckpt_last.exists():
+                if not resume:
+                    log.info(f"found {folder.ckpt_last}: continuing that run (use another --outdir to start over)")
+                trainer.resume(folder.ckpt_last, force)
+            elif resume:
+                raise UserError(f"--resume: nothing to resume, {folder.ckpt_last} does not exist; "
+                                f"drop --resume to start a new run")
+            folder.write_config(trainer.run_config())
+            reason = trainer.fit()
+            return _finish(trainer, reason)
+        finally:
+            for h in log.handlers[:]:
+                if h not in before:
+                    log.removeHandler(h)
+                    h.close()
+
+
+def _finish(trainer: Trainer, reason: str) -> dict:
+    folder = trainer.folder
+    if reason == "diverged":
+        folder.write_plot(trainer.history)
+        raise UserError(f"training diverged: the loss was not finite for {MAX_NONFINITE_STEPS} steps in a row "
+                        f"(at step {trainer.step:,}); lower --lr or raise --warmup-steps. ckpt_best.pt "
+                        f"(step {trainer.best_step}) and ckpt_last.pt (step {trainer.last_saved_step}) are "
+                        f"left as they were", code=EXIT_DIVERGED)
+    if reason in ("interrupted", "terminated"):
+        if trainer.last_saved_step != trainer.step:
+            trainer.save_last()
+        log.warning(f"{reason}: saved {folder.ckpt_last} at step {trainer.step:,}; run the same command "
+                    f"again to continue")
+    else:
+        if trainer.last_eval_step != trainer.step:
+            trainer.evaluate_and_save()
+        elif trainer.last_saved_step != trainer.step:
+            trainer.save_last()
+        messages = {"completed": f"finished {trainer.cfg.epochs} epochs",
+                    "max_steps": f"reached --max-steps {trainer.cfg.max_steps:,}" if trainer.cfg.max_steps else "",
+                    "max_time": "reached the --max-time budget (run the same command again to continue)",
+                    "early_stopping": f"early stopping: no improvement in {trainer.cfg.patience} evaluations"}
+        log.info(f"{messages[reason]} at step {trainer.step:,}")
+    folder.write_plot(trainer.history)
+    best = f"{trainer.best_val:.4f} at step {trainer.best_step:,}" if math.isfinite(trainer.best_val) else "n/a"
+    log.info(f"best validation loss {best}; outputs in {folder.dir}")
+    return trainer.summary(reason)
