@@ -172,10 +172,14 @@ def document_bytes(tokens: np.ndarray, doc_starts: np.ndarray, byte_len: np.ndar
 # =========================================================================== scoring
 
 def _amp_context(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    import contextlib
-    return contextlib.nullcontext()
+    """bf16 autocast when `amp` (fp16 on CUDA GPUs without bf16), else nothing."""
+    if not amp:
+        import contextlib
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @torch.inference_mode()
@@ -186,7 +190,7 @@ def score_documents(model, tokens: np.ndarray, doc_starts: np.ndarray, *, stride
 
     Returns {"loss_sum": float64 (n_docs,), "tokens": int64 (n_docs,), "block_size", "stride",
     "windows", "seconds"}. Runs in eval mode, batched (windows sorted by length so little is
-    padded), under inference_mode, with bf16 autocast on CUDA when `amp` (default: on for CUDA).
+    padded), under inference_mode, with bf16 autocast when `amp` (default: on for CUDA only).
     """
     block_size = model.cfg.block_size
     stride = block_size // 2 if stride is None else stride
@@ -336,9 +340,6 @@ def evaluate(ckpt_path, tokenizer_path, test_file, *, separator="<|doc|>", strid
     cache_dir = Path(ckpt_path).resolve().parent / "cache"
     store = dataset.load_or_build_token_store(test_file, tokenizer_path, cache_dir, separator=separator,
                                               quiet=quiet)
-    if store.n_docs == 0:
-        raise UserError(f"test file {test_file} holds no text (only separator lines or blanks); "
-                        f"pass a file with at least one document")
     if model.cfg.sep_token_id is not None and store.sep_id != model.cfg.sep_token_id:
         raise UserError(f"the tokenizer's separator id {store.sep_id} differs from the model's "
                         f"{model.cfg.sep_token_id}; pass the training tokenizer.json")

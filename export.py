@@ -127,14 +127,18 @@ def _tokenizer_json(tok, special: dict) -> str:
     special tokens are requested; without them the ids are exactly ours."""
     data = json.loads(tok.to_str())
     sep_name, sep_id = special["names"]["sep"], special["sep"]
-    if sep_name is not None and data.get("post_processor") is None:
-        data["post_processor"] = {
+    existing = data.get("post_processor")
+    if sep_name is not None and (existing is None or existing.get("type") == "ByteLevel"):
+        template = {
             "type": "TemplateProcessing",
             "single": [{"SpecialToken": {"id": sep_name, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
             "pair": [{"SpecialToken": {"id": sep_name, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
                      {"SpecialToken": {"id": sep_name, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
             "special_tokens": {sep_name: {"id": sep_name, "ids": [sep_id], "tokens": [sep_name]}},
         }
+        # a ByteLevel post-processor only adjusts offsets: keep it, then add the separator
+        data["post_processor"] = template if existing is None else \
+            {"type": "Sequence", "processors": [existing, template]}
     return json.dumps(data, ensure_ascii=False, indent=None)
 
 

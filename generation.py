@@ -15,14 +15,19 @@ Notation: B batch (rows), T time (tokens fed this step), S cache slots, V vocabu
 """
 from __future__ import annotations
 
+import json
 import math
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
-from common import UserError, log
+from common import UserError, atomic_path, log, refuse_same_file, require_file
+from dataset import load_tokenizer, special_ids
+from model import load_model
 
 FINISH_LENGTH = "length"                    # max_new_tokens reached
 FINISH_STOP = "stop"                        # a stop string appeared; the text ends before it
@@ -78,23 +83,52 @@ class SamplingConfig:
 
 # =========================================================================== pure sampling
 
+# top_p without top_k first tries the most likely tokens: the nucleus nearly always lies in the
+# first few hundred, and a topk of those is far cheaper than sorting a 32k vocabulary per step.
+NUCLEUS_PREFIX = 256
+
+
+def _canonical(source: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """source's values at ids (B, K), ordered by value descending, ties by lower id."""
+    ids = ids.sort(dim=-1).values  # ascending ids...
+    cand, order = source.gather(-1, ids).sort(dim=-1, descending=True, stable=True)  # ...then by value
+    return cand, ids.gather(-1, order)
+
+
 def _top_k_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exactly k candidates per row -> (logits (B, k), ids (B, k)), ordered by logit descending,
     ties by lower token id. Ties at the cut keep the lowest ids, so no extra token slips in.
 
-    Vectorised and free of host syncs: the k-th largest value is found with topk; tokens equal
-    to it beyond the `k - (number strictly above)` lowest ids are pushed to -inf, after which
-    exactly k tokens are >= the k-th value and a second topk returns precisely that set.
+    One topk of k + 1 finds the set; only when the (k+1)-th value equals the k-th (a tie across
+    the cut, rare with real logits; checked with one (B,)-sized host read) does a slower exact
+    pass push the tied tokens beyond the `k - (number strictly above)` lowest ids to -inf.
     """
-    kth = torch.topk(logits, k, dim=-1).values[:, -1:]  # (B, 1)
-    tied = logits == kth  # (B, V)
-    n_above = (logits > kth).sum(-1, keepdim=True)  # (B, 1)
-    surplus = tied & (tied.cumsum(-1) > k - n_above)  # tied tokens past the cut, by id
-    ids = torch.topk(logits.masked_fill(surplus, float("-inf")), k, dim=-1).indices  # (B, k) the set
-    ids = ids.sort(dim=-1).values  # canonical order of the set: ascending ids
-    cand = logits.gather(-1, ids)  # (B, k)
-    cand, order = cand.sort(dim=-1, descending=True, stable=True)  # ties stay in id order
-    return cand, ids.gather(-1, order)
+    V = logits.shape[-1]
+    vals, ids = torch.topk(logits, min(k + 1, V), dim=-1)  # (B, k+1) sorted descending
+    if k < V and bool((vals[:, k] == vals[:, k - 1]).any()):
+        kth = vals[:, k - 1:k]  # (B, 1)
+        tied = logits == kth  # (B, V)
+        n_above = (logits > kth).sum(-1, keepdim=True)  # (B, 1)
+        surplus = tied & (tied.cumsum(-1) > k - n_above)  # tied tokens past the cut, by id
+        ids = torch.topk(logits.masked_fill(surplus, float("-inf")), k, dim=-1).indices  # (B, k)
+    return _canonical(logits, ids[:, :k])
+
+
+def _nucleus_candidates(scaled: torch.Tensor, log_z: torch.Tensor, top_p: float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates (B, K) for top_p alone, in canonical order: the first NUCLEUS_PREFIX tokens when
+    those strictly above the next one already hold top_p of the mass (then the nucleus is among
+    them, whatever the order of ties), else the whole sorted vocabulary."""
+    V = scaled.shape[-1]
+    k = NUCLEUS_PREFIX
+    if k < V:
+        vals, ids = torch.topk(scaled, k + 1, dim=-1)  # (B, k+1)
+        above = vals[:, :k] > vals[:, k:]  # (B, k): ahead of every token outside, in any order
+        mass = torch.exp(vals[:, :k] - log_z).masked_fill(~above, 0.0).sum(-1)
+        if bool((mass >= top_p).all()):
+            cand, ids = _canonical(scaled, ids[:, :k])
+            return cand.masked_fill(cand <= vals[:, k:], float("-inf")), ids
+    return torch.sort(scaled, dim=-1, descending=True, stable=True)  # ties by lower id
 
 
 def _support(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, min_p: float
@@ -104,20 +138,23 @@ def _support(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
     `logits`. Filters apply in the usual order, each on the survivors of the previous one:
       top_k: exactly k tokens (ties at the cut go to the lower token id), taken on the raw logits
              (dividing by a positive temperature keeps their order);
-      top_p: the smallest set, in order of probability, whose mass reaches top_p (at least the
-             top token; ties in id order);
+      top_p: the smallest set, in order of probability (ties by lower id), whose mass reaches
+             top_p (at least the top token); after top_k, of the renormalised top-k distribution;
       min_p: tokens with p >= min_p * p(top token).
     """
     V = logits.shape[-1]
+    log_z = None  # log normaliser of the top_p mass (None: the candidates' own softmax)
     if 0 < top_k < V:
         cand, ids = _top_k_candidates(logits, top_k)  # sorted
         cand = cand / temperature
     elif top_p < 1.0:
-        cand, ids = torch.sort(logits / temperature, dim=-1, descending=True, stable=True)  # ties by id
+        scaled = logits / temperature
+        log_z = torch.logsumexp(scaled, dim=-1, keepdim=True)  # (B, 1) over the whole vocabulary
+        cand, ids = _nucleus_candidates(scaled, log_z, top_p)
     else:
         cand, ids = logits / temperature, None
     if top_p < 1.0:  # cand is sorted: keep each token whose preceding mass is < top_p
-        probs = torch.softmax(cand, dim=-1)
+        probs = torch.softmax(cand, dim=-1) if log_z is None else torch.exp(cand - log_z)
         mass_before = probs.cumsum(-1) - probs
         cand = cand.masked_fill(mass_before >= top_p, float("-inf"))  # the top token always stays
     if min_p > 0.0:  # p >= min_p * p_max  <=>  logit >= max logit + log(min_p)
@@ -146,16 +183,17 @@ def sample(logits: torch.Tensor, *, temperature: float, top_k: int = 0, top_p: f
     """Draw one token id per row from (B, V) logits -> LongTensor (B,). Pure: `logits` is not
     modified. temperature 0 = argmax (the lowest id among equal maxima; filters are moot).
 
-    The draw is an exponential race (argmax of p / Exp(1), equivalent to sampling from p) over
-    the candidates of `_support`: no host sync, and only k random numbers when top_k is on.
+    The draw inverts the cumulative distribution of the candidates of `_support` at one uniform
+    number per row: no host sync, one random number per row.
     """
     assert logits.dim() == 2, "logits must be (B, V)"
     if temperature == 0:
         return logits.argmax(dim=-1)
     cand, ids = _support(logits, temperature, top_k, top_p, min_p)
-    probs = torch.softmax(cand, dim=-1)  # (B, K)
-    race = torch.empty_like(probs).exponential_(generator=generator)
-    choice = (probs / race).argmax(dim=-1)  # (B,) position among the candidates
+    cdf = torch.softmax(cand, dim=-1).cumsum(dim=-1)  # (B, K)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype)  # [0, 1)
+    u = (1.0 - u) * cdf[:, -1:]  # (0, total]: the first cdf >= u is a token with p > 0
+    choice = torch.searchsorted(cdf, u).squeeze(-1)  # (B,) position among the candidates
     return choice if ids is None else ids.gather(-1, choice[:, None]).squeeze(-1)
 
 
@@ -250,8 +288,9 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
     Each prompt is prefilled once (left-padded to a common length: `key_mask` hides the padding
     slots and `positions` restarts RoPE at 0 on each row's first real token, so a row gets the
     same tokens as it would alone), then one token per step. A prompt longer than the model's
-    block_size keeps its last block_size tokens; when the context fills up, decoding re-prefills
-    the most recent SLIDE_KEEP_FRACTION * block_size tokens and continues.
+    block_size keeps its last block_size tokens; when a row's context outgrows the block, it keeps
+    its most recent SLIDE_KEEP_FRACTION * block_size tokens, re-prefilled at positions 0.. (the
+    shared cache is refilled when its last slot is used; rows that still fit keep their context).
     Per step on the host: one transfer of the B sampled ids, plus list bookkeeping.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
@@ -264,8 +303,8 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
     B = len(prompts)
     keep = max(1, int(block * SLIDE_KEEP_FRACTION))
     history = [list(p) for p in prompts]  # all tokens of each row (prompt + output), on the host
-    contexts = [h[-block:] for h in history]
-    S = min(block, max(len(c) for c in contexts) + max_new_tokens)
+    starts = [max(0, len(h) - block) for h in history]  # each row's context: history[i][starts[i]:]
+    S = min(block, max(len(h) - s for h, s in zip(history, starts)) + max_new_tokens)
     stop = set(stop_ids)
     finished = [False] * B
 
@@ -296,7 +335,7 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
     model.setup_cache(B, S)
     try:
         slots = torch.arange(S, device=device)
-        batch, logits = _prefill(model, contexts, S, slots, device, pad_id)
+        batch, logits = _prefill(model, [h[s:] for h, s in zip(history, starts)], S, slots, device, pad_id)
         pos = batch.P  # next free cache slot
         for step in range(max_new_tokens):
             new = next_ids(logits)  # (B,)
@@ -319,8 +358,14 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
             yield out
             if all(finished) or step == max_new_tokens - 1:
                 return
-            if pos == S:  # context full (S == block): slide, keeping the most recent tokens
-                batch, logits = _prefill(model, [h[-keep:] for h in history], S, slots, device, pad_id)
+            if pos == S:
+                # the cache is full (S == block): every row whose own context outgrew the block
+                # keeps its most recent `keep` tokens (exactly as it would alone), then all rows
+                # are prefilled again, left-padded
+                for i, h in enumerate(history):
+                    if len(h) - starts[i] > block:
+                        starts[i] = len(h) - keep
+                batch, logits = _prefill(model, [h[s:] for h, s in zip(history, starts)], S, slots, device, pad_id)
                 pos = batch.P
             else:
                 logits, _ = model(new[:, None], input_pos=slots[pos:pos + 1], key_mask=batch.key_mask,
@@ -385,7 +430,7 @@ class TextStream:
     """The text of one sample as it grows: UTF-8-safe pieces, cut before the first stop string.
 
     `push(token)` returns the text that is now final (never part of a possible stop string);
-    `close()` returns the rest. `text` is the final output, `finish_reason` why it ended.
+    `end(reason)` returns the rest. `text` is the final output, `finish_reason` why it ended.
     """
 
     def __init__(self, tokenizer, stop_strings: Sequence[str] = ()):
@@ -453,20 +498,17 @@ class Generation:
     tokens: int          # new tokens generated (an end-of-document token not counted)
     finish_reason: str   # "length" | "stop" | "end_of_document"
     sample: int = 0      # sample number for this prompt (0-based)
+    token_ids: list = field(default_factory=list)  # the `tokens` generated ids
 
     def to_dict(self) -> dict:
+        """The JSON Lines record."""
         return {"prompt": self.prompt, "text": self.text, "tokens": self.tokens,
-                "finish_reason": self.finish_reason, "sample": self.sample}
+                "finish_reason": self.finish_reason, "sample": self.sample, "token_ids": self.token_ids}
 
 
 def encode_prompt(tokenizer, prompt: str, sep_id: int = 0) -> list[int]:
     """Prompt ids as in the training stream: the SEP/BOS id, then the text (no special tokens added)."""
     return [sep_id] + tokenizer.encode(prompt, add_special_tokens=False).ids
-
-
-def _special_ids(tokenizer) -> dict:
-    from dataset import special_ids
-    return special_ids(tokenizer)
 
 
 def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, cfg: SamplingConfig,
@@ -484,7 +526,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     """
     if (on_start or on_text) and batch_size != 1:
         raise ValueError("streaming callbacks need batch_size == 1")
-    ids = _special_ids(tokenizer)
+    ids = special_ids(tokenizer)
     stop_ids = (ids["sep"], ids["eos"])
     rows = [(p, j) for p in prompts for j in range(num_samples)]
     encoded = {p: encode_prompt(tokenizer, p, ids["sep"]) for p in prompts}
@@ -514,7 +556,8 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
             piece = s.end(FINISH_LENGTH)
             if piece and on_text:
                 on_text(r, piece)
-            results[r] = Generation(rows[r][0], s.text, s.n_tokens, s.finish_reason, rows[r][1])
+            results[r] = Generation(rows[r][0], s.text, s.n_tokens, s.finish_reason, rows[r][1],
+                                    s.decoder.ids[:s.n_tokens])
     return results
 
 
@@ -549,7 +592,6 @@ def resolve_device(name: str) -> torch.device:
 def read_prompts(path, separator: Optional[str] = None) -> list[str]:
     """Prompts from a UTF-8 file: one per line (blank lines skipped), or, with `separator`,
     blocks of lines between lines equal to the separator (surrounding blank lines trimmed)."""
-    from common import require_file
     path = require_file(path, "prompt file")
     try:
         text = path.read_text(encoding="utf-8")
@@ -586,7 +628,6 @@ def _plain_parts(prompt: str, prompt_no: int, n_prompts: int, sample: int, num_s
 
 
 def _utf8_stdout():
-    import sys
     if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8":
         sys.stdout.reconfigure(encoding="utf-8")
     return sys.stdout
@@ -599,17 +640,15 @@ def run_generate(*, tokenizer_path, ckpt_path, prompts: Sequence[str], max_new_t
     """The generate stage: load, generate, print (stdout) or write `output` (.jsonl = JSON Lines,
     else plain text), log tokens/s. Streaming prints each piece of text as soon as it is final;
     its stdout is byte for byte what the same run without streaming prints."""
-    import json
-
-    from common import atomic_path, refuse_same_file
-    from dataset import load_tokenizer
-    from model import load_model
-
     if any(s == "" for s in stop_strings):
         raise UserError("--stop: empty stop strings are not allowed; pass the text that ends a sample")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise UserError(f"--seed {seed} must be in 0..2**63-1")
     if stream and batch_size > 1:
         raise UserError("--stream prints one sample at a time; drop --batch-generate (or --stream)")
     if output is not None:
+        if Path(output).is_dir():
+            raise UserError(f"--output {output} is a folder; pass a file name (.jsonl for JSON Lines)")
         refuse_same_file([tokenizer_path, ckpt_path], output)
     dev = resolve_device(device)
     tokenizer = load_tokenizer(tokenizer_path)
@@ -617,7 +656,7 @@ def run_generate(*, tokenizer_path, ckpt_path, prompts: Sequence[str], max_new_t
     generator = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
 
     n_results = len(prompts) * num_samples
-    single = output is None and n_results == 1
+    single = n_results == 1  # stdout shows one result as running text (files always get headers)
 
     def parts(r: int) -> tuple[str, str]:
         return _plain_parts(prompts[r // num_samples], r // num_samples, len(prompts),
@@ -652,7 +691,7 @@ def run_generate(*, tokenizer_path, ckpt_path, prompts: Sequence[str], max_new_t
     if output is not None:
         with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for r, g in enumerate(results):
-                if str(output).endswith(".jsonl"):
+                if str(output).lower().endswith(".jsonl"):
                     f.write(json.dumps(g.to_dict(), ensure_ascii=False) + "\n")
                 else:
                     header, footer = _plain_parts(g.prompt, r // num_samples, len(prompts), g.sample,

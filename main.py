@@ -25,19 +25,43 @@ def emit_json(obj) -> None:
 # =========================================================================== prepare-corpus
 
 def cmd_prepare_corpus(args) -> int:
-    raise UserError("prepare-corpus is not implemented yet")
+    import standarize
+    stats = standarize.prepare_corpus(
+        args.input, args.output, separator=args.separator, preserve_case=args.preserve_case,
+        split_on_blank_lines=args.split_on_blank_lines, min_chars=args.min_chars,
+        keep_duplicates=args.keep_duplicates, quiet=args.quiet or args.json)
+    if args.json:
+        emit_json(stats.to_dict())
+    elif not args.quiet:
+        standarize.print_summary(stats)
+    return 0
 
 
 # =========================================================================== analyze-corpus
 
 def cmd_analyze_corpus(args) -> int:
-    raise UserError("analyze-corpus is not implemented yet")
+    import dataset
+    report = dataset.analyze_corpus(args.corpus, separator=args.separator, tokenizer_path=args.tokenizer,
+                                    quiet=args.quiet or args.json)
+    if args.json:
+        emit_json(report)
+    else:
+        dataset.print_analysis(report)
+    return 0
 
 
 # =========================================================================== init-tokenizer
 
 def cmd_init_tokenizer(args) -> int:
-    raise UserError("init-tokenizer is not implemented yet")
+    import dataset
+    report = dataset.train_tokenizer(args.files, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
+                                     separator=args.separator, out_path=args.out,
+                                     quiet=args.quiet or args.json)
+    if args.json:
+        emit_json(report)
+    elif not args.quiet:
+        print(dataset.format_fitness(report))
+    return 0
 
 
 # =========================================================================== train
@@ -45,8 +69,8 @@ def cmd_init_tokenizer(args) -> int:
 def cmd_train(args) -> int:
     import training
     from common import parse_duration
-    overrides = {name: getattr(args, name) for name in training.CLI_OVERRIDES}
-    if args.max_time is not None:
+    overrides = {name: getattr(args, name, None) for name in training.CLI_OVERRIDES}
+    if getattr(args, "max_time", None) is not None:
         try:
             overrides["max_time"] = parse_duration(args.max_time)
         except ValueError as e:
@@ -56,7 +80,8 @@ def cmd_train(args) -> int:
                                  separator=args.separator, resume=args.resume, force=args.force,
                                  quiet=args.quiet)
     except training.Interrupted as e:
-        sys.stderr.write(f"error: {e.reason} before training started; nothing was saved\n")
+        sys.stderr.write(f"error: {e.reason}; files saved before the signal are intact "
+                         f"(run the same command again to continue)\n")
         return e.code
     if args.json:
         emit_json(summary)
@@ -66,7 +91,28 @@ def cmd_train(args) -> int:
 # =========================================================================== generate
 
 def cmd_generate(args) -> int:
-    raise UserError("generate is not implemented yet")
+    import generation  # torch is only imported by the stages that need it
+    try:
+        cfg = generation.SamplingConfig(
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+            repetition_penalty=args.repetition_penalty, no_repeat_ngram=args.no_repeat_ngram)
+    except ValueError as e:
+        raise UserError(f"{e}; see 'main.py generate --help'")
+    if args.prompt_separator is not None and args.prompt_file is None:
+        raise UserError("--prompt-separator only applies to --prompt-file")
+    if args.output is not None:
+        from common import refuse_same_file
+        refuse_same_file([args.prompt_file] if args.prompt_file else [], args.output)
+    if args.prompt_file is not None:
+        prompts = generation.read_prompts(args.prompt_file, args.prompt_separator)
+    else:
+        prompts = [args.prompt]
+    generation.run_generate(
+        tokenizer_path=args.tokenizer, ckpt_path=args.ckpt, prompts=prompts, max_new_tokens=args.max_tokens,
+        cfg=cfg, stop_strings=args.stop or (), seed=args.seed, num_samples=args.num_samples,
+        stream=args.stream, batch_size=args.batch_size if args.batch_generate else 1,
+        output=args.output, device=args.device)
+    return 0
 
 
 # =========================================================================== evaluate
@@ -174,79 +220,115 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Clean raw text (mojibake, Unicode NFC, whitespace, case) into one corpus file "
                                    "with one separator line between documents.")
     p.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                   help="files, directories (all .txt inside, sorted) or globs; .gz/.bz2/.xz read transparently")
+                   help="files, directories (every .txt inside, recursively, sorted) or globs; .gz/.bz2/.xz "
+                        "read transparently; UTF-8/UTF-16 (with BOM)/Latin-1/Windows-1252 detected")
     p.add_argument("--output", required=True, help="cleaned corpus file (UTF-8)")
-    p.add_argument("--preserve-case", action="store_true", help="keep case (default: lowercase)")
+    p.add_argument("--preserve-case", action="store_true", help="keep upper case (without it, text is lowercased)")
     p.add_argument("--separator", default=DOC_SEPARATOR, help="document separator line, in input and output")
     p.add_argument("--split-on-blank-lines", type=_positive_int, default=None, metavar="N",
-                   help="inside files without separators, start a new document at N or more blank lines "
-                        "(default: the whole file is one document)")
-    p.add_argument("--min-chars", type=_nonneg_int, default=1, help="drop documents shorter than this (characters)")
+                   help="also start a new document at N or more consecutive blank lines; without it "
+                        "only separator lines and file boundaries split (a file without separators is one "
+                        "document)")
+    p.add_argument("--min-chars", type=_nonneg_int, default=1,
+                   help="drop documents shorter than this after cleaning (characters)")
     p.add_argument("--keep-duplicates", action="store_true", help="keep exact-duplicate documents")
     _common(p, json_flag=True)
     p.set_defaults(func=cmd_prepare_corpus)
 
     # ---- analyze-corpus
-    p = sub.add_parser("analyze-corpus", formatter_class=fmt, help="corpus statistics and recommended hyperparameters")
+    p = sub.add_parser("analyze-corpus", formatter_class=fmt, help="corpus statistics and recommended hyperparameters",
+                       description="Documents, tokens (exact with --tokenizer, else estimated from characters), "
+                                   "document length distribution, recommended block size / stride / preset / "
+                                   "epochs / vocabulary size, and warnings. The report goes to stdout.")
     p.add_argument("--corpus", required=True, help="cleaned corpus file")
     p.add_argument("--separator", default=DOC_SEPARATOR, help="document separator line")
-    p.add_argument("--tokenizer", default=None, help="tokenizer.json for exact token counts (default: estimate)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer.json for exact token counts; without it they are estimated from characters")
     _common(p, json_flag=True)
     p.set_defaults(func=cmd_analyze_corpus)
 
     # ---- init-tokenizer
     p = sub.add_parser("init-tokenizer", formatter_class=fmt, help="train a byte-level BPE tokenizer")
     p.add_argument("--files", nargs="+", required=True, help="training text files (cleaned corpus)")
-    p.add_argument("--vocab-size", type=_positive_int, default=32000, help="vocabulary size (tokens)")
+    p.add_argument("--vocab-size", type=_positive_int, default=32000,
+                   help="vocabulary size in tokens, special tokens included (at least 259 = 256 bytes + 3 specials)")
     p.add_argument("--out", required=True, help="output tokenizer.json")
     p.add_argument("--min-frequency", type=_positive_int, default=2, help="minimum pair frequency for a merge")
-    p.add_argument("--separator", default=DOC_SEPARATOR, help="document separator line (becomes one special token)")
+    p.add_argument("--separator", default=DOC_SEPARATOR,
+                   help="document separator line in the files; becomes special token id 0 of the tokenizer")
     _common(p, json_flag=True)
     p.set_defaults(func=cmd_init_tokenizer)
 
     # ---- train
-    p = sub.add_parser("train", formatter_class=fmt, help="train a model (presets small/medium/large or custom)")
-    p.add_argument("--tokenizer", required=True, help="tokenizer.json from init-tokenizer")
-    p.add_argument("--corpus", required=True, help="cleaned corpus file")
-    p.add_argument("--outdir", required=True, help="run folder (checkpoints, history, logs)")
+    # Flags without a fixed default take it from the preset (or TrainConfig): they are absent from
+    # `args` unless given (SUPPRESS), and the help says what the default is.
+    p = sub.add_parser("train", formatter_class=fmt, help="train a model (presets small/medium/large or custom)",
+                       description="Train a model; re-running the same command on the same --outdir continues "
+                                   "the run (exact resume). Exit codes: 0 done (epochs, --max-steps, --max-time, "
+                                   "early stopping), 1 diverged, 2 bad input, 3 --outdir locked by another run, "
+                                   "130 SIGINT / 143 SIGTERM (after saving ckpt_last.pt).")
+    unset = argparse.SUPPRESS
+    p.add_argument("--tokenizer", required=True, default=unset, help="tokenizer.json from init-tokenizer")
+    p.add_argument("--corpus", required=True, default=unset, help="cleaned corpus file")
+    p.add_argument("--outdir", required=True, default=unset, help="run folder (checkpoints, history, logs)")
     p.add_argument("--config", choices=["small", "medium", "large", "custom"], default="small",
-                   help="preset; any model/training flag below overrides that field only")
+                   help="preset (small ~10M, medium ~30M, large ~70M parameters at a 32k vocabulary); any "
+                        "model/training flag below overrides that field only. custom: small's training "
+                        "defaults with --n-layer, --n-head and --n-embd required")
     p.add_argument("--separator", default=DOC_SEPARATOR, help="document separator line in the corpus")
-    p.add_argument("--block-size", type=_positive_int, default=None, help="context length (tokens)")
-    p.add_argument("--n-embd", type=_positive_int, default=None, help="model width")
-    p.add_argument("--n-layer", type=_positive_int, default=None, help="number of transformer blocks")
-    p.add_argument("--n-head", type=_positive_int, default=None, help="attention heads")
-    p.add_argument("--dropout", type=_float, default=None, help="dropout probability (default 0.0)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="windows per micro-batch")
-    p.add_argument("--accumulation-steps", type=_positive_int, default=None, help="micro-batches per optimizer step")
-    p.add_argument("--epochs", type=_positive_int, default=None, help="passes over the training windows")
-    p.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--max-time", default=None, help="wall-clock budget, e.g. 2h, 90m, 1h30m: save and exit 0")
-    p.add_argument("--lr", type=_float, default=None, help="peak learning rate")
-    p.add_argument("--min-lr", type=_float, default=None, help="final learning rate of the cosine decay")
-    p.add_argument("--warmup-steps", type=_nonneg_int, default=None, help="linear warmup (optimizer steps)")
-    p.add_argument("--weight-decay", type=_float, default=None, help="AdamW weight decay (matrices only)")
-    p.add_argument("--grad-clip", type=_float, default=None, help="clip gradient norm (0 = off; default 1.0)")
-    p.add_argument("--patience", type=_nonneg_int, default=None,
-                   help="stop after this many evaluations without improvement (0 = never)")
-    p.add_argument("--eval-every", type=_positive_int, default=None, help="evaluate every N optimizer steps")
-    p.add_argument("--eval-batches", type=_positive_int, default=None, help="validation batches per evaluation")
-    p.add_argument("--stride", type=_positive_int, default=None, help="window stride inside long documents (tokens)")
-    p.add_argument("--val-fraction", type=_fraction, default=None, help="fraction of documents held out")
+    p.add_argument("--block-size", type=_positive_int, default=unset,
+                   help="context length in tokens (preset: 256 / 512 / 1024)")
+    p.add_argument("--n-embd", type=_positive_int, default=unset, help="model width (preset: 256 / 384 / 640)")
+    p.add_argument("--n-layer", type=_positive_int, default=unset, help="transformer blocks (preset: 4 / 10 / 10)")
+    p.add_argument("--n-head", type=_positive_int, default=unset, help="attention heads (preset: 4 / 6 / 10)")
+    p.add_argument("--dropout", type=_float, default=unset, help="dropout probability (default: 0.0)")
+    p.add_argument("--batch-size", type=_positive_int, default=unset,
+                   help="windows per micro-batch (preset: 32 / 16 / 8)")
+    p.add_argument("--accumulation-steps", type=_positive_int, default=unset,
+                   help="micro-batches per optimizer step (default: 1)")
+    p.add_argument("--epochs", type=_positive_int, default=unset,
+                   help="passes over the training windows (preset: 30 / 20 / 15)")
+    p.add_argument("--max-steps", type=_positive_int, default=unset,
+                   help="cap on optimizer steps; the learning-rate schedule ends there (default: no cap)")
+    p.add_argument("--max-time", default=unset,
+                   help="wall-clock budget of this invocation, e.g. 2h, 90m, 1h30m: stop at the next step "
+                        "boundary past it, evaluate, save and exit 0 (re-run to continue)")
+    p.add_argument("--lr", type=_float, default=unset, help="peak learning rate (preset: 5e-4 / 3e-4 / 2e-4)")
+    p.add_argument("--min-lr", type=_float, default=unset,
+                   help="learning rate at the last step of the cosine decay (default: lr / 10)")
+    p.add_argument("--warmup-steps", type=_nonneg_int, default=unset,
+                   help="linear warmup in optimizer steps (default: 5%% of the schedule, at most 500)")
+    p.add_argument("--weight-decay", type=_float, default=unset,
+                   help="AdamW weight decay, matrices only (default: 0.1)")
+    p.add_argument("--grad-clip", type=_float, default=unset, help="clip the gradient norm (0 = off; default: 1.0)")
+    p.add_argument("--patience", type=_nonneg_int, default=unset,
+                   help="stop after this many evaluations without improvement (0 = never; default: 5)")
+    p.add_argument("--eval-every", type=_positive_int, default=unset,
+                   help="evaluate every N optimizer steps, and at the end of every epoch (default: 250)")
+    p.add_argument("--eval-batches", type=_positive_int, default=unset,
+                   help="fixed validation batches per evaluation (default: 20)")
+    p.add_argument("--stride", type=_positive_int, default=unset,
+                   help="window stride inside long documents, in tokens (default: the block size, so "
+                        "windows do not overlap)")
+    p.add_argument("--val-fraction", type=_fraction, default=unset,
+                   help="fraction of documents held out for validation (default: 0.05; 0 = none)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="device")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision (default: on for CUDA, off on CPU)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=unset,
+                   help="mixed precision (default: on for CUDA: bf16 where supported, else fp16 with a "
+                        "gradient scaler; off on CPU, where --amp means bf16 autocast)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                   help="recompute activations per block to save memory")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=unset,
+                   help="recompute activations per block to save memory (preset: on for large)")
     p.add_argument("--flash-attention", action="store_true",
                    help="use the flash-attn package when installed on a supported GPU (else SDPA)")
     p.add_argument("--num-workers", type=_nonneg_int, default=0, help="data loader worker processes")
-    p.add_argument("--seed", type=int, default=1337, help="random seed")
-    p.add_argument("--resume", action="store_true", help="continue from ckpt_last.pt in --outdir")
-    p.add_argument("--force", action="store_true", help="resume even if corpus or tokenizer changed")
-    p.add_argument("--log-every", type=_positive_int, default=None,
-                   help="log one line every N steps when stderr is not a terminal")
+    p.add_argument("--seed", type=int, default=1337, help="random seed (weights, data order, dropout)")
+    p.add_argument("--resume", action="store_true",
+                   help="require ckpt_last.pt in --outdir and continue from it (re-running the same "
+                        "command on that folder continues anyway)")
+    p.add_argument("--force", action="store_true", help="resume even if the corpus or tokenizer changed")
+    p.add_argument("--log-every", type=_positive_int, default=unset,
+                   help="when stderr is not a terminal, one log line every N steps (default: 10)")
     _common(p, json_flag=True)
     p.set_defaults(func=cmd_train)
 

@@ -144,9 +144,9 @@ def reference_attention(q, k, v, mask=None, is_causal=False):
     """
     D = q.shape[-1]
     att = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, T, S)
-    if is_causal:
+    if is_causal:  # top-left aligned, as SDPA's is_causal (the model only uses it with T == S)
         T, S = q.shape[-2], k.shape[-2]
-        causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+        causal = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
         att = att.masked_fill(~causal, float("-inf"))
     if mask is not None:
         att = att.masked_fill(~mask, float("-inf"))

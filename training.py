@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import platform
@@ -53,7 +54,7 @@ import torch
 
 import dataset
 from common import (EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_TERMINATED, Progress, UserError, add_log_file,
-                    atomic_path, format_seconds, log, require_file, stderr_is_terminal, write_json)
+                    atomic_path, file_sha256, format_seconds, log, require_file, stderr_is_terminal, write_json)
 from model import GPT, ModelConfig
 
 # =========================================================================== presets and configs
@@ -74,6 +75,12 @@ CUSTOM_REQUIRED = ("n_layer", "n_head", "n_embd")
 MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")
 SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "rope_base",
                 "norm_eps", "sep_token_id")   # must match on resume (dropout may change)
+
+# train flags (argparse dest names) that override preset / TrainConfig fields; None = not given
+CLI_OVERRIDES = ("block_size", "n_embd", "n_layer", "n_head", "dropout", "batch_size", "accumulation_steps",
+                 "epochs", "max_steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
+                 "patience", "eval_every", "eval_batches", "stride", "val_fraction", "device", "amp",
+                 "compile", "gradient_checkpointing", "flash_attention", "num_workers", "seed", "log_every")
 
 HISTORY_KEYS = ("step", "epoch", "tokens_seen", "train_loss", "val_loss", "val_perplexity", "lr",
                 "grad_norm", "tokens_per_second", "elapsed_seconds", "sample")
@@ -404,6 +411,7 @@ class StopSignals:
         self.reason: Optional[str] = None
         self.armed = False
         self._old: dict = {}
+        self._pid = os.getpid()
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():
@@ -412,6 +420,8 @@ class StopSignals:
         return self
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:   # a forked DataLoader worker: the main process decides
+            return
         reason = self.SIGNALS[signum]
         if not self.armed or self.reason is not None:
             raise Interrupted(reason)
@@ -485,7 +495,8 @@ def plot_history(history: list[dict], path: Path) -> None:
     x, y = series("val_perplexity")
     if x:
         ax2.plot(x, y, marker="o", markersize=3, color="tab:orange")
-        ax2.set_yscale("log")
+        if max(y) / max(min(y), 1e-9) > 20:
+            ax2.set_yscale("log")
     ax2.set(xlabel="tokens seen", ylabel="perplexity", title="validation perplexity")
     for ax in (ax1, ax2):
         ax.grid(True, alpha=0.3)
@@ -521,6 +532,38 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
+# =========================================================================== resume checks
+
+def load_resume_checkpoint(path: Path, mcfg: ModelConfig, tokenizer_hash: str, corpus_hash: str,
+                           force: bool) -> dict:
+    """Load ckpt_last.pt for resuming (weights_only) before any heavy setup; refuse another model
+    shape, and another tokenizer or corpus (sha256) unless `force`."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot resume from {path}: it is truncated or not a training checkpoint ({reason}); "
+                        f"delete it to start over, or use another --outdir")
+    needed = ("model", "model_config", "meta", "optimizer", "step", "data_position", "rng")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
+        raise UserError(f"cannot resume from {path}: not a full training checkpoint; use another --outdir")
+    old, new = ckpt["model_config"], mcfg.to_dict()
+    diff = [f"{k} {old.get(k)} -> {new[k]}" for k in SHAPE_FIELDS if old.get(k) != new[k]]
+    if diff:
+        raise UserError(f"cannot resume {path}: the model shape differs from the checkpoint's "
+                        f"({', '.join(diff)}); use the same --config and shape flags, or another --outdir")
+    meta = ckpt["meta"]
+    changed = [what for what, want, have in (("tokenizer", meta.get("tokenizer_hash"), tokenizer_hash),
+                                             ("corpus", meta.get("corpus_hash"), corpus_hash)) if want != have]
+    if changed and not force:
+        raise UserError(f"cannot resume {path}: the {' and '.join(changed)} differ from the ones this run "
+                        f"was trained with (sha256 mismatch); pass the original files, use another "
+                        f"--outdir, or add --force to continue anyway")
+    if changed:
+        log.warning(f"warning: --force: resuming with another {' and '.join(changed)}")
+    return ckpt
+
+
 # =========================================================================== trainer
 
 class Trainer:
@@ -548,6 +591,7 @@ class Trainer:
         self.last_eval_step = -1
         self.last_saved_step = -1
         self.stopped_reason: Optional[str] = None
+        self.last_norm = float("nan")
 
     @staticmethod
     def _empty_window() -> dict:
@@ -572,7 +616,7 @@ class Trainer:
         m = self.mcfg
         log.info(f"model: {self.preset}, {m.n_layer} layers, {m.n_head} heads, width {m.n_embd}, "
                  f"block {m.block_size}, vocab {m.vocab_size}: {self.n_params:,} parameters")
-        self.optimizer = self._make_optimizer()
+        self.optimizer = make_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.train_model = torch.compile(self.model) if cfg.compile else self.model
         precision = f"autocast {str(self.amp_dtype).replace('torch.', '')}" if self.amp else "fp32"
@@ -636,15 +680,6 @@ class Trainer:
         text = self.tokenizer.decode(head, skip_special_tokens=True)
         return SAMPLE_PROMPT if any(c.isupper() for c in text) else SAMPLE_PROMPT.lower()
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        cfg = self.cfg
-        groups = self.model.configure_optimizer_groups(cfg.weight_decay)
-        kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
-        try:
-            return torch.optim.AdamW(groups, fused=True, **kw)
-        except (RuntimeError, TypeError, ValueError):   # no fused kernel for this device / dtype
-            return torch.optim.AdamW(groups, foreach=True, **kw)
-
     # ----------------------------------------------------------------------- checkpoints
 
     def checkpoint_state(self) -> dict:
@@ -677,35 +712,8 @@ class Trainer:
         self.folder.save_checkpoint(self.folder.ckpt_last, self.checkpoint_state())
         self.last_saved_step = self.step
 
-    def resume(self, path: Path, force: bool) -> None:
-        """Restore everything from `path`; refuse another model shape, and another corpus or
-        tokenizer unless `force`."""
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise UserError(f"cannot resume from {path}: it is truncated or not a training checkpoint "
-                            f"({str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}); "
-                            f"delete it to start over, or use another --outdir")
-        needed = ("model", "model_config", "meta", "optimizer", "step", "data_position", "rng")
-        if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
-            raise UserError(f"cannot resume from {path}: not a full training checkpoint; use another --outdir")
-        old, new = ckpt["model_config"], self.mcfg.to_dict()
-        diff = [f"{k} {old.get(k)} -> {new[k]}" for k in SHAPE_FIELDS if old.get(k) != new[k]]
-        if diff:
-            raise UserError(f"cannot resume {path}: the model shape differs from the checkpoint's "
-                            f"({', '.join(diff)}); use the same --config and shape flags, or another --outdir")
-        meta = ckpt["meta"]
-        changed = []
-        if meta.get("tokenizer_hash") != self.store.tokenizer_hash:
-            changed.append("tokenizer")
-        if meta.get("corpus_hash") != self.store.corpus_hash:
-            changed.append("corpus")
-        if changed and not force:
-            raise UserError(f"cannot resume {path}: the {' and '.join(changed)} differ from the ones this run "
-                            f"was trained with (sha256 mismatch); pass the original files, use another "
-                            f"--outdir, or add --force to continue anyway")
-        if changed:
-            log.warning(f"warning: --force: resuming with another {' and '.join(changed)}")
+    def restore(self, ckpt: dict, path: Path) -> None:
+        """Continue from a checkpoint dict (already checked by load_resume_checkpoint)."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         for group in self.optimizer.param_groups:   # the current command's hyperparameters win
@@ -774,8 +782,8 @@ class Trainer:
         self.model.eval()
         try:
             with torch.no_grad():
-                text = generation.complete(self.model, self.tokenizer, self.sample_prompt,
-                                           max_new_tokens=SAMPLE_TOKENS, temperature=0.0)
+                text = self.sample_prompt + generation.complete(
+                    self.model, self.tokenizer, self.sample_prompt, max_new_tokens=SAMPLE_TOKENS, temperature=0.0)
         finally:
             if hasattr(self.model, "clear_cache"):
                 self.model.clear_cache()
@@ -849,36 +857,12 @@ class Trainer:
         return (_collate([self.train_ds[i] for i in idx], pin) for idx in sampler)
 
     def train_step(self, micro_batches: list) -> Optional[float]:
-        """One optimizer step over `micro_batches`; returns the mean loss, or None if the step was
-        skipped because the loss or the gradients were not finite."""
-        cfg = self.cfg
-        lr = lr_at(self.step, cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        n = len(micro_batches)
-        loss_sum = torch.zeros((), device=self.device)
-        for x, y in micro_batches:
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
-            with self.autocast():
-                _, loss = self.train_model(x, y)
-            loss_sum += loss.detach().float()
-            self.scaler.scale(loss / n).backward()
-        loss_val = loss_sum.item() / n
-        if not math.isfinite(loss_val):
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
-        self.scaler.unscale_(self.optimizer)
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))  # pre-clip norm
-        if not math.isfinite(norm) and not self.scaler.is_enabled():
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
-        self.scaler.step(self.optimizer)      # with a scaler, skips the update itself on inf gradients
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        """One optimizer step at the scheduled lr; the mean loss, or None if it was skipped."""
+        loss, norm = optimizer_step(self.model, self.train_model, self.optimizer, self.scaler, micro_batches,
+                                    lr=lr_at(self.step, self.cfg), grad_clip=self.cfg.grad_clip,
+                                    device=self.device, autocast=self.autocast)
         self.last_norm = norm
-        return loss_val
+        return loss
 
     def _stop_before_step(self) -> Optional[str]:
         cfg = self.cfg
@@ -933,15 +917,15 @@ class Trainer:
                     if math.isfinite(self.last_norm):
                         w["norm_sum"] += self.last_norm
                         w["norm_n"] += 1
+                self._report(progress, loss, tokens, seconds, t_loop, start_step, terminal)
                 end_of_epoch = self.batch_in_epoch >= self.n_batches
                 if end_of_epoch:
                     self.epoch, self.batch_in_epoch, batches = self.epoch + 1, 0, None
-                self._report(progress, loss, tokens, seconds, t_loop, start_step, terminal)
                 if self.nonfinite_streak >= MAX_NONFINITE_STEPS:
                     reason = "diverged"
                     break
-                if end_of_epoch or self.step % cfg.eval_every == 0:
-                    self.evaluate_and_save()
+                if (end_of_epoch or self.step % cfg.eval_every == 0) and self.nonfinite_streak == 0:
+                    self.evaluate_and_save()       # (never saves weights right after a non-finite loss)
                 if self.on_step is not None:
                     self.on_step(self)
                 reason = (self.stop.reason or self._stop_before_step()
@@ -957,10 +941,11 @@ class Trainer:
         eta = per_step * (self.cfg.total_steps - self.step)
         tok_s = tokens / seconds if seconds > 0 else 0.0
         loss_txt = f"{loss:.4f}" if loss is not None else "nan"
-        progress.update(1, epoch=self.epoch + 1, loss=loss_txt, lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
+        progress.update(1, step=f"{self.step}/{self.cfg.total_steps}", epoch=self.epoch + 1, loss=loss_txt,
+                        lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
         if self.step % self.cfg.log_every == 0 or done == 1:
             line = (f"step {self.step:,}/{self.cfg.total_steps:,} epoch {self.epoch + 1}/{self.cfg.epochs} "
-                    f"loss {loss_txt} lr {lr:.2e} grad_norm {getattr(self, 'last_norm', float('nan')):.3f} "
+                    f"loss {loss_txt} lr {lr:.2e} grad_norm {self.last_norm:.3f} "
                     f"tok/s {tok_s:,.0f} eta {format_seconds(eta)}")
             (log.debug if terminal and not self.quiet else log.info)(line)
 
@@ -980,6 +965,55 @@ class Trainer:
                 "data": {"train_windows": len(self.train_ds), "val_windows": len(self.val_ds),
                          "steps_per_epoch": self.steps_per_epoch},
                 "params": self.n_params, "versions": versions()}
+
+
+def optimizer_step(model: GPT, train_model, optimizer, scaler, micro_batches: list, *, lr: float,
+                   grad_clip: float, device: torch.device, autocast) -> tuple[Optional[float], float]:
+    """One optimizer step: set lr -> micro-steps (autocast, loss / n, backward) -> unscale ->
+    clip (recording the pre-clip norm) -> step -> scaler update -> zero_grad(set_to_none=True).
+
+    `train_model` is `model` or its torch.compile wrapper; `autocast()` returns the autocast
+    context. Returns (mean loss, pre-clip gradient norm); the loss is None when the step was
+    skipped without an update because the loss (or, without a scaler, the gradient norm) was
+    not finite. With an fp16 GradScaler, inf gradients are the scaler's business (it skips the
+    update and lowers its scale) and do not count as a skipped step.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    n = len(micro_batches)
+    loss_sum = torch.zeros((), device=device)
+    for x, y in micro_batches:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        with autocast():
+            _, loss = train_model(x, y)
+        loss_sum += loss.detach().float()
+        scaler.scale(loss / n).backward()
+    loss_val = loss_sum.item() / n
+    if not math.isfinite(loss_val):
+        optimizer.zero_grad(set_to_none=True)
+        return None, float("nan")
+    scaler.unscale_(optimizer)
+    max_norm = grad_clip if grad_clip > 0 else float("inf")
+    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))  # pre-clip norm
+    if not math.isfinite(norm) and not scaler.is_enabled():
+        optimizer.zero_grad(set_to_none=True)
+        return None, norm
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_val, norm
+
+
+def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, weight decay on matrices only (model.configure_optimizer_groups), fused kernel
+    where this torch has one for the device, else the foreach implementation."""
+    groups = model.configure_optimizer_groups(cfg.weight_decay)
+    kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kw)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, foreach=True, **kw)
 
 
 def _collate(items: list, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1021,7 +1055,8 @@ def train(tokenizer_path: str | os.PathLike, corpus_path: str | os.PathLike, out
     if outdir.exists() and not outdir.is_dir():
         raise UserError(f"--outdir {outdir} exists and is not a folder; pass a folder path")
     folder = RunFolder(outdir)
-    before = list(log.handlers)
+    before, level = list(log.handlers), log.level
+    log.setLevel(logging.DEBUG)                     # train.log records everything, CLI or library use
     with StopSignals() as stop, RunLock(outdir):
         add_log_file(folder.log)
         try:
@@ -1029,14 +1064,19 @@ def train(tokenizer_path: str | os.PathLike, corpus_path: str | os.PathLike, out
             trainer = Trainer(mcfg, tcfg, tokenizer=tokenizer, tokenizer_path=tokenizer_path,
                               corpus_path=corpus_path, preset=preset, folder=folder, separator=separator,
                               quiet=quiet, stop=stop, on_step=on_step)
-            trainer.setup()
+            ckpt = None
             if folder.ckpt_last.exists():
                 if not resume:
                     log.info(f"found {folder.ckpt_last}: continuing that run (use another --outdir to start over)")
-                trainer.resume(folder.ckpt_last, force)
+                ckpt = load_resume_checkpoint(folder.ckpt_last, mcfg, dataset.tokenizer_hash(tokenizer_path),
+                                              file_sha256(corpus_path), force)
             elif resume:
                 raise UserError(f"--resume: nothing to resume, {folder.ckpt_last} does not exist; "
                                 f"drop --resume to start a new run")
+            trainer.setup()
+            if ckpt is not None:
+                trainer.restore(ckpt, folder.ckpt_last)
+                del ckpt
             folder.write_config(trainer.run_config())
             reason = trainer.fit()
             return _finish(trainer, reason)
@@ -1045,16 +1085,19 @@ def train(tokenizer_path: str | os.PathLike, corpus_path: str | os.PathLike, out
                 if h not in before:
                     log.removeHandler(h)
                     h.close()
+            log.setLevel(level)
 
 
 def _finish(trainer: Trainer, reason: str) -> dict:
     folder = trainer.folder
     if reason == "diverged":
         folder.write_plot(trainer.history)
+        kept = (f"{folder.ckpt_best.name} (step {trainer.best_step:,}) and {folder.ckpt_last.name} (step "
+                f"{trainer.last_saved_step:,}) are left as they were" if trainer.last_saved_step >= 0
+                else "no checkpoint was written")
         raise UserError(f"training diverged: the loss was not finite for {MAX_NONFINITE_STEPS} steps in a row "
-                        f"(at step {trainer.step:,}); lower --lr or raise --warmup-steps. ckpt_best.pt "
-                        f"(step {trainer.best_step}) and ckpt_last.pt (step {trainer.last_saved_step}) are "
-                        f"left as they were", code=EXIT_DIVERGED)
+                        f"(at step {trainer.step:,}); lower --lr or raise --warmup-steps; {kept}",
+                        code=EXIT_DIVERGED)
     if reason in ("interrupted", "terminated"):
         if trainer.last_saved_step != trainer.step:
             trainer.save_last()

@@ -1,0 +1,313 @@
+"""training.py in-process: presets and configs, the LR schedule, overfitting, early stopping,
+checkpoint format, exact resume after a real SIGINT, divergence handling, the run lock.
+
+Tiny configs (2 layers, 32 wide, block 32) on a real Spanish slice, CPU only.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import dataset
+import training as T
+from common import EXIT_LOCKED, UserError, file_sha256
+from conftest import corpus_slice
+
+TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=8, eval_batches=2, lr=3e-3,
+            warmup_steps=2, log_every=1000)
+
+
+def write_corpus(path: Path, docs: list[str]) -> Path:
+    path.write_text("".join(f"{d}\n<|doc|>\n" for d in docs), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A real Spanish corpus slice (~120 documents) and a 512-token tokenizer trained on it."""
+    d = tmp_path_factory.mktemp("data")
+    docs = [x.strip() for x in corpus_slice("wiki_es.txt", n_chars=60_000).split("<|doc|>\n")[:-1]]
+    corpus = write_corpus(d / "corpus.txt", [x for x in docs if x])
+    tok = d / "tok.json"
+    dataset.train_tokenizer([corpus], vocab_size=512, out_path=tok, quiet=True)
+    return {"dir": d, "corpus": corpus, "tok": tok, "docs": docs}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and a busy 2-core box does not thrash)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run(data, outdir, corpus=None, tok=None, **kw):
+    overrides = {**TINY, **kw.pop("overrides", {})}
+    return T.train(tok or data["tok"], corpus or data["corpus"], outdir, "custom", overrides, quiet=True, **kw)
+
+
+def model_state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+# =========================================================================== configs and schedule
+
+def test_lr_schedule_edges():
+    cfg = T.TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=101)
+    assert T.lr_at(0, cfg) == pytest.approx(1e-3 / 11) and T.lr_at(0, cfg) > 0   # never 0 at step 0
+    assert T.lr_at(9, cfg) == pytest.approx(1e-3 * 10 / 11)                      # last warmup step
+    assert T.lr_at(10, cfg) == pytest.approx(1e-3)                               # end of warmup: peak
+    assert T.lr_at(100, cfg) == pytest.approx(1e-4)                              # last step: min_lr
+    assert T.lr_at(99, cfg) > 1e-4
+    assert T.lr_at(150, cfg) == pytest.approx(1e-4)
+    assert T.lr_at(55, cfg) == pytest.approx((1e-3 + 1e-4) / 2)                  # cosine midpoint
+    lrs = [T.lr_at(s, cfg) for s in range(101)]
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))                       # rising warmup
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))                       # decaying after
+    no_warmup = T.TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=0, total_steps=5)
+    assert T.lr_at(0, no_warmup) == pytest.approx(1e-3) and T.lr_at(4, no_warmup) == 0.0
+    one = T.TrainConfig(lr=1e-3, warmup_steps=0, min_lr=0.0, total_steps=1)
+    assert T.lr_at(0, one) == pytest.approx(1e-3)
+
+
+def test_resolve_schedule_defaults():
+    cfg = T.resolve_schedule(T.TrainConfig(lr=1e-3, epochs=3), steps_per_epoch=1000)
+    assert cfg.total_steps == 3000 and cfg.warmup_steps == 150 and cfg.min_lr == pytest.approx(1e-4)
+    capped = T.resolve_schedule(T.TrainConfig(epochs=3, max_steps=40, warmup_steps=7), steps_per_epoch=1000)
+    assert capped.total_steps == 40 and capped.warmup_steps == 7
+
+
+def test_presets_exact_names_and_field_overrides():
+    m, t = T.make_configs("small", {}, vocab_size=32000)
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size) == (4, 4, 256, 256)
+    assert (t.batch_size, t.epochs, t.lr, t.gradient_checkpointing) == (32, 30, 5e-4, False)
+    m, t = T.make_configs("large", {"n_layer": 6, "lr": None}, vocab_size=32000)
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size) == (6, 10, 640, 1024)   # only n_layer changed
+    assert (t.batch_size, t.epochs, t.lr, t.gradient_checkpointing) == (8, 15, 2e-4, True)
+    m, t = T.make_configs("medium", {"batch_size": 4}, vocab_size=100)
+    assert (m.n_layer, m.n_embd, m.block_size, t.batch_size, t.lr) == (10, 384, 512, 4, 3e-4)
+    m, t = T.make_configs("custom", {"n_layer": 2, "n_head": 2, "n_embd": 32}, vocab_size=100)
+    assert (m.n_layer, m.block_size, t.batch_size, t.lr) == (2, 256, 32, 5e-4)    # small's defaults
+    with pytest.raises(ValueError, match="--config custom needs --n-head, --n-embd"):
+        T.make_configs("custom", {"n_layer": 2}, vocab_size=100)
+    with pytest.raises(ValueError, match="unknown preset 'Small'"):
+        T.make_configs("Small", {}, vocab_size=100)                              # exact names only
+
+
+def test_config_errors_are_collected():
+    with pytest.raises(ValueError) as e:
+        T.make_configs("small", {"n_head": 6, "batch_size": 0, "val_fraction": 1.5, "min_lr": 1.0},
+                       vocab_size=100)
+    msg = str(e.value)
+    assert "n_embd=256 is not divisible by n_head=6" in msg
+    assert "batch_size=0" in msg and "val_fraction=1.5" in msg and "min_lr=1.0 must not exceed lr" in msg
+    with pytest.raises(ValueError, match="stride=64 must not exceed block_size=32"):
+        T.make_configs("custom", {**{k: TINY[k] for k in ("n_layer", "n_head", "n_embd", "block_size")},
+                                  "stride": 64}, vocab_size=100)
+
+
+# =========================================================================== learning
+
+def test_tiny_model_overfits_tiny_corpus(data, tmp_path):
+    corpus = write_corpus(tmp_path / "tiny.txt", data["docs"][:2])   # ~600 tokens, all training
+    s = run(data, tmp_path / "run", corpus=corpus,
+            overrides=dict(val_fraction=0.0, epochs=1000, max_steps=80, eval_every=1000, lr=1e-2,
+                           warmup_steps=5))
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert s["stopped_reason"] == "max_steps" and s["steps"] == 80
+    assert hist[-1]["val_loss"] is None and hist[-1]["train_loss"] < 1.0, hist[-1]
+    assert (tmp_path / "run" / "ckpt_best.pt").is_file()     # no validation set: best = latest
+
+
+def test_early_stopping_stops_and_keeps_the_best(data, tmp_path):
+    corpus = write_corpus(tmp_path / "small.txt", data["docs"][:16])
+    out = tmp_path / "run"
+    s = run(data, out, corpus=corpus,
+            overrides=dict(val_fraction=0.25, max_steps=600, eval_every=10, patience=2, lr=1e-2))
+    hist = json.loads((out / "history.json").read_text())
+    assert s["stopped_reason"] == "early_stopping" and s["steps"] < 600
+    vals = [h["val_loss"] for h in hist]
+    best = min(range(len(vals)), key=vals.__getitem__)
+    assert len(hist) - 1 - best == 2                      # stopped after exactly `patience` bad evals
+    assert s["best_step"] == hist[best]["step"] and s["best_val_loss"] == pytest.approx(vals[best])
+    best_ckpt = torch.load(out / "ckpt_best.pt", map_location="cpu", weights_only=True)
+    assert best_ckpt["step"] == s["best_step"] and best_ckpt["best_val"] == pytest.approx(vals[best])
+    assert torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)["step"] == s["steps"]
+
+
+# =========================================================================== checkpoints and resume
+
+def test_checkpoint_format_loads_with_weights_only(data, tmp_path):
+    import model as M
+    out = tmp_path / "run"
+    s = run(data, out, overrides=dict(max_steps=6, eval_every=3))
+    ckpt = torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)
+    for key in ("model", "model_config", "meta", "optimizer", "scaler", "step", "epoch", "data_position",
+                "rng", "best_val", "best_step", "patience_counter", "train_config"):
+        assert key in ckpt, key
+    assert ckpt["step"] == 6 and ckpt["meta"]["step"] == 6
+    assert ckpt["meta"]["tokenizer_hash"] == file_sha256(data["tok"])
+    assert ckpt["meta"]["corpus_hash"] == file_sha256(data["corpus"])
+    assert ckpt["meta"]["vocab_size"] == 512
+    assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
+    assert isinstance(ckpt["rng"]["torch"], torch.Tensor) and isinstance(ckpt["rng"]["numpy"][1], list)
+    loaded, meta = M.load_model(out / "ckpt_best.pt", tokenizer_path=data["tok"])
+    assert meta["step"] == s["best_step"] and loaded.num_parameters() == s["params"]
+    hist = json.loads((out / "history.json").read_text())
+    assert [tuple(h) for h in hist] == [T.HISTORY_KEYS] * len(hist) and [h["step"] for h in hist] == [3, 6]
+    assert all(h["sample"].startswith("La historia de") for h in hist)
+    cfg = json.loads((out / "config.json").read_text())
+    assert set(cfg) >= {"model", "train", "tokenizer", "corpus", "versions"}
+    assert cfg["tokenizer"]["hash"] == ckpt["meta"]["tokenizer_hash"] and cfg["model"]["n_embd"] == 32
+    assert set(cfg["versions"]) >= {"python", "torch", "tokenizers", "numpy"}
+
+
+def test_resume_after_sigint_is_bit_identical(data, tmp_path):
+    """Dropout (RNG), gradient accumulation and evaluations on both sides of the interruption."""
+    over = dict(max_steps=24, eval_every=5, dropout=0.1, accumulation_steps=2, batch_size=4)
+    ref = run(data, tmp_path / "ref", overrides=over)
+    assert ref["stopped_reason"] == "max_steps"
+
+    def interrupt_at_9(trainer):
+        if trainer.step == 9:
+            os.kill(os.getpid(), signal.SIGINT)      # a real signal through the real handler
+
+    out = tmp_path / "resumed"
+    first = run(data, out, overrides=over, on_step=interrupt_at_9)
+    assert first["stopped_reason"] == "interrupted" and first["steps"] == 9
+    assert T.exit_code(first["stopped_reason"]) == 130
+    assert torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)["step"] == 9
+    second = run(data, out, overrides=over)             # new objects, same command
+    assert second["stopped_reason"] == "max_steps" and second["steps"] == 24
+    a = torch.load(tmp_path / "ref" / "ckpt_last.pt", map_location="cpu", weights_only=True)
+    b = torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    ha = json.loads((tmp_path / "ref" / "history.json").read_text())
+    hb = json.loads((out / "history.json").read_text())
+    assert [(h["step"], h["val_loss"], h["train_loss"], h["sample"]) for h in ha] == \
+           [(h["step"], h["val_loss"], h["train_loss"], h["sample"]) for h in hb]
+    assert (second["best_val_loss"], second["best_step"], second["tokens_seen"]) == \
+           (ref["best_val_loss"], ref["best_step"], ref["tokens_seen"])
+
+
+def test_resume_refuses_other_shape_tokenizer_or_corpus(data, tmp_path):
+    out = tmp_path / "run"
+    run(data, out, overrides=dict(max_steps=3, eval_every=3))
+    with pytest.raises(UserError, match="model shape differs.*n_embd 32 -> 64"):
+        run(data, out, overrides=dict(max_steps=6, n_embd=64))
+    other_tok = tmp_path / "other_tok.json"
+    dataset.train_tokenizer([write_corpus(tmp_path / "o.txt", data["docs"][40:])], vocab_size=512,
+                            out_path=other_tok, quiet=True)
+    with pytest.raises(UserError, match="tokenizer differ.*--force"):
+        run(data, out, tok=other_tok, overrides=dict(max_steps=6))
+    other_corpus = write_corpus(tmp_path / "c.txt", data["docs"][:60])
+    with pytest.raises(UserError, match="corpus differ"):
+        run(data, out, corpus=other_corpus, overrides=dict(max_steps=6))
+    s = run(data, out, corpus=other_corpus, overrides=dict(max_steps=6), force=True)
+    assert s["steps"] == 6
+    with pytest.raises(UserError, match="nothing to resume"):
+        run(data, tmp_path / "fresh", resume=True)
+
+
+def test_divergence_stops_after_three_nonfinite_steps_and_keeps_best(data, tmp_path):
+    out = tmp_path / "run"
+    run(data, out, overrides=dict(max_steps=4, eval_every=2))
+    best_hash = file_sha256(out / "ckpt_best.pt")
+    last_hash = file_sha256(out / "ckpt_last.pt")
+    # lr 1e30 really blows the weights up: the next forward passes give a NaN loss
+    with pytest.raises(UserError, match="diverged") as e:
+        run(data, out, overrides=dict(max_steps=40, eval_every=100, lr=1e30))
+    assert e.value.code == T.EXIT_DIVERGED == 1
+    assert file_sha256(out / "ckpt_best.pt") == best_hash
+    assert file_sha256(out / "ckpt_last.pt") == last_hash
+    log = (out / "train.log").read_text(encoding="utf-8")
+    assert "3/3 in a row" in log and "step skipped" in log
+
+
+def test_rerun_of_a_finished_run_trains_nothing(data, tmp_path):
+    out = tmp_path / "run"
+    run(data, out, overrides=dict(max_steps=4, eval_every=2))
+    before = (out / "ckpt_last.pt").read_bytes()
+    s = run(data, out, overrides=dict(max_steps=4, eval_every=2))
+    assert s["steps"] == 4 and s["stopped_reason"] == "max_steps"
+    assert (out / "ckpt_last.pt").read_bytes() == before
+    assert "nothing to train" in (out / "train.log").read_text(encoding="utf-8")
+    longer = run(data, out, overrides=dict(max_steps=6, eval_every=2))   # a larger budget continues
+    assert longer["steps"] == 6
+
+
+def test_max_time_stops_cleanly_and_saves(data, tmp_path):
+    out = tmp_path / "run"
+    s = run(data, out, overrides=dict(max_time=1e-3, eval_every=1000))
+    assert s["stopped_reason"] == "max_time" and s["steps"] == 1 and T.exit_code("max_time") == 0
+    hist = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in hist] == [1]                           # a final evaluation, then saved
+    assert torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)["step"] == 1
+
+
+def test_bf16_autocast_with_workers_and_lowercase_prompt(data, tmp_path):
+    lower = write_corpus(tmp_path / "lower.txt", [d.lower() for d in data["docs"][:40]])
+    out = tmp_path / "run"
+    s = run(data, out, corpus=lower, overrides=dict(max_steps=4, eval_every=2, amp=True, num_workers=1,
+                                                    accumulation_steps=2, batch_size=4))
+    assert s["stopped_reason"] == "max_steps" and math.isfinite(s["best_val_loss"])
+    ckpt = torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in ckpt["model"].values())   # autocast keeps fp32 weights
+    hist = json.loads((out / "history.json").read_text())
+    assert hist[0]["sample"].startswith("la historia de")             # prompt follows the corpus case
+
+
+def test_bad_max_time_is_one_error_line(capsys):
+    import main
+    assert main.main(["train", "--tokenizer", "t.json", "--corpus", "c.txt", "--outdir", "o",
+                      "--max-time", "soon"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "--max-time" in err and "Traceback" not in err
+
+
+# =========================================================================== lock
+
+def test_lock_live_refuses_and_stale_is_taken_over(tmp_path):
+    with T.RunLock(tmp_path):
+        info = json.loads((tmp_path / "train.lock").read_text())
+        assert info["pid"] == os.getpid() and info["host"] == socket.gethostname()
+        with pytest.raises(UserError, match=f"in use by another training run .PID {os.getpid()}") as e:
+            T.RunLock(tmp_path).__enter__()
+        assert e.value.code == EXIT_LOCKED
+    assert not (tmp_path / "train.lock").exists()          # released and removed
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "train.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
+                                                     "started": "2020-01-01T00:00:00"}))
+    with T.RunLock(tmp_path):                                # stale: taken over
+        assert json.loads((tmp_path / "train.lock").read_text())["pid"] == os.getpid()
+
+
+def test_amp_and_device_choices():
+    cpu = torch.device("cpu")
+    assert T.amp_settings(cpu, None) == (False, None, False)          # CPU: only when asked
+    assert T.amp_settings(cpu, True) == (True, torch.bfloat16, False)
+    assert T.resolve_device("cpu") == cpu
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            T.resolve_device("cuda")
+
+
+def test_perplexity_and_json_safety():
+    assert T.perplexity(math.log(50.0)) == pytest.approx(50.0)
+    assert T.perplexity(float("nan")) is None and T.perplexity(1e4) is None and T.perplexity(None) is None
+    assert T._finite(float("inf")) is None and T._finite(2) == 2.0
