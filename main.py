@@ -167,6 +167,15 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show `(default: X)` only where there is a real default (not for required or off flags)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -209,7 +218,7 @@ def _common(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     prog = "mini-llm" if os.path.basename(sys.argv[0]) == "mini-llm" else "main.py"
     parser = _Parser(prog=prog, description="mini-llm: train a small language model on your own corpus.")
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", parser_class=_Parser)

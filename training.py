@@ -456,6 +456,16 @@ class RunFolder:
         self.plot = self.dir / "loss.png"
         self.cache = self.dir / "cache"
 
+    def remove_stale_temp_files(self) -> None:
+        """Temp files of a run that was killed mid-write (call while holding the run lock)."""
+        if not self.enabled:
+            return
+        for target in (self.ckpt_last, self.ckpt_best, self.history, self.config, self.plot):
+            for tmp in self.dir.glob(f".{target.name}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    log.debug(f"removed {tmp}, left by an interrupted write")
+
     def save_checkpoint(self, path: Path, state: dict) -> None:
         if self.enabled:
             with atomic_path(path) as tmp:
@@ -891,14 +901,7 @@ class Trainer:
                 group = [next(batches) for _ in range(n_micro)]
                 tokens = sum(int((y != -1).sum()) for _, y in group)
                 t0 = time.monotonic()
-                try:
-                    loss = self.train_step(group)
-                except Exception as e:
-                    if _is_oom(e):
-                        raise UserError(f"out of memory at step {self.step + 1} ({self.device}); try a smaller "
-                                        f"--batch-size with more --accumulation-steps, or "
-                                        f"--gradient-checkpointing")
-                    raise
+                loss = self.train_step(group)
                 seconds = time.monotonic() - t0
                 self.step += 1
                 self.batch_in_epoch += n_micro
@@ -1060,6 +1063,7 @@ def train(tokenizer_path: str | os.PathLike, corpus_path: str | os.PathLike, out
     with StopSignals() as stop, RunLock(outdir):
         add_log_file(folder.log)
         try:
+            folder.remove_stale_temp_files()
             log.debug(f"train: {' '.join(sys.argv)}")
             trainer = Trainer(mcfg, tcfg, tokenizer=tokenizer, tokenizer_path=tokenizer_path,
                               corpus_path=corpus_path, preset=preset, folder=folder, separator=separator,
@@ -1073,12 +1077,20 @@ def train(tokenizer_path: str | os.PathLike, corpus_path: str | os.PathLike, out
             elif resume:
                 raise UserError(f"--resume: nothing to resume, {folder.ckpt_last} does not exist; "
                                 f"drop --resume to start a new run")
-            trainer.setup()
-            if ckpt is not None:
-                trainer.restore(ckpt, folder.ckpt_last)
-                del ckpt
-            folder.write_config(trainer.run_config())
-            reason = trainer.fit()
+            try:
+                trainer.setup()
+                if ckpt is not None:
+                    trainer.restore(ckpt, folder.ckpt_last)
+                    del ckpt
+                folder.write_config(trainer.run_config())
+                reason = trainer.fit()
+            except Exception as e:
+                if not _is_oom(e):
+                    raise
+                where = f"at step {trainer.step + 1}" if hasattr(trainer, "optimizer") else "building the model"
+                raise UserError(f"out of memory {where} ({getattr(trainer, 'device', 'cpu')}): try a smaller "
+                                f"--batch-size with more --accumulation-steps, --gradient-checkpointing, or a "
+                                f"smaller model") from None
             return _finish(trainer, reason)
         finally:
             for h in log.handlers[:]:
@@ -1104,7 +1116,9 @@ def _finish(trainer: Trainer, reason: str) -> dict:
         log.warning(f"{reason}: saved {folder.ckpt_last} at step {trainer.step:,}; run the same command "
                     f"again to continue")
     else:
-        if trainer.last_eval_step != trainer.step:
+        if trainer.nonfinite_streak:
+            pass                                   # weights right after a non-finite loss: not saved
+        elif trainer.last_eval_step != trainer.step:
             trainer.evaluate_and_save()
         elif trainer.last_saved_step != trainer.step:
             trainer.save_last()

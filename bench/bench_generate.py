@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per case (the best is reported)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--n-layer", type=int, default=SMALL["n_layer"],
+                    help="blocks (the roadmap's transformers figure used 6 at width 256)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--hf", action="store_true", help="also time transformers generate() (GPT-NeoX, same shape)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -86,7 +88,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    cfg = ModelConfig(**SMALL)
+    shape = dict(SMALL, n_layer=args.n_layer)
+    cfg = ModelConfig(**shape)
     model = GPT(cfg).to(args.device).eval()
     g = torch.Generator().manual_seed(0)
     prompts = [[0] + torch.randint(3, cfg.vocab_size, (args.prompt_len - 1,), generator=g).tolist()
@@ -95,7 +98,7 @@ def main() -> None:
     greedy = G.SamplingConfig(temperature=0.0)
     default = G.SamplingConfig()  # temperature 0.8, top_k 50, top_p 0.9
 
-    results = {"device": args.device, "threads": torch.get_num_threads(), "model": SMALL,
+    results = {"device": args.device, "threads": torch.get_num_threads(), "model": shape,
                "prompt_len": args.prompt_len, "new_tokens": n}
     results["no_cache_greedy"] = n / timed(lambda: uncached(model, prompts[0], n), args.repeats)
     results["cache_greedy"] = n / timed(lambda: cached(model, prompts[:1], n, greedy), args.repeats)
@@ -108,7 +111,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(results))
         return
-    print(f"small preset (4x256, vocab 32000), {args.device}, {results['threads']} thread(s), "
+    print(f"small preset shape ({cfg.n_layer}x{cfg.n_embd}, vocab {cfg.vocab_size}), {args.device}, "
+          f"{results['threads']} thread(s), "
           f"prompt {args.prompt_len} tokens, {n} new tokens; tokens/s (best of {args.repeats})")
     rows = [("1 prompt, no KV cache (greedy)", "no_cache_greedy"), ("1 prompt, KV cache (greedy)", "cache_greedy"),
             ("1 prompt, KV cache (temp 0.8, top-k 50, top-p 0.9)", "cache_sampling")]

@@ -1,6 +1,7 @@
 """Training throughput (tokens/s) and model FLOP utilisation (MFU) of the small preset.
 
-    .venv/bin/python bench/bench_train.py [--steps 5] [--batch-size 8] [--n-layer N] [--threads N] [--json]
+    .venv/bin/python bench/bench_train.py [--steps 5] [--batch-size 8] [--n-layer N] [--vocab-size V]
+                                          [--threads N] [--precision fp32|bf16|both] [--json]
 
 The model is `training.PRESETS["small"]` (4 layers, 4 heads, width 256, block 256) with a 32,000
 token vocabulary, trained on random tokens (a SEP at the start of every window, as in real
@@ -84,6 +85,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8, help="windows per step (the preset trains with 32)")
     ap.add_argument("--block-size", type=int, default=training.PRESETS["small"]["block_size"])
     ap.add_argument("--n-layer", type=int, default=training.PRESETS["small"]["n_layer"])
+    ap.add_argument("--vocab-size", type=int, default=VOCAB,
+                    help="32000 (the preset's vocabulary); the roadmap's transformers/nanoGPT reference "
+                         "numbers are for --n-layer 6 --vocab-size 8000 (6.8M parameters)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
@@ -92,12 +96,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     p = training.PRESETS["small"]
-    cfg = ModelConfig(vocab_size=VOCAB, block_size=args.block_size, n_layer=args.n_layer, n_head=p["n_head"],
+    cfg = ModelConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer, n_head=p["n_head"],
                       n_embd=p["n_embd"], sep_token_id=0)
     n_params = GPT(cfg).num_parameters()
     flops_per_token = 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
     result = {"config": {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_embd": cfg.n_embd,
-                         "block_size": cfg.block_size, "vocab_size": VOCAB, "batch_size": args.batch_size},
+                         "block_size": cfg.block_size, "vocab_size": cfg.vocab_size, "batch_size": args.batch_size},
               "params": n_params, "flops_per_token": flops_per_token, "threads": torch.get_num_threads(),
               "cpus": os.cpu_count(), "load_average": os.getloadavg()[0], "torch": torch.__version__}
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]

@@ -4,7 +4,6 @@ and a tiny briefly trained model."""
 from __future__ import annotations
 
 import functools
-import math
 
 import pytest
 import torch
@@ -265,6 +264,8 @@ def test_repetition_penalty_arithmetic():
     logits = torch.tensor([[2.0, -2.0, 1.0, 0.5, 0.0]])
     out = G.apply_repetition_penalty(logits, torch.tensor([[0, 1, 1, 4]]), 2.0)
     assert out.tolist() == [[1.0, -4.0, 1.0, 0.5, 0.0]]
+    mask = torch.tensor([[True, True, False, False, True]])
+    assert torch.equal(G.apply_repetition_penalty(logits, mask, 2.0), out)  # (B, V) mask form
     assert G.apply_repetition_penalty(logits, torch.tensor([[0]]), 1.0) is logits
     assert logits.tolist() == [[2.0, -2.0, 1.0, 0.5, 0.0]]
 
@@ -310,9 +311,20 @@ def test_no_repeat_ngram_and_repetition_penalty_in_generation():
     assert len(bigrams) == len(set(bigrams))
     # the penalty changes greedy output; penalised tokens are those of the prompt and output
     cfg = G.SamplingConfig(temperature=0.0, repetition_penalty=50.0)
-    penalised = list(G.generate_tokens(model, prompt, 15, cfg, stop_ids=()))
+    penalised = list(G.generate_tokens(model, prompt, 15, cfg))  # stop ids 0, 1: never penalised
     assert penalised != plain[:15]
     assert len(set(penalised)) > len(set(plain[:15]))
+    # reference: penalise the logits of the prompt tokens (not the SEP) and all output so far
+    with torch.no_grad():
+        seq, ref = list(prompt), []
+        for _ in range(15):
+            logits = model(torch.tensor([seq]))[0][:, -1]
+            logits = G.apply_repetition_penalty(logits, torch.tensor([[t for t in seq if t != 0]]), 50.0)
+            if int(logits.argmax()) in (0, 1):
+                break
+            ref.append(int(logits.argmax()))
+            seq.append(ref[-1])
+    assert penalised == ref
 
 
 def test_batched_greedy_equals_each_prompt_alone():

@@ -40,7 +40,7 @@ def readme_commands() -> list[list[str]]:
             if not m:
                 continue
             rest = re.split(r"\s(?:>>?|2>&1|\||&&|;)\s?", m.group(1))[0]
-            commands.append(shlex.split(rest))
+            commands.append(shlex.split(rest, comments=True))
     return commands
 
 

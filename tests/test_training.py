@@ -150,7 +150,10 @@ def test_early_stopping_stops_and_keeps_the_best(data, tmp_path):
 def test_checkpoint_format_loads_with_weights_only(data, tmp_path):
     import model as M
     out = tmp_path / "run"
+    out.mkdir()
+    (out / ".ckpt_last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")   # from a killed write
     s = run(data, out, overrides=dict(max_steps=6, eval_every=3))
+    assert not list(out.glob(".*.tmp"))
     ckpt = torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)
     for key in ("model", "model_config", "meta", "optimizer", "scaler", "step", "epoch", "data_position",
                 "rng", "best_val", "best_step", "patience_counter", "train_config"):
@@ -295,6 +298,13 @@ def test_lock_live_refuses_and_stale_is_taken_over(tmp_path):
                                                      "started": "2020-01-01T00:00:00"}))
     with T.RunLock(tmp_path):                                # stale: taken over
         assert json.loads((tmp_path / "train.lock").read_text())["pid"] == os.getpid()
+
+
+def test_out_of_memory_is_a_user_error_with_advice(data, tmp_path):
+    # a 2**31-wide model: the allocator really refuses the embedding matrix (4 TB)
+    with pytest.raises(UserError, match="out of memory building the model.*--batch-size.*--accumulation-steps"
+                                        ".*--gradient-checkpointing"):
+        run(data, tmp_path / "run", overrides=dict(n_embd=2**31, n_head=2, max_steps=1))
 
 
 def test_amp_and_device_choices():
