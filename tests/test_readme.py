@@ -36,7 +36,7 @@ def readme_commands() -> list[list[str]]:
     for block in re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.S):
         block = block.replace("\\\n", " ")
         for line in block.splitlines():
-            m = re.search(r"(?:python3? main\.py|mini-llm) (.*)", line)
+            m = re.search(r"(?:^|\s)(?:\S*python3? main\.py|mini-llm)\s+(.*)", line)
             if not m:
                 continue
             rest = re.split(r"\s(?:>>?|2>&1|\||&&|;)\s?", m.group(1))[0]
