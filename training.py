@@ -54,7 +54,8 @@ import torch
 
 import dataset
 from common import (EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_TERMINATED, Progress, UserError, add_log_file,
-                    atomic_path, file_sha256, format_seconds, log, require_file, stderr_is_terminal, write_json)
+                    atomic_path, file_sha256, format_seconds, log, require_file, resolve_device, stderr_is_terminal,
+                    write_json)
 from model import GPT, ModelConfig
 
 # =========================================================================== presets and configs
@@ -241,17 +242,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 # =========================================================================== device and precision
 
-def resolve_device(name: str) -> torch.device:
-    mps_ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
-        raise UserError(f"--device cuda was asked but CUDA is not available ({why}); "
-                        f"use --device cpu or --device auto")
-    if name == "mps" and not mps_ok:
-        raise UserError("--device mps was asked but Apple MPS is not available; use --device cpu or --device auto")
-    return torch.device(name)
 
 
 def amp_settings(device: torch.device, amp: Optional[bool]) -> tuple[bool, Optional[torch.dtype], bool]:

@@ -26,8 +26,6 @@ TINY = {
     "evaluate": ["--batch-size", "8"],
     "quickstart": ["--corpus", "datos_raw.txt", "--max-time", "3s"],
 }
-# Stages a README example may show with flags the tiny settings above cannot shrink.
-SKIP_STAGES = {"export"}  # covered by tests/test_export.py (needs transformers to load)
 
 
 def readme_commands() -> list[list[str]]:
@@ -59,12 +57,12 @@ def test_every_readme_command_runs(tmp_path):
     commands = readme_commands()
     stages = [c[0] for c in commands]
     for needed in ("quickstart", "prepare-corpus", "analyze-corpus", "init-tokenizer", "train",
-                   "generate", "evaluate", "report"):
+                   "generate", "evaluate", "export", "report"):
         assert needed in stages, f"README shows no '{needed}' command"
     ran = 0
     for argv in commands:
         stage = argv[0]
-        if stage in SKIP_STAGES or "--help" in argv:
+        if "--help" in argv:
             continue
         if stage == "evaluate" and not (tmp_path / "test_corpus.txt").exists():
             (tmp_path / "test_corpus.txt").write_text(corpus_slice("wiki_es.txt", n_docs=140).split(
@@ -72,4 +70,4 @@ def test_every_readme_command_runs(tmp_path):
         proc = run_cli(*argv, *TINY.get(stage, []), cwd=tmp_path, timeout=300)
         assert proc.returncode == 0, (argv, proc.stderr[-2000:])
         ran += 1
-    assert ran >= 8
+    assert ran >= 9
