@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -447,6 +449,22 @@ def _tokenizer_hash_and_vocab(tokenizer_path) -> tuple[str, int]:
     return tokenizer_hash(tokenizer_path), tok.get_vocab_size()
 
 
+def read_checkpoint(path, problem: str, hint: str):
+    """torch.load(path, weights_only=True): the one place checkpoints are read. Pickled code never
+    runs; a truncated, corrupt or foreign file raises UserError("<problem>: <why>; <hint>")."""
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols; we report below
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle with forbidden globals, not a torch file, ...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, pickle.UnpicklingError) or "weights_only" in reason:
+            reason = "not a plain-tensor checkpoint; it was not loaded, so no code in it ran"
+        elif len(reason) > 160:
+            reason = reason[:157] + "..."
+        raise UserError(f"{problem}: it is truncated, corrupt or not a mini-llm checkpoint ({reason}); {hint}")
+
+
 def load_model(ckpt_path, device="cpu", tokenizer_path=None):
     """Load a training checkpoint -> (GPT in eval mode on `device`, the checkpoint's meta dict).
 
@@ -456,14 +474,7 @@ def load_model(ckpt_path, device="cpu", tokenizer_path=None):
     """
     path = require_file(ckpt_path, "checkpoint")
     hint = "pass a ckpt_best.pt or ckpt_last.pt written by `main.py train`"
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle with forbidden globals, not a torch file, ...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if len(reason) > 160:
-            reason = reason[:157] + "..."
-        raise UserError(f"checkpoint {path} cannot be loaded: it is truncated, corrupt or not a "
-                        f"mini-llm checkpoint ({reason}); {hint}")
+    ckpt = read_checkpoint(path, f"checkpoint {path} cannot be loaded", hint)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
             or not isinstance(ckpt.get("model_config"), dict):
         raise UserError(f"{path} is not a mini-llm checkpoint (no 'model' / 'model_config' entries); {hint}")

@@ -56,7 +56,7 @@ import dataset
 from common import (EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_TERMINATED, Progress, UserError, add_log_file,
                     atomic_path, file_sha256, format_seconds, log, require_file, resolve_device, stderr_is_terminal,
                     write_json)
-from model import GPT, ModelConfig
+from model import GPT, ModelConfig, read_checkpoint
 
 # =========================================================================== presets and configs
 
@@ -538,12 +538,8 @@ def load_resume_checkpoint(path: Path, mcfg: ModelConfig, tokenizer_hash: str, c
                            force: bool) -> dict:
     """Load ckpt_last.pt for resuming (weights_only) before any heavy setup; refuse another model
     shape, and another tokenizer or corpus (sha256) unless `force`."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot resume from {path}: it is truncated or not a training checkpoint ({reason}); "
-                        f"delete it to start over, or use another --outdir")
+    ckpt = read_checkpoint(path, f"cannot resume from {path}",
+                           "delete it to start over, or use another --outdir")
     needed = ("model", "model_config", "meta", "optimizer", "step", "data_position", "rng")
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
         raise UserError(f"cannot resume from {path}: not a full training checkpoint; use another --outdir")
