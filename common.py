@@ -7,6 +7,7 @@ in place of a good one (and so that "only rank 0 writes" has one place to live).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -37,13 +38,12 @@ class UserError(Exception):
 
 # --------------------------------------------------------------------------- files
 
-def _current_umask() -> int:
+@functools.lru_cache(maxsize=None)
+def _umask() -> int:
+    """The process umask (read once, when the first output is written; nothing runs at import)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-_UMASK = _current_umask()
 
 
 @contextlib.contextmanager
@@ -59,7 +59,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get the usual permissions
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual permissions
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
