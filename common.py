@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -119,6 +120,18 @@ def refuse_same_file(inputs: Iterable[str | os.PathLike], output: str | os.PathL
         p = Path(p)
         if p.exists() and os.path.samefile(p, out):
             raise UserError(f"output {out} is also an input; choose another --output path")
+
+
+# --------------------------------------------------------------------------- metrics
+
+def perplexity(loss) -> Optional[float]:
+    """exp(mean token loss); None where it is undefined (None, NaN, inf) or overflows a float."""
+    if loss is None or not math.isfinite(loss):
+        return None
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return None
 
 
 # --------------------------------------------------------------------------- devices

@@ -2,23 +2,26 @@
 document-aware windows, and corpus analysis."""
 from __future__ import annotations
 
+import codecs
 import contextlib
-
-# ============================================================================ tokenizer, token store, windows
-# (owned by the dataset helper)
-
+import hashlib
 import itertools
 import json
 import math
 import os
 import re
+import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
 from common import Progress, UserError, atomic_path, file_sha256, log, require_file
+
+# ============================================================================ tokenizer, token store, windows
+# (owned by the dataset helper)
 
 DOC_SEPARATOR = "<|doc|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -47,9 +50,7 @@ def read_documents(path: str | os.PathLike, separator: str = DOC_SEPARATOR) -> I
     one document. Raises UserError for text that is not UTF-8 or looks binary (NUL bytes).
     """
     path = Path(path)
-    sep = separator.strip()
-    if not sep or "\n" in sep:
-        raise UserError(f"separator {separator!r} must be a non-empty single line")
+    sep = _separator_line(separator, "separator")
     lines: list[str] = []
     lineno = 0
     try:
@@ -69,6 +70,19 @@ def read_documents(path: str | os.PathLike, separator: str = DOC_SEPARATOR) -> I
     doc = _finish_document(lines, path)
     if doc is not None:
         yield doc
+
+
+def _separator_line(separator: str, what: str) -> str:
+    """The separator line's text (`separator` stripped); UserError naming `what` if it is empty or multi-line."""
+    sep = separator.strip()
+    if not sep or "\n" in sep:
+        raise UserError(f"{what} {separator!r} must be a non-empty single line")
+    return sep
+
+
+def _document_bytes(doc: str, separator: str) -> int:
+    """Corpus bytes taken by `doc` and its separator line (for progress in bytes)."""
+    return len(doc.encode("utf-8")) + len(separator) + 2
 
 
 def _finish_document(lines: list[str], path: Path) -> Optional[str]:
@@ -158,7 +172,7 @@ def tokenizer_separator(tok) -> str:
 def _iter_training_texts(files: Sequence[Path], separator: str, progress: Progress) -> Iterator[str]:
     for path in files:
         for doc in read_documents(path, separator):
-            progress.update(len(doc.encode("utf-8")) + len(separator) + 2)
+            progress.update(_document_bytes(doc, separator))
             yield from _text_pieces(doc)
     log.info("learning the BPE merges (about a minute per 100 MB of text)")
 
@@ -373,10 +387,16 @@ def open_token_store(path: str | os.PathLike, tokenizer_hash: Optional[str] = No
     if not path.is_file():
         raise UserError(f"token file not found: {path}")
     try:
-        store = TokenStore(path, _read_header(path))
-        _check_store(store, tokenizer_hash, corpus_hash, separator)
+        store = _open_checked(path, tokenizer_hash, corpus_hash, separator)
     except ValueError as e:
         raise UserError(f"token file {path} cannot be used: {e}; delete it to rebuild it")
+    return store
+
+
+def _open_checked(path: Path, tokenizer_hash, corpus_hash, separator) -> TokenStore:
+    """TokenStore at `path`, its header and contents checked (_check_store); ValueError if unusable."""
+    store = TokenStore(path, _read_header(path))
+    _check_store(store, tokenizer_hash, corpus_hash, separator)
     return store
 
 
@@ -411,8 +431,7 @@ def load_or_build_token_store(corpus_path: str | os.PathLike, tokenizer_path: st
     path = token_store_path(cache_dir, c_hash, tok_hash)
     if path.exists():
         try:
-            store = TokenStore(path, _read_header(path))
-            _check_store(store, tok_hash, c_hash, separator)
+            store = _open_checked(path, tok_hash, c_hash, separator)
             log.info(f"token store: reusing {path} ({len(store):,} tokens, {store.n_docs:,} documents)")
             return store
         except (ValueError, OSError) as e:
@@ -422,9 +441,7 @@ def load_or_build_token_store(corpus_path: str | os.PathLike, tokenizer_path: st
     except OSError as e:
         raise UserError(f"cannot write the token cache {path} ({e.strerror or e}); "
                         f"free disk space or choose another output folder")
-    store = TokenStore(path, _read_header(path))
-    _check_store(store, tok_hash, c_hash, separator)
-    return store
+    return _open_checked(path, tok_hash, c_hash, separator)
 
 
 _PARALLELISM_IS_OURS = False    # True once we set TOKENIZERS_PARALLELISM ourselves
@@ -449,6 +466,25 @@ def tokenizer_parallelism(enabled: bool = True):
             _PARALLELISM_IS_OURS = True
 
 
+@contextlib.contextmanager
+def _specials_as_text(tok):
+    """Inside the block, special-token strings in the text `tok` encodes are plain text, so a
+    literal "<|doc|>" cannot fake a document boundary. `tok` None: nothing to do."""
+    if tok is None:
+        yield
+        return
+    tok.encode_special_tokens = True
+    try:
+        yield
+    finally:
+        tok.encode_special_tokens = False
+
+
+def _batch_encoder(tok):
+    """tok.encode_batch_fast (no offsets: faster) where the library has it, else encode_batch."""
+    return getattr(tok, "encode_batch_fast", tok.encode_batch)
+
+
 def _encode_batches(corpus_path: Path, separator: str) -> Iterator[tuple[list[str], list[int], int]]:
     """(pieces, pieces per document, corpus bytes) batches of about ENCODE_BATCH_CHARS characters."""
     pieces: list[str] = []
@@ -459,7 +495,7 @@ def _encode_batches(corpus_path: Path, separator: str) -> Iterator[tuple[list[st
         pieces.extend(_text_pieces(doc))
         pieces_per_doc.append(len(pieces) - before)
         n_chars += len(doc)
-        n_bytes += len(doc.encode("utf-8")) + len(separator) + 2
+        n_bytes += _document_bytes(doc, separator)
         if n_chars >= ENCODE_BATCH_CHARS:
             yield pieces, pieces_per_doc, n_bytes
             pieces, pieces_per_doc, n_chars, n_bytes = [], [], 0, 0
@@ -478,15 +514,13 @@ def build_token_store(corpus_path: Path, tok, tok_hash: str, corpus_hash: str, o
     document never becomes a special token (encode_special_tokens), so a literal "<|doc|>" in the
     text cannot fake a document boundary.
     """
-    import time
     from concurrent.futures import ThreadPoolExecutor
 
     ids = special_ids(tok)
     sep_id = ids["sep"]
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
     dtype = token_dtype(vocab_size)
-    tok.encode_special_tokens = True
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)   # no offsets: faster when available
+    encode = _batch_encoder(tok)
     total_bytes = corpus_path.stat().st_size
     doc_starts_parts: list[np.ndarray] = []
     n_tokens = 0
@@ -508,41 +542,39 @@ def build_token_store(corpus_path: Path, tok, tok_hash: str, corpus_hash: str, o
         doc_starts_parts.append(sep_pos + n_tokens)
         n_tokens += len(out)
 
-    try:
-        with tokenizer_parallelism(), atomic_path(out_path) as tmp, open(tmp, "wb") as f, ThreadPoolExecutor(1) as pool, \
-                Progress("tokenizing", total=total_bytes, unit="B", quiet=quiet) as progress:
-            f.write(b"\0" * HEADER_BYTES)
-            pending = None
-            for pieces, pieces_per_doc, n_bytes in _encode_batches(corpus_path, separator):
-                job = (pool.submit(encode, pieces, add_special_tokens=False), pieces_per_doc, n_bytes)
-                if pending is not None:
-                    write(f, pending[0].result(), pending[1])
-                    progress.update(pending[2])
-                pending = job
-            if pending is None:
-                raise UserError(f"corpus {corpus_path} has no documents (only separator lines or "
-                                f"whitespace); pass a corpus made by 'python main.py prepare-corpus'")
-            write(f, pending[0].result(), pending[1])
-            progress.update(pending[2])
-            np.array([sep_id], dtype=dtype).tofile(f)                   # the SEP that ends the last doc
-            doc_starts = np.concatenate(doc_starts_parts + [np.array([n_tokens], dtype=np.int64)])
-            n_tokens += 1
-            doc_starts_offset = HEADER_BYTES + dtype.itemsize * n_tokens
-            assert f.tell() == doc_starts_offset
-            doc_starts.astype("<i8").tofile(f)
-            header = {"version": STORE_VERSION, "dtype": dtype.name, "n_tokens": n_tokens,
-                      "n_docs": len(doc_starts) - 1, "vocab_size": vocab_size, "sep_id": sep_id,
-                      "eos_id": ids["eos"], "pad_id": ids["pad"], "tokenizer_hash": tok_hash,
-                      "corpus_hash": corpus_hash, "corpus_bytes": total_bytes, "separator": separator,
-                      "tokens_offset": HEADER_BYTES, "doc_starts_offset": doc_starts_offset,
-                      "file_size": doc_starts_offset + 8 * len(doc_starts)}
-            blob = json.dumps(header).encode("utf-8")
-            assert 12 + len(blob) <= HEADER_BYTES
-            f.seek(0)
-            f.write(STORE_MAGIC + len(blob).to_bytes(4, "little") + blob)
-            f.flush()
-    finally:
-        tok.encode_special_tokens = False
+    with _specials_as_text(tok), tokenizer_parallelism(), atomic_path(out_path) as tmp, \
+            open(tmp, "wb") as f, ThreadPoolExecutor(1) as pool, \
+            Progress("tokenizing", total=total_bytes, unit="B", quiet=quiet) as progress:
+        f.write(b"\0" * HEADER_BYTES)
+        pending = None
+        for pieces, pieces_per_doc, n_bytes in _encode_batches(corpus_path, separator):
+            job = (pool.submit(encode, pieces, add_special_tokens=False), pieces_per_doc, n_bytes)
+            if pending is not None:
+                write(f, pending[0].result(), pending[1])
+                progress.update(pending[2])
+            pending = job
+        if pending is None:
+            raise UserError(f"corpus {corpus_path} has no documents (only separator lines or "
+                            f"whitespace); pass a corpus made by 'python main.py prepare-corpus'")
+        write(f, pending[0].result(), pending[1])
+        progress.update(pending[2])
+        np.array([sep_id], dtype=dtype).tofile(f)                   # the SEP that ends the last doc
+        doc_starts = np.concatenate(doc_starts_parts + [np.array([n_tokens], dtype=np.int64)])
+        n_tokens += 1
+        doc_starts_offset = HEADER_BYTES + dtype.itemsize * n_tokens
+        assert f.tell() == doc_starts_offset
+        doc_starts.astype("<i8").tofile(f)
+        header = {"version": STORE_VERSION, "dtype": dtype.name, "n_tokens": n_tokens,
+                  "n_docs": len(doc_starts) - 1, "vocab_size": vocab_size, "sep_id": sep_id,
+                  "eos_id": ids["eos"], "pad_id": ids["pad"], "tokenizer_hash": tok_hash,
+                  "corpus_hash": corpus_hash, "corpus_bytes": total_bytes, "separator": separator,
+                  "tokens_offset": HEADER_BYTES, "doc_starts_offset": doc_starts_offset,
+                  "file_size": doc_starts_offset + 8 * len(doc_starts)}
+        blob = json.dumps(header).encode("utf-8")
+        assert 12 + len(blob) <= HEADER_BYTES
+        f.seek(0)
+        f.write(STORE_MAGIC + len(blob).to_bytes(4, "little") + blob)
+        f.flush()
     seconds = time.perf_counter() - t0
     log.info(f"token store: {n_tokens:,} tokens, {header['n_docs']:,} documents in {seconds:.1f}s "
              f"({total_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s) -> {out_path}")
@@ -756,11 +788,6 @@ class ResumableSampler:
 
 # ============================================================================ corpus analysis (analyze-corpus)
 # (owned by the cleaning helper)
-# (math, os, re, Counter, Optional, numpy and the common helpers come from the imports at the top)
-import codecs
-import hashlib
-import time
-from dataclasses import dataclass, field
 
 # Token estimate without a tokenizer: characters / CHARS_PER_TOKEN. Calibrated on the real
 # corpora (../shared/corpora) with 32k byte-level BPE tokenizers built like init-tokenizer's
@@ -920,6 +947,13 @@ class _Scan:
             if self.pending_chars >= ENCODE_BATCH_CHARS:
                 self.flush()
 
+    def end_line(self, length: int) -> None:
+        """A line of `length` characters (without its newline) of the current document ended."""
+        self.lines += 1
+        if length > self.max_line:
+            self.max_line, self.max_line_doc = length, len(self.doc_chars)
+        self.long_lines += length > LONG_LINE_CHARS
+
     def end_document(self, text: str) -> None:
         if text.endswith("\n"):
             text = text[:-1]          # the newline before the separator line is not document text
@@ -956,8 +990,7 @@ class _Scan:
         """Exact mode: encode the pending pieces on all cores and add their lengths."""
         if not self.pending:
             return
-        encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
-        encodings = encode([p for _, p in self.pending], add_special_tokens=False)
+        encodings = _batch_encoder(self.tok)([p for _, p in self.pending], add_special_tokens=False)
         for (index, _), enc in zip(self.pending, encodings):
             if index >= len(self.doc_tokens):
                 self.doc_tokens.extend([0] * (index + 1 - len(self.doc_tokens)))
@@ -974,9 +1007,7 @@ def analyze_corpus(corpus: str | os.PathLike, separator: str = DOC_SEPARATOR,
     without one they are estimated from characters (CHARS_PER_TOKEN)."""
     t0 = time.monotonic()
     path = require_file(corpus, "corpus file")
-    sep = separator.strip()
-    if not sep or "\n" in sep:
-        raise UserError(f"--separator {separator!r} must be a non-empty single line")
+    sep = _separator_line(separator, "--separator")
     with open(path, "rb") as f:
         head = f.read(8192)
     if b"\x00" in head:
@@ -984,16 +1015,11 @@ def analyze_corpus(corpus: str | os.PathLike, separator: str = DOC_SEPARATOR,
                         "made by 'python main.py prepare-corpus'")
     tok = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
     scan = _Scan(tok=tok)
-    if tok is not None:
-        tok.encode_special_tokens = True       # text never becomes a special token (as in the store)
-    try:
-        with tokenizer_parallelism(enabled=tok is not None):
-            n_separators = _scan_file(path, sep.encode("utf-8"), scan, quiet)
-            if tok is not None:
-                scan.flush()
-    finally:
+    # text never becomes a special token (as in the store)
+    with _specials_as_text(tok), tokenizer_parallelism(enabled=tok is not None):
+        n_separators = _scan_file(path, sep.encode("utf-8"), scan, quiet)
         if tok is not None:
-            tok.encode_special_tokens = False
+            scan.flush()
     if not scan.doc_chars:
         raise UserError(f"corpus {path} holds no text (only separator lines or whitespace); "
                         "pass a corpus made by 'python main.py prepare-corpus'")
@@ -1032,11 +1058,7 @@ def _scan_file(path: Path, sep: bytes, scan: _Scan, quiet: bool) -> int:
             if "\r" in text:
                 text = text.replace("\r\n", "\n")
             if raw.endswith(b"\n"):
-                length = line_chars + len(text) - 1
-                scan.lines += 1
-                if length > scan.max_line:
-                    scan.max_line, scan.max_line_doc = length, len(scan.doc_chars)
-                scan.long_lines += length > LONG_LINE_CHARS
+                scan.end_line(line_chars + len(text) - 1)
                 line_chars = 0
             else:
                 line_chars += len(text)
@@ -1050,10 +1072,7 @@ def _scan_file(path: Path, sep: bytes, scan: _Scan, quiet: bool) -> int:
                 parts, n_chars = [held], len(held)
         progress.update(done)
     if line_chars:
-        scan.lines += 1
-        if line_chars > scan.max_line:
-            scan.max_line, scan.max_line_doc = line_chars, len(scan.doc_chars)
-        scan.long_lines += line_chars > LONG_LINE_CHARS
+        scan.end_line(line_chars)
     scan.end_document("".join(parts) + decoder.decode(b"", final=True))
     return n_separators
 
@@ -1113,6 +1132,7 @@ def _analysis_report(scan: _Scan, path: Path, sep: str, n_separators: int, token
     chars = np.asarray(scan.doc_chars, dtype=np.int64)
     n_docs = len(lengths)
     total = int(lengths.sum())
+    n_chars = int(chars.sum())
     rec = recommend(lengths)
     warnings: list[str] = []
 
@@ -1152,7 +1172,7 @@ def _analysis_report(scan: _Scan, path: Path, sep: str, n_separators: int, token
     if scan.replacement_chars:
         warnings.append(f"{scan.replacement_chars:,} invalid UTF-8 bytes or U+FFFD characters: "
                         "run prepare-corpus to repair the encoding")
-    if n_separators == 0 and int(chars.sum()) > SINGLE_DOCUMENT_WARN_CHARS:
+    if n_separators == 0 and n_chars > SINGLE_DOCUMENT_WARN_CHARS:
         warnings.append(f"the separator line {sep!r} never occurs: the whole file is one document "
                         "(wrong --separator? prepare-corpus --split-on-blank-lines N can cut it)")
     if scan.empty_docs:
@@ -1165,7 +1185,7 @@ def _analysis_report(scan: _Scan, path: Path, sep: str, n_separators: int, token
     return {
         "corpus": str(path),
         "documents": n_docs,
-        "characters": int(chars.sum()),
+        "characters": n_chars,
         "tokens": total,
         "tokens_exact": tokenizer_path is not None,
         "tokens_method": method,

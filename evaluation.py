@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import Progress, UserError, log, require_file, resolve_device
+from common import Progress, UserError, log, perplexity, require_file, resolve_device
 
 SCORING = ("each document's tokens and the separator that ends it, predicted from the document's "
            "separator onwards; bytes are the UTF-8 bytes of the document texts (separator lines "
@@ -255,18 +255,11 @@ def _batch_arrays(tokens, doc_starts, rows, pad_id):
 
 # =========================================================================== results
 
-def _exp(x: float) -> float | None:
-    try:
-        return math.exp(x)
-    except OverflowError:
-        return None
-
-
 def summarize(loss_sum: np.ndarray, n_tokens: np.ndarray, n_bytes: np.ndarray) -> dict:
     """loss (mean nats per token), perplexity = exp(loss), bits per byte, tokens, bytes."""
     total_loss, tokens, nbytes = float(loss_sum.sum()), int(n_tokens.sum()), int(n_bytes.sum())
     loss = total_loss / tokens
-    return {"loss": loss, "perplexity": _exp(loss),
+    return {"loss": loss, "perplexity": perplexity(loss),
             "bits_per_byte": total_loss / math.log(2) / nbytes if nbytes else None,
             "tokens": tokens, "bytes": nbytes}
 
@@ -276,7 +269,7 @@ def per_document_results(loss_sum, n_tokens, n_bytes) -> list[dict]:
     out = []
     for i, (ls, nt, nb) in enumerate(zip(loss_sum.tolist(), n_tokens.tolist(), n_bytes.tolist())):
         loss = ls / nt
-        out.append({"document": i + 1, "tokens": nt, "bytes": nb, "loss": loss, "perplexity": _exp(loss),
+        out.append({"document": i + 1, "tokens": nt, "bytes": nb, "loss": loss, "perplexity": perplexity(loss),
                     "bits_per_byte": ls / math.log(2) / nb if nb else None})
     return out
 
@@ -308,8 +301,6 @@ def evaluate_tokens(model, tokenizer, tokens, doc_starts, *, stride=None, batch_
                  for d in worst]
         result.update(per_document=docs, worst_documents=worst)
     return result
-
-
 
 
 def evaluate(ckpt_path, tokenizer_path, test_file, *, separator="<|doc|>", stride=None, batch_size=16,

@@ -32,9 +32,8 @@ from pathlib import Path
 import torch
 
 from common import UserError, log, require_file
+from dataset import EOS_TOKEN as EOT_TOKEN, PAD_TOKEN
 
-EOT_TOKEN = "<|endoftext|>"
-PAD_TOKEN = "<|pad|>"
 DEFAULT_SEP_TOKEN = "<|doc|>"
 _MARKER = "mini-llm export"  # in README.md: marks a folder that a new export may replace
 
@@ -209,9 +208,9 @@ def export_hf(ckpt_path, tokenizer_path, out_dir) -> Path:
     only if it is empty or an earlier export.
     """
     from safetensors.torch import save_file
-    from tokenizers import Tokenizer
 
     import model as model_lib
+    from dataset import load_tokenizer
 
     ckpt_path = require_file(ckpt_path, "checkpoint")
     tokenizer_path = require_file(tokenizer_path, "tokenizer")
@@ -227,7 +226,7 @@ def export_hf(ckpt_path, tokenizer_path, out_dir) -> Path:
 
     model, meta = model_lib.load_model(ckpt_path, "cpu", tokenizer_path=tokenizer_path)
     cfg = model.cfg
-    tok = Tokenizer.from_file(str(tokenizer_path))
+    tok = load_tokenizer(tokenizer_path)  # load_model has validated it
     special = _special_tokens(tok, cfg)
     if special["sep"] is None:
         raise UserError(f"tokenizer {tokenizer_path} has no {DEFAULT_SEP_TOKEN} token; "
@@ -244,8 +243,9 @@ def export_hf(ckpt_path, tokenizer_path, out_dir) -> Path:
         def write_json(name, obj):
             (tmp / name).write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
-        write_json("config.json", hf_config(cfg, special))
-        gen = {"bos_token_id": special["sep"], "eos_token_id": hf_config(cfg, special)["eos_token_id"],
+        config = hf_config(cfg, special)
+        write_json("config.json", config)
+        gen = {"bos_token_id": special["sep"], "eos_token_id": config["eos_token_id"],
                "pad_token_id": special["pad"]}
         write_json("generation_config.json", gen)
         save_file(hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})

@@ -355,13 +355,12 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
             tokens = new.tolist()  # the one host sync per step
             out = []
             for i, t in enumerate(tokens):
+                history[i].append(t)
                 if finished[i]:
                     out.append(-1)
-                    continue
-                out.append(t)
-                finished[i] = t in stop
-            for i, t in enumerate(tokens):
-                history[i].append(t)
+                else:
+                    out.append(t)
+                    finished[i] = t in stop
             if penalise:
                 seen[rows, new] = True
             if blockers is not None:
@@ -586,8 +585,6 @@ def complete(model, tokenizer, prompt: str, max_new_tokens: int = 40, temperatur
 
 # =========================================================================== the generate stage
 
-
-
 def read_prompts(path, separator: Optional[str] = None) -> list[str]:
     """Prompts from a UTF-8 file: one per line (blank lines skipped), or, with `separator`,
     blocks of lines between lines equal to the separator (surrounding blank lines trimmed)."""
@@ -688,9 +685,10 @@ def run_generate(*, tokenizer_path, ckpt_path, prompts: Sequence[str], max_new_t
             out.write(header + g.text + footer)
         out.flush()
     if output is not None:
+        jsonl = str(output).lower().endswith(".jsonl")
         with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
             for r, g in enumerate(results):
-                if str(output).lower().endswith(".jsonl"):
+                if jsonl:
                     f.write(json.dumps(g.to_dict(), ensure_ascii=False) + "\n")
                 else:
                     header, footer = _plain_parts(g.prompt, r // num_samples, len(prompts), g.sample,

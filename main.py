@@ -11,7 +11,8 @@ import json
 import os
 import sys
 
-from common import EXIT_INTERRUPTED, UserError, log, setup_logging
+from common import (EXIT_INTERRUPTED, UserError, log, parse_duration, refuse_same_file, require_file,
+                    setup_logging)
 
 DOC_SEPARATOR = "<|doc|>"
 
@@ -68,7 +69,6 @@ def cmd_init_tokenizer(args) -> int:
 
 def cmd_train(args) -> int:
     import training
-    from common import parse_duration
     overrides = {name: getattr(args, name, None) for name in training.CLI_OVERRIDES}
     if getattr(args, "max_time", None) is not None:
         try:
@@ -101,7 +101,6 @@ def cmd_generate(args) -> int:
     if args.prompt_separator is not None and args.prompt_file is None:
         raise UserError("--prompt-separator only applies to --prompt-file")
     if args.output is not None:
-        from common import refuse_same_file
         refuse_same_file([args.prompt_file] if args.prompt_file else [], args.output)
     if args.prompt_file is not None:
         prompts = generation.read_prompts(args.prompt_file, args.prompt_separator)
@@ -118,7 +117,6 @@ def cmd_generate(args) -> int:
 # =========================================================================== evaluate
 
 def cmd_evaluate(args) -> int:
-    from common import require_file
     for path, what in ((args.test_file, "test file"), (args.ckpt, "checkpoint"), (args.tokenizer, "tokenizer file")):
         require_file(path, what)  # fail fast, before torch is imported
     import evaluation  # torch is only imported by the stages that need it
@@ -176,21 +174,22 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _positive_int(text: str) -> int:
+def _int(text: str) -> int:
     try:
-        v = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    v = _int(text)
     if v <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {v}")
     return v
 
 
 def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+    v = _int(text)
     if v < 0:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {v}")
     return v

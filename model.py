@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from common import UserError, file_sha256, log, require_file
+from common import UserError, log, require_file
 
 
 # =========================================================================== config
@@ -435,18 +435,8 @@ def _strip_prefixes(state_dict: dict) -> dict:
 
 
 def _tokenizer_hash_and_vocab(tokenizer_path) -> tuple[str, int]:
-    try:
-        from dataset import load_tokenizer, tokenizer_hash
-    except ImportError:  # dataset.py without these helpers yet: same definitions inline
-        from tokenizers import Tokenizer
-        path = require_file(tokenizer_path, "tokenizer")
-        try:
-            tok = Tokenizer.from_file(str(path))
-        except Exception as e:
-            raise UserError(f"tokenizer {path} cannot be read ({e}); pass the tokenizer.json from init-tokenizer")
-        return file_sha256(path), tok.get_vocab_size()
-    tok = load_tokenizer(tokenizer_path)
-    return tokenizer_hash(tokenizer_path), tok.get_vocab_size()
+    from dataset import load_tokenizer, tokenizer_hash
+    return tokenizer_hash(tokenizer_path), load_tokenizer(tokenizer_path).get_vocab_size()
 
 
 def read_checkpoint(path, problem: str, hint: str):

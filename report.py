@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from common import UserError, format_seconds, log, read_json, write_text
+from common import UserError, format_seconds, log, perplexity, read_json, write_text
 
 # Numeric fields of a history entry; any may be absent or null (e.g. no validation set).
 NUMERIC_FIELDS = ("epoch", "tokens_seen", "train_loss", "val_loss", "val_perplexity", "lr",
@@ -138,7 +138,9 @@ def _sample_text(sample) -> str | None:
 
 
 def _exp(loss):
-    return math.exp(loss) if _finite(loss) and loss <= MAX_EXP_LOSS else None
+    """Perplexity for the plots: None where undefined or past MAX_EXP_LOSS."""
+    ppl = perplexity(loss)
+    return ppl if ppl is not None and loss <= MAX_EXP_LOSS else None
 
 
 def _finite(v) -> bool:
@@ -318,7 +320,8 @@ def comparison_table(runs: list[Run]) -> str:
         out.append(f'<th title="{e(str(run.path))}"><span class="swatch" '
                    f'style="background:{run.colour}"></span>{e(run.name)}</th>')
     out.append("</tr></thead>")
-    best_losses = [b["val_loss"] for b in (r.best() for r in runs) if b]
+    bests = [r.best() for r in runs]
+    best_losses = [b["val_loss"] for b in bests if b]
     best_loss = min(best_losses) if len(best_losses) > 1 else None
     for title, per_run in sections:
         keys = list(dict.fromkeys(k for rows in per_run for k in rows))
@@ -329,9 +332,9 @@ def comparison_table(runs: list[Run]) -> str:
             cells = [rows.get(key) for rows in per_run]
             differs = len(runs) > 1 and len(set(cells)) > 1
             out.append(f'<tr class="differs"><th>{e(key)}</th>' if differs else f"<tr><th>{e(key)}</th>")
-            for run, cell in zip(runs, cells):
+            for run_best, cell in zip(bests, cells):
                 best = (best_loss is not None and key in ("best val loss", "best val perplexity")
-                        and run.best() is not None and run.best()["val_loss"] == best_loss)
+                        and run_best is not None and run_best["val_loss"] == best_loss)
                 cls = ' class="best"' if best else (' class="pending"' if cell == "no evaluations yet" else "")
                 out.append(f"<td{cls}>{e(cell if cell is not None else '—')}</td>")
             out.append("</tr>")

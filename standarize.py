@@ -163,33 +163,25 @@ def clean_piece(text: str, preserve_case: bool = False) -> tuple[str, bool]:
 
 def normalize_whitespace(text: str) -> str:
     """Document-level whitespace rules on an in-memory text (see the module docstring)."""
-    out = io.BytesIO()
-    writer = _DocumentWriter(out, DEFAULT_SEPARATOR)
-    writer.start()
-    lines = normalize_line_breaks(text).split("\n")
-    for i, line in enumerate(lines):
-        writer.add(line)
-        if i < len(lines) - 1:
-            writer.end_line()
-    writer.finish()
-    return out.getvalue().decode("utf-8")
+    return _write_document(normalize_line_breaks(text).split("\n"))
 
 
 def clean_text(text: str, preserve_case: bool = False) -> str:
     """All cleaning rules applied to one in-memory document (what prepare-corpus writes)."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    # clean_piece may turn a line separator character inside a line into "\n"
+    return _write_document([part for line in lines for part in clean_piece(line, preserve_case)[0].split("\n")])
+
+
+def _write_document(lines: list[str]) -> str:
+    """`lines` (no newline inside) through a _DocumentWriter: the document-level whitespace rules."""
     out = io.BytesIO()
     writer = _DocumentWriter(out, DEFAULT_SEPARATOR)
     writer.start()
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     for i, line in enumerate(lines):
-        cleaned, _ = clean_piece(line, preserve_case)
-        parts = cleaned.split("\n")
-        for j, part in enumerate(parts):
-            writer.add(part)
-            if j < len(parts) - 1:
-                writer.end_line()
-        if i < len(lines) - 1:
+        if i:
             writer.end_line()
+        writer.add(line)
     writer.finish()
     return out.getvalue().decode("utf-8")
 
@@ -248,7 +240,7 @@ def _sniff(path: Path) -> tuple[str | None, str]:
         with _open_stream(path, compression) as (_, stream):
             head = stream.read(SNIFF_BYTES)
     except _READ_ERRORS as e:
-        raise UserError(f"cannot read {path}: {e}; check that the file is intact") from None
+        raise _read_error(path, e) from None
     encoding = "utf-8"
     if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
         encoding = "utf-32"
@@ -265,6 +257,10 @@ def _sniff(path: Path) -> tuple[str | None, str]:
         raise UserError(f"{path} looks like a binary file, not text (NUL or control bytes at its start); "
                         "pass text files (UTF-16 needs a byte-order mark)")
     return compression, encoding
+
+
+def _read_error(path: Path, e: BaseException) -> UserError:
+    return UserError(f"cannot read {path}: {e}; check that the file is intact")
 
 
 def _count_controls(data: bytes) -> int:
@@ -539,7 +535,7 @@ def _write_corpus(sniffed, output, stats: PrepareStats, **options) -> None:
             try:
                 preparer.add_file(path, compression, encoding, progress)
             except _READ_ERRORS as e:
-                raise UserError(f"cannot read {path}: {e}; check that the file is intact") from None
+                raise _read_error(path, e) from None
         if stats.documents_kept == 0:
             raise UserError("no text left after cleaning (every document was empty, too short or a duplicate); "
                             "check the input files and --min-chars")

@@ -54,8 +54,8 @@ import torch
 
 import dataset
 from common import (EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_TERMINATED, Progress, UserError, add_log_file,
-                    atomic_path, file_sha256, format_seconds, log, require_file, resolve_device, stderr_is_terminal,
-                    write_json)
+                    atomic_path, file_sha256, format_seconds, log, perplexity, require_file, resolve_device,
+                    stderr_is_terminal, write_json)
 from model import GPT, ModelConfig, read_checkpoint
 
 # =========================================================================== presets and configs
@@ -241,8 +241,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 # =========================================================================== device and precision
-
-
 
 def amp_settings(device: torch.device, amp: Optional[bool]) -> tuple[bool, Optional[torch.dtype], bool]:
     """(autocast on, autocast dtype, use a GradScaler). CUDA: on by default, bf16 where the GPU
@@ -519,12 +517,6 @@ def _finite(x) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-def perplexity(loss: Optional[float]) -> Optional[float]:
-    if loss is None or not math.isfinite(loss):
-        return None
-    return math.exp(loss) if loss < 700 else None
-
-
 def _is_oom(e: BaseException) -> bool:
     if isinstance(e, torch.OutOfMemoryError):
         return True
@@ -586,7 +578,6 @@ class Trainer:
         self.window = self._empty_window()   # train statistics since the last evaluation
         self.last_eval_step = -1
         self.last_saved_step = -1
-        self.stopped_reason: Optional[str] = None
         self.last_norm = float("nan")
 
     @staticmethod
@@ -770,21 +761,12 @@ class Trainer:
         self.model.train()
         return float(total) / max(1, count)
 
-    def greedy_sample(self) -> Optional[str]:
-        try:
-            import generation
-        except ImportError:
-            return None
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                text = self.sample_prompt + generation.complete(
-                    self.model, self.tokenizer, self.sample_prompt, max_new_tokens=SAMPLE_TOKENS, temperature=0.0)
-        finally:
-            if hasattr(self.model, "clear_cache"):
-                self.model.clear_cache()
-            self.model.train()
-        return text
+    def greedy_sample(self) -> str:
+        """SAMPLE_TOKENS greedy tokens after the sample prompt (generation.complete switches to
+        eval mode, runs without grad, then frees its KV cache and restores train mode)."""
+        import generation
+        return self.sample_prompt + generation.complete(self.model, self.tokenizer, self.sample_prompt,
+                                                        max_new_tokens=SAMPLE_TOKENS, temperature=0.0)
 
     def evaluate_and_save(self) -> None:
         """Validation loss + sample -> history; ckpt_best.pt on improvement, then ckpt_last.pt and
@@ -832,8 +814,7 @@ class Trainer:
         train_txt = f"{entry['train_loss']:.4f}" if entry["train_loss"] is not None else "n/a"
         log.info(f"eval step {self.step:,} epoch {entry['epoch']:.2f}: train loss {train_txt}, "
                  f"val loss {val_txt}{note} [{time.monotonic() - t0:.1f}s]")
-        if sample is not None:
-            log.info(f"  sample: {sample!r}")
+        log.info(f"  sample: {sample!r}")
 
     # ----------------------------------------------------------------------- training
 
