@@ -91,6 +91,12 @@ def read_json(path: str | os.PathLike, what: str = "JSON file"):
         raise UserError(f"{what} {path} is not valid JSON ({e}); pass the right file")
 
 
+def cache_dir() -> Path:
+    """The user's cache folder for mini-llm ($XDG_CACHE_HOME/mini-llm, else ~/.cache/mini-llm)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "mini-llm"
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -218,6 +224,13 @@ class Progress:
             if now - self._last_log >= self.log_every_s:
                 self._last_log = now
                 log.info(self._line(now))
+
+    def set_total(self, total: float) -> None:
+        """A new total (a schedule fixed after the bar started)."""
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
 
     def _line(self, now: float) -> str:
         elapsed = now - self._start

@@ -21,6 +21,7 @@ Notation: N windows, L window length (inputs + 1), B batch, T time, V vocabulary
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from common import Progress, UserError, log, perplexity, require_file, resolve_device
+from precision import Precision, log_choice, resolve_precision
 
 SCORING = ("each document's tokens and the separator that ends it, predicted from the document's "
            "separator onwards; bytes are the UTF-8 bytes of the document texts (separator lines "
@@ -171,26 +173,15 @@ def document_bytes(tokens: np.ndarray, doc_starts: np.ndarray, byte_len: np.ndar
 
 # =========================================================================== scoring
 
-def _amp_context(device: torch.device, amp: bool):
-    """bf16 autocast when `amp` (fp16 on CUDA GPUs without bf16), else nothing."""
-    if not amp:
-        import contextlib
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        dtype = torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 @torch.inference_mode()
 def score_documents(model, tokens: np.ndarray, doc_starts: np.ndarray, *, stride: int | None = None,
-                    batch_size: int = 16, amp: bool | None = None, pad_id: int = 0,
+                    batch_size: int = 16, precision: Precision | None = None, pad_id: int = 0,
                     quiet: bool = False) -> dict:
     """Sum of token losses (nats) and scored token count per document.
 
     Returns {"loss_sum": float64 (n_docs,), "tokens": int64 (n_docs,), "block_size", "stride",
     "windows", "seconds"}. Runs in eval mode, batched (windows sorted by length so little is
-    padded), under inference_mode, with bf16 autocast when `amp` (default: on for CUDA only).
+    padded), under inference_mode, in `precision` (None = fp32; see precision.resolve_precision).
     """
     block_size = model.cfg.block_size
     stride = block_size // 2 if stride is None else stride
@@ -208,7 +199,7 @@ def score_documents(model, tokens: np.ndarray, doc_starts: np.ndarray, *, stride
 
     model.eval()
     device = next(model.parameters()).device
-    amp = device.type == "cuda" if amp is None else amp
+    autocast = precision.autocast if precision is not None else contextlib.nullcontext
     acc_device = device if device.type in ("cpu", "cuda") else torch.device("cpu")  # float64 support
     loss_sum = torch.zeros(n_docs, dtype=torch.float64, device=acc_device)
     pin = device.type == "cuda"
@@ -223,7 +214,7 @@ def score_documents(model, tokens: np.ndarray, doc_starts: np.ndarray, *, stride
                 x, y, doc = x.pin_memory(), y.pin_memory(), doc.pin_memory()
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
-            with _amp_context(device, amp):
+            with autocast():
                 logits, _ = model(x)  # (B, T, V)
             token_loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
                                          reduction="none")  # (B*T,), 0 where not scored
@@ -282,12 +273,12 @@ def first_words(tokenizer, tokens, start: int, end: int, n_words: int = FIRST_WO
     return text + " ..." if len(words) > n_words or stop < end else text
 
 
-def evaluate_tokens(model, tokenizer, tokens, doc_starts, *, stride=None, batch_size=16, amp=None,
+def evaluate_tokens(model, tokenizer, tokens, doc_starts, *, stride=None, batch_size=16, precision=None,
                     per_document=False, pad_id=0, quiet=False) -> dict:
     """Evaluate `model` on a token stream; the result dict printed by `evaluate` (see module doc)."""
     doc_starts = np.asarray(doc_starts, dtype=np.int64)
     scores = score_documents(model, tokens, doc_starts, stride=stride, batch_size=batch_size,
-                             amp=amp, pad_id=pad_id, quiet=quiet)
+                             precision=precision, pad_id=pad_id, quiet=quiet)
     n_bytes = document_bytes(tokens, doc_starts, token_byte_lengths(tokenizer))
     result = summarize(scores["loss_sum"], scores["tokens"], n_bytes)
     result.update(documents=len(doc_starts) - 1, block_size=scores["block_size"], stride=scores["stride"],
@@ -304,7 +295,7 @@ def evaluate_tokens(model, tokenizer, tokens, doc_starts, *, stride=None, batch_
 
 
 def evaluate(ckpt_path, tokenizer_path, test_file, *, separator="<|doc|>", stride=None, batch_size=16,
-             device="auto", amp=None, per_document=False, quiet=False) -> dict:
+             device="auto", precision="auto", per_document=False, quiet=False) -> dict:
     """Load the checkpoint and tokenizer, tokenise `test_file` (cached beside the checkpoint, in
     <checkpoint folder>/cache, shared with training), and evaluate. UserError on bad input."""
     import dataset
@@ -323,10 +314,14 @@ def evaluate(ckpt_path, tokenizer_path, test_file, *, separator="<|doc|>", strid
                         f"{model.cfg.sep_token_id}; pass the training tokenizer.json")
     log.info(f"evaluating {Path(ckpt_path).name} (step {meta.get('step', '?')}, block {model.cfg.block_size}) "
              f"on {test_file}: {store.n_docs} documents, {len(store.tokens)} tokens, device {dev.type}")
+    prec = resolve_precision(precision, dev, n_embd=model.cfg.n_embd, vocab_size=model.cfg.vocab_size,
+                             rows=batch_size * model.cfg.block_size)
+    log_choice(prec, "evaluation")
     result = evaluate_tokens(model, tokenizer, store.tokens, store.doc_starts, stride=stride,
-                             batch_size=batch_size, amp=amp, per_document=per_document,
+                             batch_size=batch_size, precision=prec, per_document=per_document,
                              pad_id=store.pad_id, quiet=quiet)
-    result.update(checkpoint=str(ckpt_path), test_file=str(test_file), device=dev.type)
+    result.update(checkpoint=str(ckpt_path), test_file=str(test_file), device=dev.type,
+                  precision=prec.to_dict())
     log.info(f"{result['tokens']} tokens in {result['seconds']:.1f}s ({result['tokens_per_second']:.0f} tokens/s)")
     return result
 

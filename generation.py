@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from common import UserError, atomic_path, log, refuse_same_file, require_file, resolve_device
+from precision import log_choice, resolve_precision
 from dataset import load_tokenizer, special_ids
 from model import load_model
 
@@ -331,6 +332,7 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
     blockers = [_NgramBlocker(cfg.no_repeat_ngram, h) for h in history] if cfg.no_repeat_ngram else None
 
     def next_ids(logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()  # (B, V); bf16/fp16 under autocast: sample in fp32
         if penalise:
             logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
         if blockers is not None:
@@ -632,10 +634,11 @@ def _utf8_stdout():
 def run_generate(*, tokenizer_path, ckpt_path, prompts: Sequence[str], max_new_tokens: int,
                  cfg: SamplingConfig, stop_strings: Sequence[str] = (), seed: Optional[int] = None,
                  num_samples: int = 1, stream: bool = False, batch_size: int = 1,
-                 output=None, device: str = "auto") -> list[Generation]:
+                 output=None, device: str = "auto", precision: str = "auto") -> list[Generation]:
     """The generate stage: load, generate, print (stdout) or write `output` (.jsonl = JSON Lines,
     else plain text), log tokens/s. Streaming prints each piece of text as soon as it is final;
-    its stdout is byte for byte what the same run without streaming prints."""
+    its stdout is byte for byte what the same run without streaming prints. `precision`: see
+    precision.resolve_precision (measured on the decoding shapes: batch_size rows per step)."""
     if any(s == "" for s in stop_strings):
         raise UserError("--stop: empty stop strings are not allowed; pass the text that ends a sample")
     if seed is not None and not 0 <= seed < 2**63:
@@ -649,6 +652,9 @@ def run_generate(*, tokenizer_path, ckpt_path, prompts: Sequence[str], max_new_t
     dev = resolve_device(device)
     tokenizer = load_tokenizer(tokenizer_path)
     model, _ = load_model(ckpt_path, dev, tokenizer_path)
+    prec = resolve_precision(precision, dev, n_embd=model.cfg.n_embd, vocab_size=model.cfg.vocab_size,
+                             rows=batch_size)
+    log_choice(prec, "generation")
     generator = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
 
     n_results = len(prompts) * num_samples
@@ -672,9 +678,10 @@ def run_generate(*, tokenizer_path, ckpt_path, prompts: Sequence[str], max_new_t
             out.flush()
 
     start = time.perf_counter()
-    results = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, cfg=cfg,
-                             stop_strings=stop_strings, num_samples=num_samples, batch_size=batch_size,
-                             generator=generator, on_start=on_start, on_text=on_text)
+    with prec.autocast():
+        results = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, cfg=cfg,
+                                 stop_strings=stop_strings, num_samples=num_samples, batch_size=batch_size,
+                                 generator=generator, on_start=on_start, on_text=on_text)
     elapsed = time.perf_counter() - start
     if stream:
         out.write(parts(n_results - 1)[1])
@@ -697,5 +704,5 @@ def run_generate(*, tokenizer_path, ckpt_path, prompts: Sequence[str], max_new_t
         log.info(f"wrote {len(results)} result(s) to {output}")
     n_tokens = sum(g.tokens for g in results)
     log.info(f"generated {n_tokens} tokens in {elapsed:.2f}s ({n_tokens / max(elapsed, 1e-9):.1f} tokens/s"
-             f"{f', batches of {batch_size}' if batch_size > 1 else ''}, {dev.type})")
+             f"{f', batches of {batch_size}' if batch_size > 1 else ''}, {dev.type}, {prec.name})")
     return results

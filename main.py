@@ -70,11 +70,13 @@ def cmd_init_tokenizer(args) -> int:
 def cmd_train(args) -> int:
     import training
     overrides = {name: getattr(args, name, None) for name in training.CLI_OVERRIDES}
-    if getattr(args, "max_time", None) is not None:
-        try:
-            overrides["max_time"] = parse_duration(args.max_time)
-        except ValueError as e:
-            raise UserError(f"--max-time: {e}")
+    for name in ("max_time", "time_budget"):
+        if getattr(args, name, None) is not None:
+            try:
+                overrides[name] = parse_duration(getattr(args, name))
+            except ValueError as e:
+                raise UserError(f"--{name.replace('_', '-')}: {e}")
+    overrides["precision"] = _precision_arg(args)
     try:
         summary = training.train(args.tokenizer, args.corpus, args.outdir, args.config, overrides,
                                  separator=args.separator, resume=args.resume, force=args.force,
@@ -110,7 +112,7 @@ def cmd_generate(args) -> int:
         tokenizer_path=args.tokenizer, ckpt_path=args.ckpt, prompts=prompts, max_new_tokens=args.max_tokens,
         cfg=cfg, stop_strings=args.stop or (), seed=args.seed, num_samples=args.num_samples,
         stream=args.stream, batch_size=args.batch_size if args.batch_generate else 1,
-        output=args.output, device=args.device)
+        output=args.output, device=args.device, precision=_precision_arg(args))
     return 0
 
 
@@ -122,7 +124,8 @@ def cmd_evaluate(args) -> int:
     import evaluation  # torch is only imported by the stages that need it
     result = evaluation.evaluate(args.ckpt, args.tokenizer, args.test_file, separator=args.separator,
                                  stride=args.stride, batch_size=args.batch_size, device=args.device,
-                                 amp=args.amp, per_document=args.per_document, quiet=args.quiet)
+                                 precision=_precision_arg(args), per_document=args.per_document,
+                                 quiet=args.quiet)
     if args.json:
         emit_json(result)
     else:
@@ -156,6 +159,25 @@ def cmd_quickstart(args) -> int:
 
 
 # =========================================================================== parser
+
+def _precision_arg(args) -> str:
+    """--precision with its aliases --amp / --no-amp folded in."""
+    from precision import to_precision_arg
+    return to_precision_arg(getattr(args, "precision", None), getattr(args, "amp", None))
+
+
+def _precision_flags(p: argparse.ArgumentParser, stage: str) -> None:
+    """--precision and its aliases --amp / --no-amp (the same on train, evaluate and generate)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
+                   help=f"numeric precision of the {stage} (default: auto: on CUDA bf16 where supported, else "
+                        f"fp16 with loss scaling; on CPU bf16 only when the CPU has native bf16 (AVX512_BF16/"
+                        f"AMX) and a short benchmark of this model's matmuls, cached in ~/.cache/mini-llm, "
+                        f"measures it faster, else fp32; fp32 on Apple MPS)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="alias: --amp = the device's half precision (bf16; fp16 on GPUs without bf16), "
+                        "--no-amp = --precision fp32")
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one `error:` line with exit code 2."""
@@ -299,8 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=_positive_int, default=unset,
                    help="cap on optimizer steps; the learning-rate schedule ends there (default: no cap)")
     p.add_argument("--max-time", default=unset,
-                   help="wall-clock budget of this invocation, e.g. 2h, 90m, 1h30m: stop at the next step "
+                   help="wall-clock cap on this invocation, e.g. 2h, 90m, 1h30m: stop at the next step "
                         "boundary past it, evaluate, save and exit 0 (re-run to continue)")
+    p.add_argument("--time-budget", default=unset,
+                   help="wall-clock budget of the whole run, e.g. 10m, 2h: the number of steps (and so the "
+                        "learning-rate schedule) is fitted to it from the measured step time, so the run "
+                        "ends on time with a fully decayed learning rate; --epochs and --max-steps still cap "
+                        "it. Once fixed, the step count is kept in the checkpoint (resume is exact)")
     p.add_argument("--lr", type=_float, default=unset, help="peak learning rate (preset: 5e-4 / 3e-4 / 2e-4)")
     p.add_argument("--min-lr", type=_float, default=unset,
                    help="learning rate at the last step of the cosine decay (default: lr / 10)")
@@ -321,9 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=_fraction, default=unset,
                    help="fraction of documents held out for validation (default: 0.05; 0 = none)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="device")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=unset,
-                   help="mixed precision (default: on for CUDA: bf16 where supported, else fp16 with a "
-                        "gradient scaler; off on CPU, where --amp means bf16 autocast)")
+    _precision_flags(p, "training")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=unset,
                    help="recompute activations per block to save memory (preset: on for large)")
@@ -364,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per batch with --batch-generate")
     p.add_argument("--output", default=None, help="write results here (.jsonl for JSON Lines) instead of stdout")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="device")
+    _precision_flags(p, "generation")
     _common(p)
     p.set_defaults(func=cmd_generate)
 
@@ -377,8 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=16, help="windows per batch")
     p.add_argument("--per-document", action="store_true", help="add each document's perplexity and the worst 5")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="device")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: on for CUDA, off elsewhere)")
+    _precision_flags(p, "evaluation")
     _common(p, json_flag=True)
     p.set_defaults(func=cmd_evaluate)
 

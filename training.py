@@ -33,7 +33,9 @@ Defaults that are not in the presets:
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -57,6 +59,7 @@ from common import (EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_TERMINATED, Progress, Us
                     atomic_path, file_sha256, format_seconds, log, perplexity, require_file, resolve_device,
                     stderr_is_terminal, write_json)
 from model import GPT, ModelConfig, read_checkpoint
+from precision import AMP, PRECISIONS, Precision, log_choice, resolve_precision
 
 # =========================================================================== presets and configs
 
@@ -80,14 +83,19 @@ SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias
 # train flags (argparse dest names) that override preset / TrainConfig fields; None = not given
 CLI_OVERRIDES = ("block_size", "n_embd", "n_layer", "n_head", "dropout", "batch_size", "accumulation_steps",
                  "epochs", "max_steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
-                 "patience", "eval_every", "eval_batches", "stride", "val_fraction", "device", "amp",
-                 "compile", "gradient_checkpointing", "flash_attention", "num_workers", "seed", "log_every")
+                 "patience", "eval_every", "eval_batches", "stride", "val_fraction", "device", "precision",
+                 "time_budget", "compile", "gradient_checkpointing", "flash_attention", "num_workers", "seed", "log_every")
 
 HISTORY_KEYS = ("step", "epoch", "tokens_seen", "train_loss", "val_loss", "val_perplexity", "lr",
                 "grad_norm", "tokens_per_second", "elapsed_seconds", "sample")
 
 SAMPLE_PROMPT = "La historia de"      # greedy sample written into the history at each evaluation
 SAMPLE_TOKENS = 32
+BUDGET_CALIBRATION_STEPS = 20        # --time-budget: steps timed before total_steps is fixed ...
+BUDGET_MIN_TIMED_STEPS = 3            # ... (fewer than this: the probe's estimate is used)
+BUDGET_SAFETY = 0.97                  # fraction of the remaining budget planned for steps
+BUDGET_RESERVE_S = 1.5                # seconds kept for the end: plot, last save, exit
+PROBE_STEPS = 3                       # optimizer steps timed by the probe (the first is untimed)
 MAX_NONFINITE_STEPS = 3               # non-finite losses in a row before the run stops
 EXIT_DIVERGED = 1
 WARMUP_FRACTION = 0.05                # default warmup: 5% of the schedule ...
@@ -103,7 +111,8 @@ class TrainConfig:
     accumulation_steps: int = 1          # micro-batches per optimizer step
     epochs: int = 30
     max_steps: Optional[int] = None      # cap on optimizer steps (the schedule ends there)
-    max_time: Optional[float] = None     # wall-clock budget of one invocation, seconds
+    max_time: Optional[float] = None     # wall-clock cap on one invocation, seconds
+    time_budget: Optional[float] = None  # wall-clock budget of the whole run, seconds: fits total_steps
     lr: float = 5e-4                     # peak learning rate
     min_lr: Optional[float] = None       # end of the cosine decay; None = lr * MIN_LR_RATIO
     warmup_steps: Optional[int] = None   # None = WARMUP_FRACTION of the schedule, <= WARMUP_MAX
@@ -117,7 +126,7 @@ class TrainConfig:
     stride: Optional[int] = None         # window stride in long documents; None = block_size
     val_fraction: float = dataset.DEFAULT_VAL_FRACTION
     device: str = "auto"
-    amp: Optional[bool] = None           # None = on for CUDA, off elsewhere
+    precision: str = "auto"              # auto | fp32 | bf16 | fp16 | amp (--amp); see precision.py
     compile: bool = False
     gradient_checkpointing: bool = False
     flash_attention: bool = False
@@ -148,8 +157,9 @@ class TrainConfig:
         for name in ("warmup_steps", "patience", "num_workers"):
             v = getattr(self, name)
             check(v is None or (is_int(v) and v >= 0), f"{name}={v!r} must be a whole number >= 0")
-        check(self.max_time is None or (is_num(self.max_time) and self.max_time > 0),
-              f"max_time={self.max_time!r} must be a positive number of seconds")
+        for name in ("max_time", "time_budget"):
+            v = getattr(self, name)
+            check(v is None or (is_num(v) and v > 0), f"{name}={v!r} must be a positive number of seconds")
         check(is_num(self.lr) and self.lr > 0, f"lr={self.lr!r} must be a positive number")
         if self.min_lr is not None:
             check(is_num(self.min_lr) and self.min_lr >= 0, f"min_lr={self.min_lr!r} must be >= 0")
@@ -164,7 +174,8 @@ class TrainConfig:
         check(is_num(self.val_fraction) and 0 <= self.val_fraction < 1,
               f"val_fraction={self.val_fraction!r} must be in [0, 1)")
         check(self.device in DEVICES, f"device={self.device!r} must be one of {', '.join(DEVICES)}")
-        check(self.amp is None or isinstance(self.amp, bool), f"amp={self.amp!r} must be true, false or unset")
+        check(self.precision in PRECISIONS + (AMP,),
+              f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
         check(is_int(self.seed), f"seed={self.seed!r} must be a whole number")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
@@ -212,11 +223,15 @@ def make_configs(preset: str, overrides: Optional[dict] = None, *, vocab_size: i
     return mcfg, tcfg
 
 
-def resolve_schedule(cfg: TrainConfig, steps_per_epoch: int) -> TrainConfig:
-    """Fill in the data-dependent defaults: total_steps, warmup_steps and min_lr."""
+def resolve_schedule(cfg: TrainConfig, steps_per_epoch: int, budget_steps: Optional[int] = None) -> TrainConfig:
+    """Fill in the data-dependent defaults: total_steps, warmup_steps and min_lr.
+
+    total_steps is epochs x steps_per_epoch, capped by max_steps and by `budget_steps` (the steps
+    that fit the --time-budget, see Trainer.plan_time_budget)."""
     total = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
+    for cap in (cfg.max_steps, budget_steps):
+        if cap is not None:
+            total = min(total, cap)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(WARMUP_MAX, int(total * WARMUP_FRACTION))
     min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr * MIN_LR_RATIO
     return dataclasses.replace(cfg, total_steps=max(1, total), warmup_steps=warmup, min_lr=min_lr)
@@ -238,21 +253,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.min_lr if last > warmup else cfg.lr
     progress = (step - warmup) / (last - warmup)  # 0 at the end of warmup, 1 at the last step
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-# =========================================================================== device and precision
-
-def amp_settings(device: torch.device, amp: Optional[bool]) -> tuple[bool, Optional[torch.dtype], bool]:
-    """(autocast on, autocast dtype, use a GradScaler). CUDA: on by default, bf16 where the GPU
-    supports it, else fp16 with a gradient scaler. CPU / MPS: only when asked, bf16."""
-    enabled = (device.type == "cuda") if amp is None else amp
-    if not enabled:
-        return False, None, False
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return True, torch.bfloat16, False
-        return True, torch.float16, True
-    return True, torch.bfloat16, False
 
 
 # =========================================================================== RNG state (weights_only-safe)
@@ -579,6 +579,11 @@ class Trainer:
         self.last_eval_step = -1
         self.last_saved_step = -1
         self.last_norm = float("nan")
+        # --time-budget (see plan_time_budget)
+        self.budget_fixed = False      # total_steps fixed for good (saved in the checkpoint)
+        self.budget_costs: dict = {}   # probe: seconds per step and per evaluation
+        self.calibration_end = 0       # the step at which total_steps is fixed
+        self.step_seconds: list[float] = []   # wall time of each step before that
 
     @staticmethod
     def _empty_window() -> dict:
@@ -589,7 +594,6 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.cfg
         self.device = resolve_device(cfg.device)
-        self.amp, self.amp_dtype, use_scaler = amp_settings(self.device, cfg.amp)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -603,13 +607,14 @@ class Trainer:
         m = self.mcfg
         log.info(f"model: {self.preset}, {m.n_layer} layers, {m.n_head} heads, width {m.n_embd}, "
                  f"block {m.block_size}, vocab {m.vocab_size}: {self.n_params:,} parameters")
+        self.precision: Precision = resolve_precision(cfg.precision, self.device, n_embd=m.n_embd,
+                                                      vocab_size=m.vocab_size, rows=cfg.batch_size * m.block_size)
         self.optimizer = make_optimizer(self.model, cfg)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.use_scaler)
         self.train_model = torch.compile(self.model) if cfg.compile else self.model
-        precision = f"autocast {str(self.amp_dtype).replace('torch.', '')}" if self.amp else "fp32"
-        log.info(f"device {self.device}, {precision}{' + grad scaler' if use_scaler else ''}"
-                 f"{', torch.compile' if cfg.compile else ''}"
+        log.info(f"device {self.device}{', torch.compile' if cfg.compile else ''}"
                  f"{', gradient checkpointing' if cfg.gradient_checkpointing else ''}")
+        log_choice(self.precision, "training")
 
     def _setup_data(self) -> None:
         cfg, m = self.cfg, self.mcfg
@@ -642,12 +647,14 @@ class Trainer:
         self.val_ds = dataset.WindowDataset(store, val_w, m.block_size)
         self.n_batches = dataset.ResumableSampler(len(self.train_ds), cfg.batch_size, cfg.seed).num_batches()
         self.steps_per_epoch = -(-self.n_batches // cfg.accumulation_steps)
+        self.requested_cfg = cfg                   # before the data-dependent defaults
         self.cfg = cfg = resolve_schedule(cfg, self.steps_per_epoch)
         log.info(f"data: {len(store):,} tokens, {store.n_docs:,} documents; {len(train_w):,} training and "
                  f"{len(val_w):,} validation windows (block {m.block_size}, stride {stride}); "
                  f"{self.steps_per_epoch:,} steps per epoch of {cfg.batch_size} x {cfg.accumulation_steps} "
-                 f"windows; schedule {cfg.total_steps:,} steps (warmup {cfg.warmup_steps}, "
-                 f"lr {cfg.lr:g} -> {cfg.min_lr:g})")
+                 f"windows; " + (f"schedule {cfg.total_steps:,} steps (warmup {cfg.warmup_steps}, "
+                                 f"lr {cfg.lr:g} -> {cfg.min_lr:g})" if cfg.time_budget is None else
+                                 f"schedule fitted to the time budget (at most {cfg.total_steps:,} steps)"))
         self.val_batches = self._fixed_val_batches()
         self.sample_prompt = self._sample_prompt()
 
@@ -692,7 +699,7 @@ class Trainer:
             "history": self.history,
             "progress": {"tokens_seen": self.tokens_seen, "elapsed_seconds": self.elapsed(),
                          "nonfinite_streak": self.nonfinite_streak, "window": dict(self.window),
-                         "last_eval_step": self.last_eval_step},
+                         "last_eval_step": self.last_eval_step, "budget_fixed": self.budget_fixed},
         }
 
     def save_last(self) -> None:
@@ -727,9 +734,14 @@ class Trainer:
         self.nonfinite_streak = int(prog.get("nonfinite_streak", 0))
         self.window = {**self._empty_window(), **prog.get("window", {})}
         self.last_eval_step = int(prog.get("last_eval_step", -1))
+        old_cfg = ckpt.get("train_config", {})
+        self.budget_fixed = bool(prog.get("budget_fixed", False)) and self.cfg.time_budget is not None
+        if self.budget_fixed:                       # the steps fitted to the budget stay fixed
+            self.cfg = dataclasses.replace(self.cfg, total_steps=int(old_cfg["total_steps"]),
+                                           warmup_steps=int(old_cfg["warmup_steps"]))
         self.last_saved_step = self.step
-        old_total = ckpt.get("train_config", {}).get("total_steps")
-        if old_total not in (None, self.cfg.total_steps):
+        old_total = old_cfg.get("total_steps")
+        if old_total not in (None, self.cfg.total_steps) and self.cfg.time_budget is None:
             log.info(f"note: the learning-rate schedule now ends at step {self.cfg.total_steps:,} "
                      f"(it ended at {old_total:,})")
         set_rng_state(ckpt["rng"])
@@ -740,9 +752,7 @@ class Trainer:
     # ----------------------------------------------------------------------- evaluation
 
     def autocast(self):
-        if not self.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return self.precision.autocast()
 
     @torch.no_grad()
     def validation_loss(self) -> Optional[float]:
@@ -816,6 +826,80 @@ class Trainer:
                  f"val loss {val_txt}{note} [{time.monotonic() - t0:.1f}s]")
         log.info(f"  sample: {sample!r}")
 
+    # ----------------------------------------------------------------------- time budget
+
+    def plan_time_budget(self) -> None:
+        """--time-budget: a provisional schedule from a probe of the step and evaluation costs.
+
+        The probe (`_probe_costs`) changes nothing but the clock. Its estimate fixes warmup_steps
+        (unless given) and a provisional total_steps; the first warmup steps (at most
+        BUDGET_CALIBRATION_STEPS) then time real steps, and `fix_time_budget` sets total_steps
+        for good. Warmup learning rates do not depend on total_steps, so the steps run before
+        that point are the same whatever it becomes, and after it resume is exact as usual.
+        """
+        self.budget_costs = self._probe_costs()
+        budget_steps = self._budget_steps(self.budget_costs["step"])
+        self.cfg = resolve_schedule(self.requested_cfg, self.steps_per_epoch, budget_steps=budget_steps)
+        calibration = min(self.cfg.warmup_steps, BUDGET_CALIBRATION_STEPS, self.cfg.total_steps - 1 - self.step)
+        self.calibration_end = self.step + max(0, calibration)
+        c = self.budget_costs
+        log.info(f"time budget {format_seconds(self.cfg.time_budget)}: probe {c['step']:.3f}s per step, "
+                 f"{c['eval']:.2f}s per evaluation and save -> about {self.cfg.total_steps:,} steps "
+                 f"(warmup {self.cfg.warmup_steps}); fixed after {max(0, calibration)} timed steps")
+        if calibration < BUDGET_MIN_TIMED_STEPS:
+            self.fix_time_budget()
+
+    def fix_time_budget(self) -> None:
+        """Fix total_steps from the step time measured so far (or the probe's), once."""
+        timed = self.step_seconds[1:]                   # the first step pays one-time costs
+        step_s = sum(timed) / len(timed) if timed else self.budget_costs["step"]
+        budget_steps = self._budget_steps(step_s)
+        given = dataclasses.replace(self.requested_cfg, warmup_steps=self.cfg.warmup_steps)
+        cfg = resolve_schedule(given, self.steps_per_epoch, budget_steps=budget_steps)
+        if cfg.total_steps <= cfg.warmup_steps + 1:   # a budget too short for the planned warmup
+            cfg = dataclasses.replace(cfg, warmup_steps=min(cfg.warmup_steps, self.step))
+        self.cfg, self.budget_fixed = cfg, True
+        capped = "" if cfg.total_steps >= budget_steps else \
+            f" (the budget allows {budget_steps:,}; capped by --epochs/--max-steps)"
+        log.info(f"time budget: {step_s:.3f}s per step over {len(timed)} timed steps; schedule fixed at "
+                 f"{cfg.total_steps:,} steps{capped}, warmup {cfg.warmup_steps}, lr {cfg.lr:g} -> {cfg.min_lr:g}")
+        self.folder.write_config(self.run_config())
+
+    def _budget_steps(self, step_seconds: float) -> int:
+        """Total steps that fit what is left of the budget at `step_seconds` per step, with the
+        evaluations (every eval_every steps and at each epoch end) and the final one counted."""
+        cfg, eval_s = self.cfg, self.budget_costs["eval"]
+        per_step = step_seconds + eval_s * (1 / cfg.eval_every + 1 / self.steps_per_epoch)
+        left = cfg.time_budget - self.elapsed() - eval_s - BUDGET_RESERVE_S
+        return self.step + max(1, int(BUDGET_SAFETY * left / max(per_step, 1e-9)))
+
+    def _probe_costs(self) -> dict:
+        """Seconds per optimizer step and per evaluation (validation, sample, two checkpoint
+        serialisations), measured on the real model with real batches; the weights, optimizer,
+        scaler and every RNG state are put back afterwards."""
+        saved = [copy.deepcopy(x.state_dict()) for x in (self.model, self.optimizer, self.scaler)]
+        bs, n = self.cfg.batch_size, len(self.train_ds)
+        batch = _collate([self.train_ds[i % n] for i in range(bs)])
+        group = [batch] * self.cfg.accumulation_steps
+        times = []
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            for _ in range(PROBE_STEPS):
+                t = time.monotonic()
+                optimizer_step(self.model, self.train_model, self.optimizer, self.scaler, group, lr=self.cfg.lr,
+                               grad_clip=self.cfg.grad_clip, device=self.device, autocast=self.autocast)
+                times.append(time.monotonic() - t)
+            t = time.monotonic()
+            self.validation_loss()
+            self.greedy_sample()
+            for _ in range(2):                         # ckpt_best.pt and ckpt_last.pt
+                torch.save(self.checkpoint_state(), io.BytesIO())
+            eval_s = time.monotonic() - t
+        for x, state in zip((self.model, self.optimizer, self.scaler), saved):
+            x.load_state_dict(state)
+        self.optimizer.zero_grad(set_to_none=True)
+        timed = times[1:]
+        return {"step": sum(timed) / len(timed), "eval": eval_s}
+
     # ----------------------------------------------------------------------- training
 
     def elapsed(self) -> float:
@@ -846,7 +930,10 @@ class Trainer:
         if cfg.patience and self.patience_counter >= cfg.patience:
             return "early_stopping"
         if self.step >= cfg.total_steps or self.epoch >= cfg.epochs:
-            return "max_steps" if cfg.max_steps is not None and self.step >= cfg.max_steps else "completed"
+            if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                return "max_steps"
+            budget_bound = cfg.time_budget is not None and self.step < cfg.epochs * self.steps_per_epoch
+            return "time_budget" if budget_bound else "completed"
         return None
 
     def fit(self) -> str:
@@ -862,6 +949,7 @@ class Trainer:
         with Progress("training", total=max(0, cfg.total_steps - self.step), unit="step", quiet=self.quiet,
                       log_every_s=float("inf")) as progress:
             while reason is None:
+                t_step = time.monotonic()
                 if batches is None:
                     batches = self._epoch_batches(self.epoch, self.batch_in_epoch)
                 n_micro = min(cfg.accumulation_steps, self.n_batches - self.batch_in_epoch)
@@ -888,6 +976,11 @@ class Trainer:
                         w["norm_sum"] += self.last_norm
                         w["norm_n"] += 1
                 self._report(progress, loss, tokens, seconds, t_loop, start_step, terminal)
+                if self.cfg.time_budget is not None and not self.budget_fixed:
+                    self.step_seconds.append(time.monotonic() - t_step)
+                    if self.step >= self.calibration_end:
+                        self.fix_time_budget()
+                        progress.set_total(self.cfg.total_steps - start_step)
                 end_of_epoch = self.batch_in_epoch >= self.n_batches
                 if end_of_epoch:
                     self.epoch, self.batch_in_epoch, batches = self.epoch + 1, 0, None
@@ -927,6 +1020,7 @@ class Trainer:
 
     def run_config(self) -> dict:
         return {"preset": self.preset, "model": self.mcfg.to_dict(), "train": self.cfg.to_dict(),
+                "precision": self.precision.to_dict(),
                 "tokenizer": {"path": str(self.tokenizer_path.resolve()), "hash": self.store.tokenizer_hash,
                               "vocab_size": self.mcfg.vocab_size},
                 "corpus": {"path": str(self.corpus_path.resolve()), "hash": self.store.corpus_hash,
@@ -1049,6 +1143,8 @@ def train(tokenizer_path: str | os.PathLike, corpus_path: str | os.PathLike, out
                 if ckpt is not None:
                     trainer.restore(ckpt, folder.ckpt_last)
                     del ckpt
+                if trainer.cfg.time_budget is not None and not trainer.budget_fixed:
+                    trainer.plan_time_budget()
                 folder.write_config(trainer.run_config())
                 reason = trainer.fit()
             except Exception as e:
@@ -1091,7 +1187,10 @@ def _finish(trainer: Trainer, reason: str) -> dict:
             trainer.save_last()
         messages = {"completed": f"finished {trainer.cfg.epochs} epochs",
                     "max_steps": f"reached --max-steps {trainer.cfg.max_steps:,}" if trainer.cfg.max_steps else "",
-                    "max_time": "reached the --max-time budget (run the same command again to continue)",
+                    "max_time": "reached the --max-time cap (run the same command again to continue)",
+                    "time_budget": f"finished the {trainer.cfg.total_steps:,} steps fitted to the --time-budget "
+                                   f"of {format_seconds(trainer.cfg.time_budget or 0)} in "
+                                   f"{format_seconds(trainer.elapsed())}",
                     "early_stopping": f"early stopping: no improvement in {trainer.cfg.patience} evaluations"}
         log.info(f"{messages[reason]} at step {trainer.step:,}")
     folder.write_plot(trainer.history)

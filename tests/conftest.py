@@ -15,6 +15,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+def pytest_configure(config):
+    """The suite computes in fp32 on every machine (as it did before --precision auto existed):
+    the CPU is reported without native bf16 unless a test says otherwise, and the precision
+    cache is a fresh folder, never the user's ~/.cache/mini-llm. Set here, before any test,
+    so that the CLI subprocesses the tests start inherit both."""
+    import tempfile
+    os.environ["MINI_LLM_NATIVE_BF16"] = "0"
+    os.environ["MINI_LLM_PRECISION_CACHE"] = tempfile.mkdtemp(prefix="mini-llm-precision-cache-")
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
     if torch.cuda.is_available():

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import dataset
 import evaluation
+from precision import Precision
 from common import UserError, file_sha256
 from conftest import assert_user_error, corpus_slice
 from model import GPT, ModelConfig
@@ -245,8 +246,9 @@ def test_cuda_with_and_without_amp_matches_cpu(model, tok):
     tokens, starts, _ = stream_of(tok, some_docs(6))
     cpu = evaluation.evaluate_tokens(model, tok, tokens, starts, per_document=True, quiet=True)
     on_gpu = copy.deepcopy(model).cuda()
-    fp32 = evaluation.evaluate_tokens(on_gpu, tok, tokens, starts, amp=False, per_document=True, quiet=True)
-    bf16 = evaluation.evaluate_tokens(on_gpu, tok, tokens, starts, amp=True, quiet=True)
+    fp32 = evaluation.evaluate_tokens(on_gpu, tok, tokens, starts, per_document=True, quiet=True)
+    bf16 = evaluation.evaluate_tokens(on_gpu, tok, tokens, starts, quiet=True,
+                                      precision=Precision("bf16", "cuda", "bf16"))
     assert fp32["tokens"] == bf16["tokens"] == cpu["tokens"]
     assert fp32["loss"] == pytest.approx(cpu["loss"], rel=1e-4)
     for a, b in zip(fp32["per_document"], cpu["per_document"]):

@@ -265,7 +265,7 @@ def test_max_time_stops_cleanly_and_saves(data, tmp_path):
 def test_bf16_autocast_with_workers_and_lowercase_prompt(data, tmp_path):
     lower = write_corpus(tmp_path / "lower.txt", [d.lower() for d in data["docs"][:40]])
     out = tmp_path / "run"
-    s = run(data, out, corpus=lower, overrides=dict(max_steps=4, eval_every=2, amp=True, num_workers=1,
+    s = run(data, out, corpus=lower, overrides=dict(max_steps=4, eval_every=2, precision="bf16", num_workers=1,
                                                     accumulation_steps=2, batch_size=4))
     assert s["stopped_reason"] == "max_steps" and math.isfinite(s["best_val_loss"])
     ckpt = torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)
@@ -307,10 +307,8 @@ def test_out_of_memory_is_a_user_error_with_advice(data, tmp_path):
         run(data, tmp_path / "run", overrides=dict(n_embd=2**31, n_head=2, max_steps=1))
 
 
-def test_amp_and_device_choices():
+def test_device_choices():
     cpu = torch.device("cpu")
-    assert T.amp_settings(cpu, None) == (False, None, False)          # CPU: only when asked
-    assert T.amp_settings(cpu, True) == (True, torch.bfloat16, False)
     assert T.resolve_device("cpu") == cpu
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="CUDA is not available"):

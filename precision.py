@@ -1,0 +1,277 @@
+"""Numeric precision per machine: `--precision auto|fp32|bf16|fp16` -> a `Precision`.
+
+`resolve_precision` is the one place that decides how `train`, `evaluate` and `generate` compute:
+
+- CUDA, `auto`: bf16 autocast where the GPU supports it, else fp16 with a gradient scaler.
+- CPU, `auto`: bf16 autocast only when the CPU has native bf16 instructions (AVX512_BF16 or
+  AMX on x86-64, the BF16 extension on ARM) *and* a short micro-benchmark of the model's own
+  matmul shapes measures bf16 faster than fp32; else fp32. Without native support bf16 is
+  emulated and 10-30x slower than fp32, so the benchmark is not even run. The measured ratio is
+  cached per machine (CPU, threads, torch version, shapes) in ~/.cache/mini-llm/precision.json.
+- MPS, `auto`: fp32.
+- An explicit choice is honoured; bf16 or fp16 on a CPU without native support runs with a
+  one-line warning that it will be much slower.
+
+The environment variable MINI_LLM_NATIVE_BF16=1|0 overrides the CPU capability check (for
+CPUs whose flags a hypervisor hides, and for tests); MINI_LLM_PRECISION_CACHE=FOLDER moves the
+cache.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from common import UserError, cache_dir, log, read_json, write_json
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AMP = "amp"                 # what --amp means: the device's half precision (bf16, or fp16 on old GPUs)
+BF16_MIN_SPEEDUP = 1.15     # auto picks bf16 on CPU only when it measures at least this much faster
+CACHE_FILE = "precision.json"
+NATIVE_BF16_ENV = "MINI_LLM_NATIVE_BF16"
+CACHE_ENV = "MINI_LLM_PRECISION_CACHE"
+_X86_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+_X86_FP16_FLAGS = ("avx512_fp16", "amx_fp16")
+_BENCH_FLOPS = 2e9          # matmul work per timed pass: ~10-20 ms in fp32 on a 2-core CPU ...
+_BENCH_MIN_ROWS = 256       # ... but never fewer rows than this (or the model's own, if fewer),
+_BENCH_MAX_VOCAB = 8192     # and at most this many output-head columns: big enough to show the kernel
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str                            # "fp32", "bf16" or "fp16"
+    device_type: str                     # "cpu", "cuda", "mps"
+    requested: str = "auto"              # what the user asked for ("amp" = --amp)
+    reason: str = ""                     # why this precision, in words
+    bf16_speedup: Optional[float] = None  # measured fp32 time / bf16 time (CPU auto only)
+
+    @property
+    def dtype(self):
+        import torch
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.name]
+
+    @property
+    def use_scaler(self) -> bool:
+        """fp16 gradients underflow without loss scaling; bf16 has fp32's range."""
+        return self.name == "fp16"
+
+    def autocast(self):
+        """The autocast context for forward passes (a no-op context for fp32)."""
+        if self.name == "fp32":
+            return contextlib.nullcontext()
+        import torch
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def describe(self) -> str:
+        what = "fp32" if self.name == "fp32" else f"{self.name} autocast"
+        if self.use_scaler:
+            what += " + grad scaler"
+        return f"{what} ({self.reason})" if self.reason else what
+
+    def to_dict(self) -> dict:
+        return {"requested": self.requested, "chosen": self.name, "reason": self.reason,
+                "bf16_speedup": self.bf16_speedup}
+
+
+# =========================================================================== CPU capabilities
+
+def _cpu_flags() -> tuple[str, set[str]]:
+    """(CPU model name, feature flags) from /proc/cpuinfo (x86 "flags", ARM "Features")."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return platform.processor() or platform.machine(), set()
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "cpu model", "hardware") and not model:
+            model = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    return model or platform.machine(), flags
+
+
+def _macos_has(feature: str) -> bool:
+    try:
+        out = subprocess.run(["sysctl", "-n", f"hw.optional.arm.{feature}"], capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() == "1"
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def cpu_native_bf16() -> Optional[str]:
+    """The native bf16 feature of this CPU ("avx512_bf16", "amx_bf16", "bf16"), or None.
+
+    MINI_LLM_NATIVE_BF16=1 / 0 overrides the detection."""
+    forced = os.environ.get(NATIVE_BF16_ENV)
+    if forced is not None and forced.strip() != "":
+        return f"{NATIVE_BF16_ENV}={forced.strip()}" if forced.strip() not in ("0", "false", "no") else None
+    if platform.system() == "Darwin":
+        return "bf16" if _macos_has("FEAT_BF16") else None
+    _, flags = _cpu_flags()
+    found = [f for f in _X86_BF16_FLAGS if f in flags] or (["bf16"] if "bf16" in flags else [])
+    return found[0] if found else None
+
+
+def cpu_native_fp16() -> bool:
+    _, flags = _cpu_flags()
+    return any(f in flags for f in _X86_FP16_FLAGS) or "asimdhp" in flags or platform.system() == "Darwin"
+
+
+# =========================================================================== the micro-benchmark
+
+def matmul_shapes(n_embd: int, vocab_size: int) -> list[tuple[int, int]]:
+    """(in, out) features of every Linear of one block and of the output head (its columns capped
+    at _BENCH_MAX_VOCAB: the kernel's speed no longer depends on them past that)."""
+    C = n_embd
+    return [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C), (C, min(vocab_size, _BENCH_MAX_VOCAB))]
+
+
+def benchmark_rows(n_embd: int, vocab_size: int, rows: int) -> int:
+    """Rows (tokens) per benchmark matmul: the model's own, capped so that a pass costs
+    about _BENCH_FLOPS (so the benchmark stays well under a second on any CPU), but not below
+    _BENCH_MIN_ROWS, where small matrices would measure another kernel than the model's."""
+    per_row = 2 * sum(i * o for i, o in matmul_shapes(n_embd, vocab_size))
+    return max(1, min(int(rows), max(_BENCH_MIN_ROWS, int(_BENCH_FLOPS // per_row))))
+
+
+def measure_bf16_speedup(n_embd: int, vocab_size: int, rows: int, reps: int = 3) -> float:
+    """fp32 time / bf16-autocast time of the model's matmuls (forward Linear layers) on the CPU.
+
+    Each precision gets one untimed pass, then the best of `reps` timed passes. A bf16 pass
+    that is already 3x slower than fp32 ends the measurement early (emulated bf16 is ~20x
+    slower: no need to wait for it)."""
+    import torch
+    import torch.nn.functional as F
+    g = torch.Generator().manual_seed(0)
+    rows = benchmark_rows(n_embd, vocab_size, rows)
+    ops = [(torch.randn(rows, i, generator=g), torch.randn(o, i, generator=g) * i ** -0.5)
+           for i, o in matmul_shapes(n_embd, vocab_size)]
+
+    def one_pass(dtype) -> float:
+        ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        t = time.perf_counter()
+        with torch.inference_mode(), ctx:
+            for x, w in ops:
+                F.linear(x, w)
+        return time.perf_counter() - t
+
+    def best(dtype) -> float:
+        """Best of at least `reps` passes, and of enough passes to fill ~30 ms (tiny shapes)."""
+        times = [one_pass(dtype) for _ in range(reps)]
+        while sum(times) < 0.03 and len(times) < 1000:
+            times.append(one_pass(dtype))
+        return min(times)
+
+    one_pass(None)
+    fp32 = best(None)
+    bf16 = one_pass(torch.bfloat16)                     # untimed warm-up, unless it is hopeless
+    if bf16 < 3 * fp32:
+        bf16 = best(torch.bfloat16)
+    return fp32 / max(bf16, 1e-9)
+
+
+def _cache_key(n_embd: int, vocab_size: int, rows: int) -> str:
+    import torch
+    model, flags = _cpu_flags()
+    flag_hash = hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:12]
+    rows = benchmark_rows(n_embd, vocab_size, rows)
+    return (f"{model}|flags {flag_hash}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+            f"|{rows}x{n_embd}x{vocab_size}")
+
+
+def cached_bf16_speedup(n_embd: int, vocab_size: int, rows: int) -> tuple[float, bool]:
+    """(speedup, was it cached): the measured ratio for this machine and shape, measured once."""
+    path = Path(os.environ.get(CACHE_ENV) or cache_dir()) / CACHE_FILE
+    key = _cache_key(n_embd, vocab_size, rows)
+    cache: dict = {}
+    if path.is_file():
+        try:
+            cache = read_json(path, "precision cache")
+        except UserError:
+            cache = {}                             # a damaged cache is measured again
+        if not isinstance(cache, dict):
+            cache = {}
+    hit = cache.get(key)
+    if isinstance(hit, dict) and isinstance(hit.get("bf16_speedup"), (int, float)):
+        return float(hit["bf16_speedup"]), True
+    speedup = measure_bf16_speedup(n_embd, vocab_size, rows)
+    cache[key] = {"bf16_speedup": round(speedup, 3), "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        write_json(path, cache)
+    except OSError as e:                           # a read-only home: measure again next time
+        log.debug(f"could not write {path}: {e}")
+    return speedup, False
+
+
+# =========================================================================== the choice
+
+def resolve_precision(requested: str, device, *, n_embd: int, vocab_size: int, rows: int) -> Precision:
+    """The precision to compute in on `device` for a model of width `n_embd` and vocabulary
+    `vocab_size` running `rows` tokens per forward pass (batch x block for training and
+    evaluation, the batch size for token-by-token generation). See the module docstring."""
+    import torch
+    kind = device.type
+    if requested not in PRECISIONS + (AMP,):
+        raise UserError(f"--precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
+    if requested == "fp32":
+        return Precision("fp32", kind, requested, "asked for")
+    if kind == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if requested in ("auto", AMP):
+            return (Precision("bf16", kind, requested, "CUDA GPU with bf16 support") if bf16_ok else
+                    Precision("fp16", kind, requested, "CUDA GPU without bf16: fp16 with loss scaling"))
+        if requested == "bf16" and not bf16_ok:
+            raise UserError("--precision bf16: this GPU has no bf16 support; use --precision fp16 or auto")
+        return Precision(requested, kind, requested, "asked for")
+    if kind == "mps":
+        if requested == "auto":
+            return Precision("fp32", kind, requested, "default on Apple MPS")
+        return Precision("bf16" if requested == AMP else requested, kind, requested, "asked for")
+    # CPU
+    native = cpu_native_bf16()
+    if requested in ("bf16", AMP):
+        if native is None:
+            log.warning("warning: bf16 on a CPU without native bf16 (no AVX512_BF16/AMX): expect it to be "
+                        "10-30x slower than fp32; --precision auto picks the faster one")
+            return Precision("bf16", kind, requested, "asked for; no native bf16 on this CPU")
+        return Precision("bf16", kind, requested, f"asked for; native bf16 ({native})")
+    if requested == "fp16":
+        if not cpu_native_fp16():
+            log.warning("warning: fp16 on a CPU without native fp16 (no AVX512_FP16/AMX-FP16) is emulated "
+                        "and much slower than fp32; --precision auto picks the faster one")
+        return Precision("fp16", kind, requested, "asked for")
+    if native is None:
+        return Precision("fp32", kind, requested, "this CPU has no native bf16 (AVX512_BF16/AMX), where "
+                                                  "bf16 would be 10-30x slower")
+    speedup, cached = cached_bf16_speedup(n_embd, vocab_size, rows)
+    how = f"bf16 matmuls of this model's shapes measured {speedup:.2f}x as fast as fp32" + \
+          (" (cached)" if cached else "")
+    if speedup >= BF16_MIN_SPEEDUP:
+        return Precision("bf16", kind, requested, f"native bf16 ({native}); {how}", round(speedup, 3))
+    return Precision("fp32", kind, requested, f"native bf16 ({native}) but {how}, below the "
+                                              f"{BF16_MIN_SPEEDUP}x needed", round(speedup, 3))
+
+
+def log_choice(p: Precision, stage: str) -> None:
+    """The one line that says which precision a stage computes in, and why."""
+    log.info(f"{stage} precision: {p.describe()}")
+
+
+def to_precision_arg(precision: Optional[str], amp: Optional[bool]) -> str:
+    """Combine --precision with its aliases --amp / --no-amp (None = not given) into one value."""
+    if amp is None:
+        return precision or "auto"
+    if precision not in (None, "auto"):
+        raise UserError(f"--precision {precision} and --{'' if amp else 'no-'}amp contradict each other; "
+                        f"pass one of them")
+    return AMP if amp else "fp32"
+
