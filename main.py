@@ -155,7 +155,7 @@ def cmd_report(args) -> int:
 
 def cmd_quickstart(args) -> int:
     import quickstart
-    return quickstart.run(args.corpus, args.outdir, args.max_time, quiet=args.quiet)
+    return quickstart.run(args.corpus, args.outdir, args.time_budget, args.max_time, quiet=args.quiet)
 
 
 # =========================================================================== parser
@@ -426,7 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", formatter_class=fmt, help="run the whole pipeline on a demo corpus")
     p.add_argument("--corpus", default=None, help="your own raw text instead of the demo corpus")
     p.add_argument("--outdir", default="runs/quickstart", help="where every stage writes")
-    p.add_argument("--max-time", default="8m", help="cap on training time (wall clock), e.g. 5m, 30m, 2h")
+    p.add_argument("--time-budget", default="6m", metavar="DURATION",
+                   help="training time (wall clock), e.g. 5m, 30m, 2h: the number of steps is fitted to it")
+    p.add_argument("--max-time", default=None, metavar="DURATION",
+                   help="cap on this invocation's training time (stop early; re-run to continue)")
     _common(p)
     p.set_defaults(func=cmd_quickstart)
 

@@ -91,9 +91,9 @@ HISTORY_KEYS = ("step", "epoch", "tokens_seen", "train_loss", "val_loss", "val_p
 
 SAMPLE_PROMPT = "La historia de"      # greedy sample written into the history at each evaluation
 SAMPLE_TOKENS = 32
-BUDGET_CALIBRATION_STEPS = 20        # --time-budget: steps timed before total_steps is fixed ...
-BUDGET_MIN_TIMED_STEPS = 3            # ... (fewer than this: the probe's estimate is used)
-BUDGET_SAFETY = 0.97                  # fraction of the remaining budget planned for steps
+BUDGET_DECAY_FRACTION = 0.2          # --time-budget: the lr decays over the last 20% of the budget
+BUDGET_STEP_WINDOW = 50               # recent steps whose mean time fixes the decay's length
+BUDGET_SAFETY = 0.98                  # fraction of the remaining time planned for steps
 BUDGET_RESERVE_S = 1.5                # seconds kept for the end: plot, last save, exit
 PROBE_STEPS = 3                       # optimizer steps timed by the probe (the first is untimed)
 MAX_NONFINITE_STEPS = 3               # non-finite losses in a row before the run stops
@@ -134,6 +134,7 @@ class TrainConfig:
     seed: int = 1337
     log_every: int = 10                  # steps per log line when stderr is not a terminal
     total_steps: Optional[int] = None    # schedule length; resolved from the data (resolve_schedule)
+    decay_start: Optional[int] = None    # set: warmup-stable-decay, linear decay from this step (lr_at)
 
     def __post_init__(self):
         problems = []
@@ -151,7 +152,7 @@ class TrainConfig:
         for name in ("batch_size", "accumulation_steps", "epochs", "eval_every", "eval_batches", "log_every"):
             v = getattr(self, name)
             check(is_int(v) and v >= 1, f"{name}={v!r} must be a whole number >= 1")
-        for name in ("max_steps", "stride", "total_steps"):
+        for name in ("max_steps", "stride", "total_steps", "decay_start"):
             v = getattr(self, name)
             check(v is None or (is_int(v) and v >= 1), f"{name}={v!r} must be a whole number >= 1")
         for name in ("warmup_steps", "patience", "num_workers"):
@@ -242,10 +243,13 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
     Linear warmup lr * (step + 1) / (warmup + 1) for step < warmup (never 0 at step 0), the peak
     lr at step == warmup, then cosine decay reaching cfg.min_lr exactly at the last step
-    (total_steps - 1); min_lr after that.
+    (total_steps - 1); min_lr after that. With cfg.decay_start set (--time-budget runs), the
+    warmup-stable-decay schedule of `_wsd_lr` instead.
     """
     assert cfg.total_steps is not None and cfg.warmup_steps is not None and cfg.min_lr is not None, \
         "call resolve_schedule() first"
+    if cfg.decay_start is not None:
+        return _wsd_lr(step, cfg)
     warmup, last = cfg.warmup_steps, cfg.total_steps - 1
     if step < warmup:
         return cfg.lr * (step + 1) / (warmup + 1)
@@ -253,6 +257,18 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.min_lr if last > warmup else cfg.lr
     progress = (step - warmup) / (last - warmup)  # 0 at the end of warmup, 1 at the last step
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def _wsd_lr(step: int, cfg: TrainConfig) -> float:
+    """Warmup-stable-decay: the same linear warmup, the peak lr until cfg.decay_start, then a
+    linear decay from there reaching cfg.min_lr exactly at the last step; min_lr after that."""
+    warmup, decay, last = cfg.warmup_steps, cfg.decay_start, cfg.total_steps - 1
+    if step >= last:
+        return cfg.min_lr
+    if step < decay:
+        return cfg.lr * (step + 1) / (warmup + 1) if step < warmup else cfg.lr
+    start = cfg.lr if decay >= warmup else cfg.lr * (decay + 1) / (warmup + 1)
+    return start + (cfg.min_lr - start) * (step - decay) / (last - decay)
 
 
 # =========================================================================== RNG state (weights_only-safe)
@@ -582,8 +598,9 @@ class Trainer:
         # --time-budget (see plan_time_budget)
         self.budget_fixed = False      # total_steps fixed for good (saved in the checkpoint)
         self.budget_costs: dict = {}   # probe: seconds per step and per evaluation
-        self.calibration_end = 0       # the step at which total_steps is fixed
-        self.step_seconds: list[float] = []   # wall time of each step before that
+        self.budget_estimate = 0       # steps the budget holds, as estimated by the probe
+        self.restored_warmup: Optional[int] = None   # warmup of the run being resumed
+        self.step_seconds: list[float] = []   # wall time of each step (evaluations excluded)
 
     @staticmethod
     def _empty_window() -> dict:
@@ -654,7 +671,7 @@ class Trainer:
                  f"{self.steps_per_epoch:,} steps per epoch of {cfg.batch_size} x {cfg.accumulation_steps} "
                  f"windows; " + (f"schedule {cfg.total_steps:,} steps (warmup {cfg.warmup_steps}, "
                                  f"lr {cfg.lr:g} -> {cfg.min_lr:g})" if cfg.time_budget is None else
-                                 f"schedule fitted to the time budget (at most {cfg.total_steps:,} steps)"))
+                                 "schedule fitted to the --time-budget"))
         self.val_batches = self._fixed_val_batches()
         self.sample_prompt = self._sample_prompt()
 
@@ -735,10 +752,14 @@ class Trainer:
         self.window = {**self._empty_window(), **prog.get("window", {})}
         self.last_eval_step = int(prog.get("last_eval_step", -1))
         old_cfg = ckpt.get("train_config", {})
-        self.budget_fixed = bool(prog.get("budget_fixed", False)) and self.cfg.time_budget is not None
-        if self.budget_fixed:                       # the steps fitted to the budget stay fixed
-            self.cfg = dataclasses.replace(self.cfg, total_steps=int(old_cfg["total_steps"]),
-                                           warmup_steps=int(old_cfg["warmup_steps"]))
+        if self.cfg.time_budget is not None and old_cfg.get("time_budget") is not None:
+            # a budgeted run keeps its warmup, and once fixed its length and decay
+            self.restored_warmup = int(old_cfg["warmup_steps"])
+            self.cfg = dataclasses.replace(self.cfg, warmup_steps=self.restored_warmup)
+            self.budget_fixed = bool(prog.get("budget_fixed", False))
+            if self.budget_fixed:
+                self.cfg = dataclasses.replace(self.cfg, total_steps=int(old_cfg["total_steps"]),
+                                               decay_start=old_cfg.get("decay_start"))
         self.last_saved_step = self.step
         old_total = old_cfg.get("total_steps")
         if old_total not in (None, self.cfg.total_steps) and self.cfg.time_budget is None:
@@ -829,49 +850,69 @@ class Trainer:
     # ----------------------------------------------------------------------- time budget
 
     def plan_time_budget(self) -> None:
-        """--time-budget: a provisional schedule from a probe of the step and evaluation costs.
+        """--time-budget: warmup-stable-decay fitted to the clock, fixed once.
 
-        The probe (`_probe_costs`) changes nothing but the clock. Its estimate fixes warmup_steps
-        (unless given) and a provisional total_steps; the first warmup steps (at most
-        BUDGET_CALIBRATION_STEPS) then time real steps, and `fix_time_budget` sets total_steps
-        for good. Warmup learning rates do not depend on total_steps, so the steps run before
-        that point are the same whatever it becomes, and after it resume is exact as usual.
+        A probe (`_probe_costs`, which changes nothing but the clock) estimates the steps the
+        budget holds; that fixes warmup_steps (unless given). The lr then stays at its peak,
+        whatever the step count will be, until the time left reaches BUDGET_DECAY_FRACTION of
+        the budget: `fix_time_budget` then sets total_steps from the recent step time and the
+        lr decays linearly to min_lr at that step. From there on the schedule is an ordinary
+        fixed one, stored in the checkpoint (resume is exact). An estimate that is off by x%
+        moves the end by x% of the decay only. When --epochs / --max-steps end the run before
+        the budget would, the usual cosine schedule of that many steps is used instead.
         """
         self.budget_costs = self._probe_costs()
-        budget_steps = self._budget_steps(self.budget_costs["step"])
-        self.cfg = resolve_schedule(self.requested_cfg, self.steps_per_epoch, budget_steps=budget_steps)
-        calibration = min(self.cfg.warmup_steps, BUDGET_CALIBRATION_STEPS, self.cfg.total_steps - 1 - self.step)
-        self.calibration_end = self.step + max(0, calibration)
-        c = self.budget_costs
-        log.info(f"time budget {format_seconds(self.cfg.time_budget)}: probe {c['step']:.3f}s per step, "
-                 f"{c['eval']:.2f}s per evaluation and save -> about {self.cfg.total_steps:,} steps "
-                 f"(warmup {self.cfg.warmup_steps}); fixed after {max(0, calibration)} timed steps")
-        if calibration < BUDGET_MIN_TIMED_STEPS:
-            self.fix_time_budget()
+        cap = self.requested_cfg.epochs * self.steps_per_epoch
+        if self.requested_cfg.max_steps is not None:
+            cap = min(cap, self.requested_cfg.max_steps)
+        estimate = self._budget_steps(self.budget_costs["step"], self.cfg.time_budget - self.elapsed())
+        c, budget = self.budget_costs, format_seconds(self.cfg.time_budget)
+        costs = f"probe: {c['step']:.3f}s per step, {c['eval']:.2f}s per evaluation and save"
+        if estimate >= cap:
+            self.cfg = resolve_schedule(self.requested_cfg, self.steps_per_epoch)
+            self.budget_fixed = True
+            log.info(f"time budget {budget}: {costs}; it holds ~{estimate:,} steps, more than the "
+                     f"{cap:,} of --epochs/--max-steps: cosine schedule of {cap:,} steps")
+            return
+        warmup = self.cfg.warmup_steps if self.restored_warmup is not None else \
+            resolve_schedule(self.requested_cfg, self.steps_per_epoch, budget_steps=estimate).warmup_steps
+        self.cfg = dataclasses.replace(self.cfg, warmup_steps=warmup, total_steps=cap, decay_start=cap)
+        self.budget_estimate = estimate
+        log.info(f"time budget {budget}: {costs}; ~{estimate:,} steps: warmup {warmup}, lr {self.cfg.lr:g} "
+                 f"until {100 * BUDGET_DECAY_FRACTION:.0f}% of the budget is left, then a linear decay to "
+                 f"{self.cfg.min_lr:g} ending on time")
+
+    def budget_decay_due(self) -> bool:
+        """Time to fix the schedule: the decay's share of the budget is all that is left, or the
+        --epochs/--max-steps cap is that close."""
+        left = self.cfg.time_budget - self.elapsed() - self.budget_costs["eval"] - BUDGET_RESERVE_S
+        return (left <= BUDGET_DECAY_FRACTION * self.cfg.time_budget
+                or self.step >= (1 - BUDGET_DECAY_FRACTION) * self.cfg.total_steps)
 
     def fix_time_budget(self) -> None:
-        """Fix total_steps from the step time measured so far (or the probe's), once."""
-        timed = self.step_seconds[1:]                   # the first step pays one-time costs
-        step_s = sum(timed) / len(timed) if timed else self.budget_costs["step"]
-        budget_steps = self._budget_steps(step_s)
-        given = dataclasses.replace(self.requested_cfg, warmup_steps=self.cfg.warmup_steps)
-        cfg = resolve_schedule(given, self.steps_per_epoch, budget_steps=budget_steps)
-        if cfg.total_steps <= cfg.warmup_steps + 1:   # a budget too short for the planned warmup
-            cfg = dataclasses.replace(cfg, warmup_steps=min(cfg.warmup_steps, self.step))
-        self.cfg, self.budget_fixed = cfg, True
-        capped = "" if cfg.total_steps >= budget_steps else \
-            f" (the budget allows {budget_steps:,}; capped by --epochs/--max-steps)"
-        log.info(f"time budget: {step_s:.3f}s per step over {len(timed)} timed steps; schedule fixed at "
-                 f"{cfg.total_steps:,} steps{capped}, warmup {cfg.warmup_steps}, lr {cfg.lr:g} -> {cfg.min_lr:g}")
+        """Fix total_steps from the recent step time, and start the decay at this step."""
+        recent = self.step_seconds[-BUDGET_STEP_WINDOW:]
+        step_s = sum(recent) / len(recent) if recent else self.budget_costs["step"]
+        cap = self.cfg.total_steps
+        total = min(cap, self._budget_steps(step_s, self.cfg.time_budget - self.elapsed()))
+        self.cfg = dataclasses.replace(self.cfg, total_steps=total, decay_start=self.step)
+        self.budget_fixed = True
+        capped = f" (capped by --epochs/--max-steps)" if total == cap else ""
+        log.info(f"time budget: {step_s:.3f}s per step over the last {len(recent)} steps; schedule fixed at "
+                 f"{total:,} steps{capped}: lr decays from step {self.step:,} to {self.cfg.min_lr:g}")
         self.folder.write_config(self.run_config())
 
-    def _budget_steps(self, step_seconds: float) -> int:
-        """Total steps that fit what is left of the budget at `step_seconds` per step, with the
-        evaluations (every eval_every steps and at each epoch end) and the final one counted."""
+    def _budget_steps(self, step_seconds: float, seconds_left: float) -> int:
+        """The step at which a run must end to use `seconds_left`, at `step_seconds` per step plus
+        the evaluations (every eval_every steps and at each epoch end) and the final one."""
         cfg, eval_s = self.cfg, self.budget_costs["eval"]
         per_step = step_seconds + eval_s * (1 / cfg.eval_every + 1 / self.steps_per_epoch)
-        left = cfg.time_budget - self.elapsed() - eval_s - BUDGET_RESERVE_S
+        left = seconds_left - eval_s - BUDGET_RESERVE_S
         return self.step + max(1, int(BUDGET_SAFETY * left / max(per_step, 1e-9)))
+
+    def planned_steps(self) -> int:
+        """The run's length as known now (an estimate until a time budget is fixed)."""
+        return self.budget_estimate if self.cfg.time_budget and not self.budget_fixed else self.cfg.total_steps
 
     def _probe_costs(self) -> dict:
         """Seconds per optimizer step and per evaluation (validation, sample, two checkpoint
@@ -946,7 +987,7 @@ class Trainer:
                      f"use another --outdir to start over")
         terminal = stderr_is_terminal()
         self.stop.armed = True
-        with Progress("training", total=max(0, cfg.total_steps - self.step), unit="step", quiet=self.quiet,
+        with Progress("training", total=max(0, self.planned_steps() - self.step), unit="step", quiet=self.quiet,
                       log_every_s=float("inf")) as progress:
             while reason is None:
                 t_step = time.monotonic()
@@ -978,7 +1019,7 @@ class Trainer:
                 self._report(progress, loss, tokens, seconds, t_loop, start_step, terminal)
                 if self.cfg.time_budget is not None and not self.budget_fixed:
                     self.step_seconds.append(time.monotonic() - t_step)
-                    if self.step >= self.calibration_end:
+                    if self.budget_decay_due():
                         self.fix_time_budget()
                         progress.set_total(self.cfg.total_steps - start_step)
                 end_of_epoch = self.batch_in_epoch >= self.n_batches
@@ -1001,13 +1042,14 @@ class Trainer:
         lr = lr_at(self.step - 1, self.cfg)
         done = self.step - start_step
         per_step = (time.monotonic() - t_loop) / max(1, done)
-        eta = per_step * (self.cfg.total_steps - self.step)
+        planned = self.planned_steps()
+        eta = per_step * (planned - self.step)
         tok_s = tokens / seconds if seconds > 0 else 0.0
         loss_txt = f"{loss:.4f}" if loss is not None else "nan"
-        progress.update(1, step=f"{self.step}/{self.cfg.total_steps}", epoch=self.epoch + 1, loss=loss_txt,
+        progress.update(1, step=f"{self.step}/{planned}", epoch=self.epoch + 1, loss=loss_txt,
                         lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
         if self.step % self.cfg.log_every == 0 or done == 1:
-            line = (f"step {self.step:,}/{self.cfg.total_steps:,} epoch {self.epoch + 1}/{self.cfg.epochs} "
+            line = (f"step {self.step:,}/{planned:,} epoch {self.epoch + 1}/{self.cfg.epochs} "
                     f"loss {loss_txt} lr {lr:.2e} grad_norm {self.last_norm:.3f} "
                     f"tok/s {tok_s:,.0f} eta {format_seconds(eta)}")
             (log.debug if terminal and not self.quiet else log.info)(line)

@@ -1,12 +1,15 @@
 """Decoding speed of generation.py on the small preset shape (random init, CPU by default).
 
     python bench/bench_generate.py [--new-tokens 128] [--prompt-len 32] [--threads N] [--hf] [--json]
+                                   [--precision auto|fp32|bf16]
 
 Reports tokens/s for one prompt without the KV cache (the whole context recomputed every
 step), with the cache (greedy, and the default sampling settings), and the aggregate tokens/s
 of batches of 1, 8 and 32 prompts (default sampling; every row runs the full length).
 --hf adds Hugging Face transformers' `generate()` (greedy, KV cache) on a GPT-NeoX model of the
 same shape, the reference of the roadmap's "2x transformers" decoding goal.
+Each case runs in the precision `--precision` resolves to for its own shape (with auto, per batch
+size: `generate` decides the same way), and the report says which one and why.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import generation as G  # noqa: E402
 from model import GPT, ModelConfig  # noqa: E402
+from precision import resolve_precision  # noqa: E402
 
 SMALL = dict(vocab_size=32000, n_layer=4, n_head=4, n_embd=256, block_size=256)  # training.PRESETS["small"]
 
@@ -82,6 +86,8 @@ def main() -> None:
                     help="blocks (the roadmap's transformers figure used 6 at width 256)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--hf", action="store_true", help="also time transformers generate() (GPT-NeoX, same shape)")
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="precision of the cached cases (auto: as `generate --precision auto` picks it)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
     if args.threads:
@@ -100,11 +106,24 @@ def main() -> None:
 
     results = {"device": args.device, "threads": torch.get_num_threads(), "model": shape,
                "prompt_len": args.prompt_len, "new_tokens": n}
+    device = torch.device(args.device)
+    precisions = {b: resolve_precision(args.precision, device, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size, rows=b)
+                  for b in sorted({1, *args.batches})}
+    results["precision"] = {str(b): p.to_dict() for b, p in precisions.items()}
+
+    def in_precision(b, fn):
+        def run():
+            with precisions[b].autocast():
+                fn()
+        return run
+
     results["no_cache_greedy"] = n / timed(lambda: uncached(model, prompts[0], n), args.repeats)
-    results["cache_greedy"] = n / timed(lambda: cached(model, prompts[:1], n, greedy), args.repeats)
-    results["cache_sampling"] = n / timed(lambda: cached(model, prompts[:1], n, default), args.repeats)
+    results["cache_greedy"] = n / timed(in_precision(1, lambda: cached(model, prompts[:1], n, greedy)), args.repeats)
+    results["cache_sampling"] = n / timed(in_precision(1, lambda: cached(model, prompts[:1], n, default)),
+                                          args.repeats)
     for b in args.batches:
-        results[f"batch_{b}_sampling"] = b * n / timed(lambda: cached(model, prompts[:b], n, default), args.repeats)
+        results[f"batch_{b}_sampling"] = b * n / timed(in_precision(b, lambda: cached(model, prompts[:b], n, default)),
+                                                       args.repeats)
     if args.hf:
         results["hf_generate_greedy"] = hf_generate(cfg, prompts[0], n, args.repeats)
 
@@ -121,6 +140,8 @@ def main() -> None:
         rows.append(("transformers generate(), GPT-NeoX same shape (greedy)", "hf_generate_greedy"))
     for label, key in rows:
         print(f"  {label:<58} {results[key]:>9.1f}")
+    for b, p in precisions.items():
+        print(f"  --precision {args.precision} with {b} prompt(s) per step: {p.name} ({p.reason})")
 
 
 if __name__ == "__main__":

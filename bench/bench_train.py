@@ -7,7 +7,8 @@ The model is `training.PRESETS["small"]` (4 layers, 4 heads, width 256, block 25
 token vocabulary, trained on random tokens (a SEP at the start of every window, as in real
 windows, so the document-aware attention mask is built exactly as in training). Each step is
 `training.optimizer_step` (forward, backward, clipping, fused AdamW): the training loop's own
-code. Two precisions: fp32, and bf16 autocast (`--amp` on CPU).
+code. Two precisions: fp32, and bf16 autocast (`--precision bf16`); the report also says which of
+the two `--precision auto` picks on this machine for this shape, and why (precision.py).
 
 FLOPs per token = 6 N + 12 L C T (PaLM appendix B / nanoGPT `estimate_mfu`): N parameters (the
 tied embedding / output matrix counted once, it is the output projection's matmul), L layers,
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import training  # noqa: E402
 from model import GPT, ModelConfig  # noqa: E402
+from precision import resolve_precision  # noqa: E402
 
 VOCAB = 32000
 
@@ -104,6 +106,9 @@ def main() -> None:
                          "block_size": cfg.block_size, "vocab_size": cfg.vocab_size, "batch_size": args.batch_size},
               "params": n_params, "flops_per_token": flops_per_token, "threads": torch.get_num_threads(),
               "cpus": os.cpu_count(), "load_average": os.getloadavg()[0], "torch": torch.__version__}
+    auto = resolve_precision("auto", torch.device("cpu"), n_embd=cfg.n_embd, vocab_size=cfg.vocab_size,
+                             rows=args.batch_size * cfg.block_size)
+    result["auto"] = auto.to_dict()
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
     for prec in precisions:
         dtype = torch.float32 if prec == "fp32" else torch.bfloat16
@@ -121,6 +126,7 @@ def main() -> None:
         print(f"model: {n_params:,} parameters, {flops_per_token / 1e6:.1f} MFLOP/token "
               f"(6N + 12LCT), batch {args.batch_size} x {cfg.block_size}, {result['threads']} threads, "
               f"load average {result['load_average']:.1f}")
+        print(f"--precision auto picks {auto.name} here: {auto.reason}")
 
 
 if __name__ == "__main__":

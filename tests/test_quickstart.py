@@ -39,7 +39,7 @@ def test_demo_corpus_is_real_spanish_text_read_from_the_wheel(tmp_path, monkeypa
 def test_quickstart_on_own_corpus_runs_every_stage(tmp_path):
     (tmp_path / "raw.txt").write_text(corpus_slice("wiki_es.txt", n_docs=150), encoding="utf-8")
     out = tmp_path / "qs"
-    proc = run_cli("quickstart", "--corpus", tmp_path / "raw.txt", "--outdir", out, "--max-time", "3s",
+    proc = run_cli("quickstart", "--corpus", tmp_path / "raw.txt", "--outdir", out, "--time-budget", "15s",
                    timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for stage in ("prepare-corpus", "analyze-corpus", "init-tokenizer", "train", "evaluate", "generate"):

@@ -24,7 +24,7 @@ TINY = {
               "--warmup-steps", "1", "--epochs", "1"],
     "generate": ["--max-tokens", "8"],
     "evaluate": ["--batch-size", "8"],
-    "quickstart": ["--corpus", "datos_raw.txt", "--max-time", "3s"],
+    "quickstart": ["--corpus", "datos_raw.txt", "--time-budget", "10s"],
 }
 
 

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,24 @@ def test_lr_schedule_edges():
     assert T.lr_at(0, no_warmup) == pytest.approx(1e-3) and T.lr_at(4, no_warmup) == 0.0
     one = T.TrainConfig(lr=1e-3, warmup_steps=0, min_lr=0.0, total_steps=1)
     assert T.lr_at(0, one) == pytest.approx(1e-3)
+
+
+def test_warmup_stable_decay_edges():
+    cfg = T.TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=101, decay_start=60)
+    assert T.lr_at(0, cfg) == pytest.approx(1e-3 / 11)                          # the same warmup
+    assert T.lr_at(10, cfg) == T.lr_at(59, cfg) == pytest.approx(1e-3)          # stable at the peak
+    assert T.lr_at(60, cfg) == pytest.approx(1e-3)                              # decay starts at the peak
+    assert T.lr_at(80, cfg) == pytest.approx(1e-3 + (1e-4 - 1e-3) * 20 / 40)    # linear
+    assert T.lr_at(100, cfg) == pytest.approx(1e-4) and T.lr_at(120, cfg) == pytest.approx(1e-4)
+    lrs = [T.lr_at(s, cfg) for s in range(60, 101)]
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    # a decay that starts inside the warmup starts from the lr reached there
+    early = T.TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=10, total_steps=9, decay_start=4)
+    assert T.lr_at(4, early) == pytest.approx(1e-3 * 5 / 11) and T.lr_at(8, early) == 0.0
+    # before the length is known, the lr after warmup does not depend on total_steps
+    a = T.TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=5, total_steps=500, decay_start=500)
+    b = T.TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=5, total_steps=900, decay_start=900)
+    assert [T.lr_at(s, a) for s in range(200)] == [T.lr_at(s, b) for s in range(200)]
 
 
 def test_resolve_schedule_defaults():
@@ -251,6 +270,60 @@ def test_rerun_of_a_finished_run_trains_nothing(data, tmp_path):
     assert "nothing to train" in (out / "train.log").read_text(encoding="utf-8")
     longer = run(data, out, overrides=dict(max_steps=6, eval_every=2))   # a larger budget continues
     assert longer["steps"] == 6
+
+
+BUDGET = dict(epochs=100_000, eval_every=100, patience=0, min_lr=1e-4)
+
+
+def test_time_budget_ends_on_time_with_the_lr_decayed(data, tmp_path):
+    out = tmp_path / "run"
+    t0 = time.monotonic()
+    s = run(data, out, overrides=dict(BUDGET, time_budget=20.0))
+    wall = time.monotonic() - t0
+    assert s["stopped_reason"] == "time_budget" and T.exit_code("time_budget") == 0
+    assert 0.75 * 20 <= s["elapsed_seconds"] <= 20 * 1.05, s      # counted from the start of the run
+    assert wall <= 20 * 1.05 + 3, wall
+    hist = json.loads((out / "history.json").read_text())
+    assert hist[-1]["step"] == s["steps"] and hist[-1]["lr"] == pytest.approx(1e-4)   # fully decayed
+    cfg = json.loads((out / "config.json").read_text())["train"]
+    assert cfg["total_steps"] == s["steps"] and cfg["time_budget"] == 20.0
+    assert 0 < cfg["warmup_steps"] < cfg["decay_start"] < cfg["total_steps"]
+    ckpt = torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)
+    assert ckpt["train_config"]["total_steps"] == s["steps"] and ckpt["progress"]["budget_fixed"]
+
+
+def test_time_budget_resume_after_the_steps_are_fixed_is_exact(data, tmp_path):
+    """Killed (a real SIGINT) after the step count is fixed; resumed by the same command; the
+    final weights equal those of an uninterrupted run of that schedule (which also shows that
+    the probe at the start leaves no trace)."""
+    over = dict(BUDGET, time_budget=6.0, dropout=0.1, eval_every=40)
+
+    def interrupt_after_fix(trainer):
+        if trainer.budget_fixed and trainer.step == trainer.cfg.decay_start + 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    out = tmp_path / "budget"
+    first = run(data, out, overrides=over, on_step=interrupt_after_fix)
+    assert first["stopped_reason"] == "interrupted"
+    fixed = torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)["train_config"]
+    assert fixed["decay_start"] + 3 == first["steps"] < fixed["total_steps"]
+    second = run(data, out, overrides=over)
+    assert second["stopped_reason"] == "time_budget" and second["steps"] == fixed["total_steps"]
+
+    ref_over = dict(BUDGET, dropout=0.1, eval_every=40, max_steps=fixed["total_steps"],
+                    warmup_steps=fixed["warmup_steps"], decay_start=fixed["decay_start"])
+    ref = run(data, tmp_path / "ref", overrides=ref_over)
+    assert ref["steps"] == fixed["total_steps"]
+    a, b = model_state(tmp_path / "ref" / "ckpt_last.pt"), model_state(out / "ckpt_last.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_time_budget_larger_than_the_epochs_keeps_the_cosine_schedule(data, tmp_path):
+    s = run(data, tmp_path / "run", overrides=dict(epochs=1, patience=0, time_budget=3600.0))
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert s["stopped_reason"] == "completed" and cfg["decay_start"] is None
+    assert s["steps"] == cfg["total_steps"]
 
 
 def test_max_time_stops_cleanly_and_saves(data, tmp_path):

@@ -1,0 +1,205 @@
+"""precision.py: the per-machine choice of fp32 / bf16, its micro-benchmark and cache, and
+--precision on the train, evaluate and generate stages.
+
+The CPU's bf16 capability is injected with MINI_LLM_NATIVE_BF16 (conftest sets 0 for the whole
+suite); the micro-benchmark itself always runs for real. A measured ratio is injected, where a
+test needs one, by writing it into the precision cache exactly as an earlier run would have.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pytest
+import torch
+
+import dataset
+import main
+import precision as P
+from common import UserError, log
+from conftest import assert_user_error, corpus_slice, run_cli
+
+QS_SHAPE = dict(n_embd=256, vocab_size=8000, rows=16 * 128)   # the quick start's training shape
+CPU = torch.device("cpu")
+
+
+def cache_file():
+    import os
+    from pathlib import Path
+    return Path(os.environ[P.CACHE_ENV]) / P.CACHE_FILE
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(P.CACHE_ENV, str(tmp_path / "precision-cache"))
+    return tmp_path / "precision-cache" / P.CACHE_FILE
+
+
+def inject_speedup(speedup: float, n_embd: int, vocab_size: int, rows: int) -> None:
+    """What a previous measurement on this machine would have left in the cache."""
+    path = cache_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({P._cache_key(n_embd, vocab_size, rows): {"bf16_speedup": speedup}}))
+
+
+# =========================================================================== the choice
+
+def test_auto_is_fp32_on_a_cpu_without_native_bf16(fresh_cache, monkeypatch):
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
+    p = P.resolve_precision("auto", CPU, **QS_SHAPE)
+    assert p.name == "fp32" and p.dtype is None and not p.use_scaler
+    assert "no native bf16" in p.reason and p.bf16_speedup is None
+    assert not fresh_cache.exists()                      # nothing measured: bf16 would be emulated
+
+
+def test_auto_with_native_bf16_follows_the_real_benchmark_and_caches_it(fresh_cache, monkeypatch):
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "1")
+    t = time.perf_counter()
+    p = P.resolve_precision("auto", CPU, **QS_SHAPE)
+    seconds = time.perf_counter() - t
+    assert seconds < 1.5, f"the micro-benchmark took {seconds:.2f}s"
+    assert p.bf16_speedup is not None and p.bf16_speedup > 0
+    assert p.name == ("bf16" if p.bf16_speedup >= P.BF16_MIN_SPEEDUP else "fp32")
+    assert "measured" in p.reason and "cached" not in p.reason
+    cached = json.loads(fresh_cache.read_text())
+    assert list(cached.values())[0]["bf16_speedup"] == p.bf16_speedup
+    again = P.resolve_precision("auto", CPU, **QS_SHAPE)      # per machine: measured once
+    assert again.name == p.name and again.bf16_speedup == p.bf16_speedup and "(cached)" in again.reason
+
+
+def test_auto_picks_bf16_when_measured_faster_and_fp32_when_slower(fresh_cache, monkeypatch):
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "1")
+    inject_speedup(2.0, **QS_SHAPE)
+    p = P.resolve_precision("auto", CPU, **QS_SHAPE)
+    assert p.name == "bf16" and p.dtype == torch.bfloat16 and p.bf16_speedup == 2.0
+    inject_speedup(0.9, **QS_SHAPE)
+    p = P.resolve_precision("auto", CPU, **QS_SHAPE)
+    assert p.name == "fp32" and "below" in p.reason
+
+
+def test_a_damaged_cache_is_measured_again(fresh_cache, monkeypatch):
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "1")
+    fresh_cache.parent.mkdir(parents=True)
+    fresh_cache.write_text("{not json")
+    p = P.resolve_precision("auto", CPU, n_embd=64, vocab_size=512, rows=64)
+    assert p.bf16_speedup is not None and json.loads(fresh_cache.read_text())
+
+
+def test_explicit_bf16_without_native_support_runs_with_one_warning(monkeypatch, caplog):
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
+    log.propagate = True
+    try:
+        with caplog.at_level(logging.WARNING, logger="mini_llm"):
+            p = P.resolve_precision("bf16", CPU, **QS_SHAPE)
+    finally:
+        log.propagate = False
+    assert p.name == "bf16"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "slower than fp32" in warnings[0]
+    assert P.resolve_precision("fp32", CPU, **QS_SHAPE).name == "fp32"
+
+
+def test_amp_aliases():
+    assert P.to_precision_arg(None, None) == "auto"
+    assert P.to_precision_arg("fp16", None) == "fp16"
+    assert P.to_precision_arg(None, True) == P.AMP
+    assert P.to_precision_arg(None, False) == "fp32"
+    assert P.resolve_precision(P.AMP, CPU, **QS_SHAPE).name == "bf16"      # --amp on CPU: bf16, as before
+    with pytest.raises(UserError):
+        P.resolve_precision("int4", CPU, **QS_SHAPE)
+
+
+def test_cli_refuses_precision_with_amp():
+    proc = run_cli("evaluate", "--tokenizer", "t.json", "--ckpt", "c.pt", "--test-file", "x.txt",
+                   "--precision", "bf16", "--no-amp")
+    assert_user_error(proc)
+    assert "--no-amp" in proc.stderr
+
+
+def test_cpu_flags_are_read():
+    model, flags = P._cpu_flags()
+    assert model
+    assert P.matmul_shapes(256, 8000)[-1] == (256, 8000)
+    assert P.benchmark_rows(640, 32000, 8192) >= 256
+
+
+# =========================================================================== the stages
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained for a few steps, its tokenizer and a test file."""
+    d = tmp_path_factory.mktemp("prec")
+    docs = [x.strip() for x in corpus_slice("wiki_es.txt", n_chars=40_000).split("<|doc|>\n")[:-1] if x.strip()]
+    corpus, test = d / "corpus.txt", d / "test.txt"
+    corpus.write_text("".join(f"{x}\n<|doc|>\n" for x in docs[:-5]), encoding="utf-8")
+    test.write_text("".join(f"{x}\n<|doc|>\n" for x in docs[-5:]), encoding="utf-8")
+    tok = d / "tok.json"
+    dataset.train_tokenizer([corpus], vocab_size=400, out_path=tok, quiet=True)
+    return {"dir": d, "corpus": corpus, "test": test, "tok": tok}
+
+
+def train_argv(t, outdir, *extra):
+    return ["train", "--tokenizer", str(t["tok"]), "--corpus", str(t["corpus"]), "--outdir", str(outdir),
+            "--config", "custom", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32",
+            "--batch-size", "4", "--max-steps", "3", "--eval-every", "3", "--eval-batches", "1", "--quiet", *extra]
+
+
+def test_train_records_the_choice_in_config_json(trained, fresh_cache, monkeypatch):
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
+    assert main.main(train_argv(trained, trained["dir"] / "run_fp32")) == 0
+    cfg = json.loads((trained["dir"] / "run_fp32" / "config.json").read_text())
+    assert cfg["precision"]["requested"] == "auto" and cfg["precision"]["chosen"] == "fp32"
+    assert "no native bf16" in cfg["precision"]["reason"]
+
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "1")
+    inject_speedup(1.8, n_embd=32, vocab_size=400, rows=4 * 32)
+    assert main.main(train_argv(trained, trained["dir"] / "run_bf16")) == 0
+    cfg = json.loads((trained["dir"] / "run_bf16" / "config.json").read_text())
+    assert cfg["precision"] == {"requested": "auto", "chosen": "bf16", "bf16_speedup": 1.8,
+                                "reason": cfg["precision"]["reason"]}
+    assert "1.80x" in cfg["precision"]["reason"]
+
+    assert main.main(train_argv(trained, trained["dir"] / "run_amp", "--amp")) == 0     # the alias
+    cfg = json.loads((trained["dir"] / "run_amp" / "config.json").read_text())
+    assert cfg["precision"]["requested"] == "amp" and cfg["precision"]["chosen"] == "bf16"
+
+
+@pytest.fixture(scope="module")
+def ckpt(trained):
+    assert main.main(train_argv(trained, trained["dir"] / "run_eval", "--precision", "fp32")) == 0
+    return str(trained["dir"] / "run_eval" / "ckpt_best.pt")
+
+
+def evaluate_json(trained, ckpt, prec, capsys) -> dict:
+    capsys.readouterr()
+    assert main.main(["evaluate", "--tokenizer", str(trained["tok"]), "--ckpt", ckpt, "--test-file",
+                      str(trained["test"]), "--precision", prec, "--json", "--quiet"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_evaluate_and_generate_auto_equal_fp32_where_fp32_is_chosen(trained, ckpt, monkeypatch, capsys):
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
+    results = {}
+    for prec in ("auto", "fp32"):
+        ev = evaluate_json(trained, ckpt, prec, capsys)
+        out = trained["dir"] / f"gen_{prec}.jsonl"
+        assert main.main(["generate", "--tokenizer", str(trained["tok"]), "--ckpt", ckpt, "--prompt",
+                          "La historia de", "--temperature", "0", "--max-tokens", "20", "--precision", prec,
+                          "--output", str(out), "--quiet"]) == 0
+        results[prec] = (ev, json.loads(out.read_text(encoding="utf-8")))
+    (ev_auto, gen_auto), (ev_fp32, gen_fp32) = results["auto"], results["fp32"]
+    assert ev_auto["precision"]["chosen"] == "fp32" and ev_auto["precision"]["requested"] == "auto"
+    assert ev_auto["perplexity"] == ev_fp32["perplexity"] and ev_auto["loss"] == ev_fp32["loss"]
+    assert gen_auto["token_ids"] == gen_fp32["token_ids"] and len(gen_auto["token_ids"]) > 0
+
+
+def test_evaluate_and_generate_run_in_bf16_when_asked(trained, ckpt, monkeypatch, capsys):
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "1")                 # no warning noise; bf16 runs anywhere
+    fp32 = evaluate_json(trained, ckpt, "fp32", capsys)["loss"]
+    bf16 = evaluate_json(trained, ckpt, "bf16", capsys)
+    assert bf16["precision"]["chosen"] == "bf16"
+    assert bf16["loss"] != fp32 and bf16["loss"] == pytest.approx(fp32, rel=5e-2)
+    assert main.main(["generate", "--tokenizer", str(trained["tok"]), "--ckpt", ckpt, "--prompt", "El río",
+                      "--max-tokens", "10", "--seed", "1", "--precision", "bf16", "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("El río")
