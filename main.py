@@ -294,8 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     # `args` unless given (SUPPRESS), and the help says what the default is.
     p = sub.add_parser("train", formatter_class=fmt, help="train a model (presets small/medium/large or custom)",
                        description="Train a model; re-running the same command on the same --outdir continues "
-                                   "the run (exact resume). Exit codes: 0 done (epochs, --max-steps, --max-time, "
-                                   "early stopping), 1 diverged, 2 bad input, 3 --outdir locked by another run, "
+                                   "the run (exact resume). Exit codes: 0 done (epochs, --max-steps, --time-budget, "
+                                   "--max-time, early stopping), 1 diverged, 2 bad input, 3 --outdir locked by another run, "
                                    "130 SIGINT / 143 SIGTERM (after saving ckpt_last.pt).")
     unset = argparse.SUPPRESS
     p.add_argument("--tokenizer", required=True, default=unset, help="tokenizer.json from init-tokenizer")

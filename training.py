@@ -84,7 +84,8 @@ SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias
 CLI_OVERRIDES = ("block_size", "n_embd", "n_layer", "n_head", "dropout", "batch_size", "accumulation_steps",
                  "epochs", "max_steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
                  "patience", "eval_every", "eval_batches", "stride", "val_fraction", "device", "precision",
-                 "time_budget", "compile", "gradient_checkpointing", "flash_attention", "num_workers", "seed", "log_every")
+                 "time_budget", "compile", "gradient_checkpointing", "flash_attention", "num_workers", "seed",
+                 "log_every")
 
 HISTORY_KEYS = ("step", "epoch", "tokens_seen", "train_loss", "val_loss", "val_perplexity", "lr",
                 "grad_norm", "tokens_per_second", "elapsed_seconds", "sample")
