@@ -300,12 +300,13 @@ def evaluate(ckpt_path, tokenizer_path, test_file, *, separator="<|doc|>", strid
     <checkpoint folder>/cache, shared with training), and evaluate. UserError on bad input."""
     import dataset
     from model import load_model
+    from tokenizer import load_tokenizer
 
     test_file = require_file(test_file, "test file")
     ckpt_path = require_file(ckpt_path, "checkpoint")
     dev = resolve_device(device)
     model, meta = load_model(ckpt_path, dev, tokenizer_path)
-    tokenizer = dataset.load_tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path)
     cache_dir = Path(ckpt_path).resolve().parent / "cache"
     store = dataset.load_or_build_token_store(test_file, tokenizer_path, cache_dir, separator=separator,
                                               quiet=quiet)

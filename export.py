@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from common import UserError, log, require_file
-from dataset import EOS_TOKEN as EOT_TOKEN, PAD_TOKEN
+from tokenizer import EOS_TOKEN as EOT_TOKEN, PAD_TOKEN
 
 DEFAULT_SEP_TOKEN = "<|doc|>"
 _MARKER = "mini-llm export"  # in README.md: marks a folder that a new export may replace
@@ -210,7 +210,7 @@ def export_hf(ckpt_path, tokenizer_path, out_dir) -> Path:
     from safetensors.torch import save_file
 
     import model as model_lib
-    from dataset import load_tokenizer
+    from tokenizer import load_tokenizer
 
     ckpt_path = require_file(ckpt_path, "checkpoint")
     tokenizer_path = require_file(tokenizer_path, "tokenizer")

@@ -28,7 +28,7 @@ import torch
 
 from common import UserError, atomic_path, log, refuse_same_file, require_file, resolve_device
 from precision import log_choice, resolve_precision
-from dataset import load_tokenizer, special_ids
+from tokenizer import load_tokenizer, special_ids
 from model import load_model
 
 FINISH_LENGTH = "length"                    # max_new_tokens reached

@@ -41,27 +41,27 @@ def cmd_prepare_corpus(args) -> int:
 # =========================================================================== analyze-corpus
 
 def cmd_analyze_corpus(args) -> int:
-    import dataset
-    report = dataset.analyze_corpus(args.corpus, separator=args.separator, tokenizer_path=args.tokenizer,
-                                    quiet=args.quiet or args.json)
+    import analysis
+    report = analysis.analyze_corpus(args.corpus, separator=args.separator, tokenizer_path=args.tokenizer,
+                                     quiet=args.quiet or args.json)
     if args.json:
         emit_json(report)
     else:
-        dataset.print_analysis(report)
+        analysis.print_analysis(report)
     return 0
 
 
 # =========================================================================== init-tokenizer
 
 def cmd_init_tokenizer(args) -> int:
-    import dataset
-    report = dataset.train_tokenizer(args.files, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
-                                     separator=args.separator, out_path=args.out,
-                                     quiet=args.quiet or args.json)
+    import tokenizer
+    report = tokenizer.train_tokenizer(args.files, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
+                                       separator=args.separator, out_path=args.out,
+                                       quiet=args.quiet or args.json)
     if args.json:
         emit_json(report)
     elif not args.quiet:
-        print(dataset.format_fitness(report))
+        print(tokenizer.format_fitness(report))
     return 0
 
 

@@ -435,7 +435,7 @@ def _strip_prefixes(state_dict: dict) -> dict:
 
 
 def _tokenizer_hash_and_vocab(tokenizer_path) -> tuple[str, int]:
-    from dataset import load_tokenizer, tokenizer_hash
+    from tokenizer import load_tokenizer, tokenizer_hash
     return tokenizer_hash(tokenizer_path), load_tokenizer(tokenizer_path).get_vocab_size()
 
 

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 import dataset
+import tokenizer as tokenizer_lib   # `tokenizer` is a local name in train()
 from common import (EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_TERMINATED, Progress, UserError, add_log_file,
                     atomic_path, file_sha256, format_seconds, log, perplexity, require_file, resolve_device,
                     stderr_is_terminal, write_json)
@@ -1151,8 +1152,8 @@ def train(tokenizer_path: str | os.PathLike, corpus_path: str | os.PathLike, out
     """
     tokenizer_path = require_file(tokenizer_path, "tokenizer file")
     corpus_path = require_file(corpus_path, "corpus file")
-    tokenizer = dataset.load_tokenizer(tokenizer_path)
-    sep_id = dataset.special_ids(tokenizer, tokenizer_path)["sep"]
+    tokenizer = tokenizer_lib.load_tokenizer(tokenizer_path)
+    sep_id = tokenizer_lib.special_ids(tokenizer, tokenizer_path)["sep"]
     try:
         mcfg, tcfg = make_configs(preset, overrides, vocab_size=tokenizer.get_vocab_size(), sep_token_id=sep_id)
     except ValueError as e:
@@ -1176,7 +1177,7 @@ def train(tokenizer_path: str | os.PathLike, corpus_path: str | os.PathLike, out
             if folder.ckpt_last.exists():
                 if not resume:
                     log.info(f"found {folder.ckpt_last}: continuing that run (use another --outdir to start over)")
-                ckpt = load_resume_checkpoint(folder.ckpt_last, mcfg, dataset.tokenizer_hash(tokenizer_path),
+                ckpt = load_resume_checkpoint(folder.ckpt_last, mcfg, tokenizer_lib.tokenizer_hash(tokenizer_path),
                                               file_sha256(corpus_path), force)
             elif resume:
                 raise UserError(f"--resume: nothing to resume, {folder.ckpt_last} does not exist; "

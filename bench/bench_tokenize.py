@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import dataset  # noqa: E402
+import tokenizer  # noqa: E402
 from common import file_sha256, setup_logging  # noqa: E402
 
 CORPORA = ROOT.parent / "shared" / "corpora"
@@ -62,7 +63,7 @@ def main() -> int:
         if tok_path is None:
             tok_path = tmp / "tokenizer.json"
             t0 = time.perf_counter()
-            dataset.train_tokenizer(corpora, args.vocab_size, 2, out_path=tok_path, quiet=True)
+            tokenizer.train_tokenizer(corpora, args.vocab_size, 2, out_path=tok_path, quiet=True)
             print(f"trained a {args.vocab_size} tokenizer on {', '.join(c.name for c in corpora)} in "
                   f"{time.perf_counter() - t0:.1f}s (not timed below)")
         print(f"cores: {os.cpu_count()}, TOKENIZERS_PARALLELISM={os.environ.get('TOKENIZERS_PARALLELISM', '(unset)')}")

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-import dataset
+import analysis
 from conftest import assert_user_error, corpus_slice
 
 SEP = "<|doc|>"
@@ -33,7 +33,7 @@ def write_corpus(path, docs):
 
 
 def analyze(path, **kw):
-    return dataset.analyze_corpus(path, quiet=True, **kw)
+    return analysis.analyze_corpus(path, quiet=True, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_json_report_on_real_slice(cli, tmp_path, wiki_docs):
     assert r["documents"] == len(wiki_docs)
     assert r["tokens_exact"] is False and "estimated" in r["tokens_method"]
     assert r["characters"] == sum(len(d) for d in wiki_docs)
-    est = [max(1, round(len(d) / dataset.CHARS_PER_TOKEN)) for d in wiki_docs]
+    est = [max(1, round(len(d) / analysis.CHARS_PER_TOKEN)) for d in wiki_docs]
     assert r["tokens"] == sum(est)
     d = r["doc_tokens"]
     assert d["min"] == min(est) and d["max"] == max(est)
@@ -96,8 +96,8 @@ def test_chunked_long_documents_count_exactly(tmp_path, monkeypatch):
     tok = make_tokenizer(tmp_path / "tok.json", [text], vocab_size=800)
     corpus = write_corpus(tmp_path / "c.txt", docs)
     whole = analyze(corpus, tokenizer_path=tmp_path / "tok.json")
-    monkeypatch.setattr(dataset, "ANALYZE_CHUNK_CHARS", 5000)
-    monkeypatch.setattr(dataset, "ANALYZE_LINE_BYTES", 3001)
+    monkeypatch.setattr(analysis, "ANALYZE_CHUNK_CHARS", 5000)
+    monkeypatch.setattr(analysis, "ANALYZE_LINE_BYTES", 3001)
     chunked = analyze(corpus, tokenizer_path=tmp_path / "tok.json")
     direct = [len(tok.encode(d, add_special_tokens=False).ids) for d in docs]
     assert whole["tokens"] == chunked["tokens"] == sum(direct)
@@ -111,7 +111,7 @@ def test_chunk_boundary_before_separator(tmp_path, monkeypatch, chunk):
     doc = "línea de texto con acentos: ñandú\n" * 30 + "última"
     corpus = write_corpus(tmp_path / "c.txt", [doc + "\n", doc, "fin"])   # first doc ends with a blank line
     tok = make_tokenizer(tmp_path / "tok.json", [doc], vocab_size=400)
-    monkeypatch.setattr(dataset, "ANALYZE_CHUNK_CHARS", chunk)
+    monkeypatch.setattr(analysis, "ANALYZE_CHUNK_CHARS", chunk)
     r = analyze(corpus, tokenizer_path=tmp_path / "tok.json")
     texts = [doc + "\n", doc, "fin"]
     assert r["characters"] == sum(map(len, texts))
@@ -133,26 +133,26 @@ def test_estimate_within_15_percent_of_a_32k_tokenizer(tmp_path):
 # --------------------------------------------------------------------------- recommendations
 
 def test_recommend_block_size_from_p90():
-    assert dataset.recommend(np.full(100, 50))["block_size"] == 128
-    assert dataset.recommend(np.full(100, 300))["block_size"] == 512
-    assert dataset.recommend(np.full(100, 512))["block_size"] == 512
-    assert dataset.recommend(np.array([100] * 89 + [1000] * 11))["block_size"] == 1024
-    assert dataset.recommend(np.full(10, 100_000))["block_size"] == 2048
+    assert analysis.recommend(np.full(100, 50))["block_size"] == 128
+    assert analysis.recommend(np.full(100, 300))["block_size"] == 512
+    assert analysis.recommend(np.full(100, 512))["block_size"] == 512
+    assert analysis.recommend(np.array([100] * 89 + [1000] * 11))["block_size"] == 1024
+    assert analysis.recommend(np.full(10, 100_000))["block_size"] == 2048
 
 
 def test_recommend_preset_epochs_stride_vocab():
-    tiny = dataset.recommend(np.full(100, 1000))                 # 100k tokens
+    tiny = analysis.recommend(np.full(100, 1000))                 # 100k tokens
     assert tiny["preset"] == "small" and tiny["vocab_size"] == 8000
-    assert tiny["epochs"] == dataset.MAX_RECOMMENDED_EPOCHS
+    assert tiny["epochs"] == analysis.MAX_RECOMMENDED_EPOCHS
     assert tiny["stride"] == tiny["block_size"] // 2
-    mid = dataset.recommend(np.full(1000, 5000))                # 5M tokens
+    mid = analysis.recommend(np.full(1000, 5000))                # 5M tokens
     assert mid["vocab_size"] == 16000 and mid["preset"] == "small"
-    big = dataset.recommend(np.full(1000, 200_000))             # 200M tokens: 800M within 4 epochs
+    big = analysis.recommend(np.full(1000, 200_000))             # 200M tokens: 800M within 4 epochs
     assert big["preset"] == "medium" and big["vocab_size"] == 32000
     # 600M tokens wanted; long documents with stride = block/2 present 400M tokens per epoch
     assert big["stride"] == big["block_size"] // 2
     assert big["epochs"] == 2 and big["repetitions"] == 4
-    huge = dataset.recommend(np.full(10_000, 200_000))          # 2B tokens
+    huge = analysis.recommend(np.full(10_000, 200_000))          # 2B tokens
     assert huge["preset"] == "large" and huge["epochs"] == 1
     assert huge["stride"] == huge["block_size"]                  # enough data: no overlap
     assert huge["repetitions"] <= 1
@@ -170,8 +170,8 @@ def test_guess_language():
         "de": "Der Hund meines Nachbarn ist sehr groß und bellt immer in der Nacht, aber er hat noch nie jemanden gebissen und ist auch nicht böse.",
     }
     for lang, text in samples.items():
-        assert dataset.guess_language(text) == lang, lang
-    assert dataset.guess_language("hola") is None
+        assert analysis.guess_language(text) == lang, lang
+    assert analysis.guess_language("hola") is None
 
 
 def test_warnings(tmp_path, wiki_docs):
@@ -183,7 +183,7 @@ def test_warnings(tmp_path, wiki_docs):
     garbage = ["".join(rng.choice("#$%&*+/<=>@[]^{|}~0123456789 ") for _ in range(400)) for _ in range(2)]
     garbage.append(bytes(rng.randrange(256) for _ in range(600)).decode("utf-8", "replace"))
     long_line = " ".join(docs[:200]).replace("\n", " ")
-    long_line = (long_line + " ") * (dataset.LONG_LINE_CHARS // len(long_line) + 1)
+    long_line = (long_line + " ") * (analysis.LONG_LINE_CHARS // len(long_line) + 1)
     corpus = write_corpus(tmp_path / "c.txt", docs + docs[:10] + english + garbage + [long_line, "  \n  "])
     r = analyze(corpus)
     text = "\n".join(r["warnings"])

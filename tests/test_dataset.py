@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import dataset
+import tokenizer
 from common import UserError
 from conftest import corpus_slice
 
@@ -23,13 +24,13 @@ def tok_path(tmp_path_factory):
     d = tmp_path_factory.mktemp("tok")
     corpus = d / "train.txt"
     corpus.write_text(corpus_slice("wiki_es.txt", n_chars=150_000), encoding="utf-8")
-    dataset.train_tokenizer([corpus], vocab_size=500, out_path=d / "tokenizer.json", quiet=True)
+    tokenizer.train_tokenizer([corpus], vocab_size=500, out_path=d / "tokenizer.json", quiet=True)
     return d / "tokenizer.json"
 
 
 @pytest.fixture(scope="module")
 def tok(tok_path):
-    return dataset.load_tokenizer(tok_path)
+    return tokenizer.load_tokenizer(tok_path)
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +160,7 @@ def test_store_header(store, varied_corpus, tok_path):
     header = json.loads(raw[12:12 + n])
     assert header["dtype"] == "uint16" and header["version"] == dataset.STORE_VERSION
     assert header["n_tokens"] == len(store) and header["n_docs"] == store.n_docs
-    assert header["tokenizer_hash"] == dataset.tokenizer_hash(tok_path)
+    assert header["tokenizer_hash"] == tokenizer.tokenizer_hash(tok_path)
     import hashlib
     assert header["corpus_hash"] == hashlib.sha256(varied_corpus[0].read_bytes()).hexdigest()
     assert store.path.name == f"tokens-{header['corpus_hash'][:12]}-{header['tokenizer_hash'][:12]}.bin"
@@ -201,7 +202,7 @@ def test_store_foreign_refused_on_explicit_path(store, tok_path):
         dataset.open_token_store(store.path, corpus_hash="0" * 64)
     with pytest.raises(UserError, match="not found"):
         dataset.open_token_store(store.path.parent / "missing.bin")
-    ok = dataset.open_token_store(store.path, tokenizer_hash=dataset.tokenizer_hash(tok_path))
+    ok = dataset.open_token_store(store.path, tokenizer_hash=tokenizer.tokenizer_hash(tok_path))
     assert len(ok) == len(store)
 
 
@@ -237,7 +238,7 @@ def test_dtype_choice_and_uint32_store(tok_path, tmp_path):
     assert dataset.token_dtype(65535) == np.uint16
     assert dataset.token_dtype(65536) == np.uint32
     # a real tokenizer with more than 65535 tokens: extra added tokens that never occur in text
-    big = dataset.load_tokenizer(tok_path)
+    big = tokenizer.load_tokenizer(tok_path)
     extra = [f"\u2603{i}\u2603" for i in range(66_000 - big.get_vocab_size())]
     big.add_tokens(extra)
     big.save(str(tmp_path / "big.json"))

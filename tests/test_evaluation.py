@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 import dataset
 import evaluation
+import tokenizer
 from precision import Precision
 from common import UserError, file_sha256
 from conftest import assert_user_error, corpus_slice
@@ -31,11 +32,11 @@ def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     train_text = root / "train.txt"
     train_text.write_text(corpus_slice("wiki_es.txt", n_chars=150_000), encoding="utf-8")
-    dataset.train_tokenizer([train_text], vocab_size=600, out_path=root / "tokenizer.json", quiet=True)
+    tokenizer.train_tokenizer([train_text], vocab_size=600, out_path=root / "tokenizer.json", quiet=True)
     test_text = corpus_slice("wiki_es.txt", n_docs=12)
     (root / "test.txt").write_text(test_text, encoding="utf-8")
 
-    tok = dataset.load_tokenizer(root / "tokenizer.json")
+    tok = tokenizer.load_tokenizer(root / "tokenizer.json")
     model = sharp_model(tok.get_vocab_size())
     ckpt = {"model": model.state_dict(), "model_config": model.cfg.to_dict(),
             "meta": {"tokenizer_hash": file_sha256(root / "tokenizer.json"),
@@ -47,7 +48,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tok(workdir):
-    return dataset.load_tokenizer(workdir / "tokenizer.json")
+    return tokenizer.load_tokenizer(workdir / "tokenizer.json")
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import time
 import pytest
 import torch
 
-import dataset
 import main
 import precision as P
+import tokenizer
 from common import UserError, log
 from conftest import assert_user_error, corpus_slice, run_cli
 
@@ -136,7 +136,7 @@ def trained(tmp_path_factory):
     corpus.write_text("".join(f"{x}\n<|doc|>\n" for x in docs[:-5]), encoding="utf-8")
     test.write_text("".join(f"{x}\n<|doc|>\n" for x in docs[-5:]), encoding="utf-8")
     tok = d / "tok.json"
-    dataset.train_tokenizer([corpus], vocab_size=400, out_path=tok, quiet=True)
+    tokenizer.train_tokenizer([corpus], vocab_size=400, out_path=tok, quiet=True)
     return {"dir": d, "corpus": corpus, "test": test, "tok": tok}
 
 

@@ -6,6 +6,7 @@ import json
 import pytest
 
 import dataset
+import tokenizer
 from common import UserError
 from conftest import assert_user_error, corpus_slice
 
@@ -35,13 +36,13 @@ def spanish_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tok_path(spanish_file):
     out = spanish_file.parent / "tokenizer.json"
-    dataset.train_tokenizer([spanish_file], vocab_size=600, min_frequency=2, out_path=out, quiet=True)
+    tokenizer.train_tokenizer([spanish_file], vocab_size=600, min_frequency=2, out_path=out, quiet=True)
     return out
 
 
 @pytest.fixture(scope="module")
 def tok(tok_path):
-    return dataset.load_tokenizer(tok_path)
+    return tokenizer.load_tokenizer(tok_path)
 
 
 @pytest.mark.parametrize("text", ROUND_TRIP)
@@ -58,11 +59,11 @@ def test_round_trip_real_text_no_unknown(tok):
 
 
 def test_special_token_ids_stable(tok, tok_path):
-    assert dataset.special_ids(tok) == {"sep": 0, "eos": 1, "pad": 2}
+    assert tokenizer.special_ids(tok) == {"sep": 0, "eos": 1, "pad": 2}
     assert tok.token_to_id("<|doc|>") == 0
     assert tok.token_to_id("<|endoftext|>") == 1
     assert tok.token_to_id("<|pad|>") == 2
-    assert dataset.tokenizer_separator(tok) == "<|doc|>"
+    assert tokenizer.tokenizer_separator(tok) == "<|doc|>"
     # stored in the file, marked special
     added = {t["id"]: t for t in json.loads(tok_path.read_text(encoding="utf-8"))["added_tokens"]}
     assert [added[i]["content"] for i in range(3)] == ["<|doc|>", "<|endoftext|>", "<|pad|>"]
@@ -79,18 +80,18 @@ def test_separator_is_one_token_never_learned_as_characters(tok):
 
 def test_tokenizer_hash_is_file_sha256(tok_path):
     import hashlib
-    assert dataset.tokenizer_hash(tok_path) == hashlib.sha256(tok_path.read_bytes()).hexdigest()
+    assert tokenizer.tokenizer_hash(tok_path) == hashlib.sha256(tok_path.read_bytes()).hexdigest()
 
 
 def test_vocab_size_below_alphabet_refused(spanish_file, tmp_path):
     with pytest.raises(UserError, match="at least 259"):
-        dataset.train_tokenizer([spanish_file], vocab_size=258, out_path=tmp_path / "t.json", quiet=True)
+        tokenizer.train_tokenizer([spanish_file], vocab_size=258, out_path=tmp_path / "t.json", quiet=True)
     assert not (tmp_path / "t.json").exists()
 
 
 def test_smallest_vocab_is_bytes_plus_specials(spanish_file, tmp_path):
-    dataset.train_tokenizer([spanish_file], vocab_size=259, out_path=tmp_path / "t.json", quiet=True)
-    tok = dataset.load_tokenizer(tmp_path / "t.json")
+    tokenizer.train_tokenizer([spanish_file], vocab_size=259, out_path=tmp_path / "t.json", quiet=True)
+    tok = tokenizer.load_tokenizer(tmp_path / "t.json")
     assert tok.get_vocab_size() == 259
     text = "¿Año 2024? ¡Sí! 🙂"
     assert tok.decode(tok.encode(text).ids) == text
@@ -101,17 +102,17 @@ def test_empty_training_text_refused(tmp_path, content):
     path = tmp_path / "empty.txt"
     path.write_text(content, encoding="utf-8")
     with pytest.raises(UserError, match="empty"):
-        dataset.train_tokenizer([path], vocab_size=300, out_path=tmp_path / "t.json", quiet=True)
+        tokenizer.train_tokenizer([path], vocab_size=300, out_path=tmp_path / "t.json", quiet=True)
 
 
 def test_custom_separator_becomes_token_zero(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("uno dos tres\n###\ncuatro cinco\n###\nseis\n", encoding="utf-8")
-    dataset.train_tokenizer([corpus], vocab_size=300, separator="###", out_path=tmp_path / "t.json", quiet=True)
-    tok = dataset.load_tokenizer(tmp_path / "t.json")
-    assert dataset.tokenizer_separator(tok) == "###"
+    tokenizer.train_tokenizer([corpus], vocab_size=300, separator="###", out_path=tmp_path / "t.json", quiet=True)
+    tok = tokenizer.load_tokenizer(tmp_path / "t.json")
+    assert tokenizer.tokenizer_separator(tok) == "###"
     assert tok.token_to_id("###") == 0
-    assert dataset.special_ids(tok) == {"sep": 0, "eos": 1, "pad": 2}
+    assert tokenizer.special_ids(tok) == {"sep": 0, "eos": 1, "pad": 2}
     # the token store follows the tokenizer's separator when none is given
     store = dataset.load_or_build_token_store(corpus, tmp_path / "t.json", tmp_path / "cache", quiet=True)
     assert store.n_docs == 3 and store.separator == "###"
@@ -120,27 +121,68 @@ def test_custom_separator_becomes_token_zero(tmp_path):
 @pytest.mark.parametrize("sep", ["", " <|doc|>", "a\nb", "<|pad|>"])
 def test_bad_separator_refused(spanish_file, tmp_path, sep):
     with pytest.raises(UserError):
-        dataset.train_tokenizer([spanish_file], vocab_size=300, separator=sep, out_path=tmp_path / "t.json",
+        tokenizer.train_tokenizer([spanish_file], vocab_size=300, separator=sep, out_path=tmp_path / "t.json",
                                 quiet=True)
 
 
 def test_load_tokenizer_errors(tmp_path):
     from tokenizers import Tokenizer, models
     with pytest.raises(UserError, match="not found"):
-        dataset.load_tokenizer(tmp_path / "missing.json")
+        tokenizer.load_tokenizer(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text("{not json", encoding="utf-8")
     with pytest.raises(UserError, match="not a valid tokenizer"):
-        dataset.load_tokenizer(bad)
+        tokenizer.load_tokenizer(bad)
     foreign = tmp_path / "foreign.json"
     Tokenizer(models.BPE()).save(str(foreign))
     with pytest.raises(UserError, match="special tokens"):
-        dataset.load_tokenizer(foreign)
+        tokenizer.load_tokenizer(foreign)
+
+
+def test_load_identity_of_a_trained_tokenizer(tmp_path):
+    import dataclasses
+
+    from tokenizers import Tokenizer
+    from common import file_sha256
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(corpus_slice("wiki_es.txt", n_chars=20_000), encoding="utf-8")
+    path = tmp_path / "t.json"
+    tokenizer.train_tokenizer([corpus], vocab_size=300, out_path=path, quiet=True)
+
+    ident = tokenizer.load_identity(str(path))
+    assert ident.path == path
+    assert isinstance(ident.tokenizer, Tokenizer)
+    assert ident.sha256 == file_sha256(path) == tokenizer.tokenizer_hash(path)
+    assert ident.vocab_size == tokenizer.load_tokenizer(path).get_vocab_size() == 300
+    assert ident.special == tokenizer.special_ids(ident.tokenizer) == {"sep": 0, "eos": 1, "pad": 2}
+    assert ident.tokenizer.encode("hola mundo").ids == tokenizer.load_tokenizer(path).encode("hola mundo").ids
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ident.sha256 = "0" * 64
+
+
+def test_load_identity_errors(tmp_path):
+    from tokenizers import Tokenizer, models
+    garbled = tmp_path / "garbled.json"
+    garbled.write_text('{"version": "1.0", "model": {"type": "BPE", "vocab": [1, 2', encoding="utf-8")
+    empty = tmp_path / "empty.json"
+    empty.write_text("", encoding="utf-8")
+    foreign = tmp_path / "foreign.json"
+    Tokenizer(models.BPE()).save(str(foreign))
+    cases = [(tmp_path / "missing.json", "not found"), (garbled, "not a valid tokenizer"),
+             (empty, "is empty"), (foreign, "special tokens"), (tmp_path, "not a regular file")]
+    for path, match in cases:
+        with pytest.raises(UserError, match=match) as identity_error:
+            tokenizer.load_identity(path)
+        message = str(identity_error.value)
+        assert "\n" not in message, path
+        with pytest.raises(UserError) as load_error:
+            tokenizer.load_tokenizer(path)
+        assert message == str(load_error.value), path
 
 
 def test_fitness_report(tok):
     text = corpus_slice("wiki_es.txt", n_chars=100_000).replace("<|doc|>\n", "")
-    rep = dataset.tokenizer_fitness(tok, text)
+    rep = tokenizer.tokenizer_fitness(tok, text)
     assert 1.0 < rep["tokens_per_word"] < 5.0
     assert 1.5 < rep["bytes_per_token"] < 6.0
     assert 1 <= len(rep["long_words"]) <= 10
@@ -158,14 +200,14 @@ def test_cli_init_tokenizer_real_slice(cli, tmp_path):
     proc = cli("init-tokenizer", "--files", corpus, "--vocab-size", 500, "--out", out)
     assert proc.returncode == 0, proc.stderr
     assert "tokens per word" in proc.stdout and "bytes per token" in proc.stdout
-    tok = dataset.load_tokenizer(out)
+    tok = tokenizer.load_tokenizer(out)
     assert tok.get_vocab_size() == 500
 
     proc = cli("init-tokenizer", "--files", corpus, "--vocab-size", 400, "--out", out, "--json")
     assert proc.returncode == 0, proc.stderr
     rep = json.loads(proc.stdout)          # exactly one JSON object on stdout
     assert rep["vocab_size"] == 400 and rep["special_tokens"] == {"<|doc|>": 0, "<|endoftext|>": 1, "<|pad|>": 2}
-    assert rep["hash"] == dataset.tokenizer_hash(out)
+    assert rep["hash"] == tokenizer.tokenizer_hash(out)
     assert {"tokens_per_word", "bytes_per_token", "long_words"} <= rep.keys()
 
 

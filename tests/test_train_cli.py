@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import dataset
+import tokenizer
 import training as T
 from conftest import ROOT, assert_user_error, corpus_slice, run_cli
 
@@ -33,7 +33,7 @@ def data(tmp_path_factory):
     corpus = d / "corpus.txt"
     corpus.write_text("".join(f"{x}\n<|doc|>\n" for x in docs if x), encoding="utf-8")
     tok = d / "tok.json"
-    dataset.train_tokenizer([corpus], vocab_size=512, out_path=tok, quiet=True)
+    tokenizer.train_tokenizer([corpus], vocab_size=512, out_path=tok, quiet=True)
     return {"dir": d, "corpus": corpus, "tok": tok, "docs": docs}
 
 
@@ -106,7 +106,7 @@ def test_resume_with_another_tokenizer_is_refused(data, full_run, tmp_path):
     other = tmp_path / "other.json"
     text = tmp_path / "t.txt"
     text.write_text("".join(f"{x}\n<|doc|>\n" for x in data["docs"][60:]), encoding="utf-8")
-    dataset.train_tokenizer([text], vocab_size=512, out_path=other, quiet=True)
+    tokenizer.train_tokenizer([text], vocab_size=512, out_path=other, quiet=True)
     proc = train(data, out, "--max-steps", "20", tok=other)
     assert_user_error(proc)
     assert "tokenizer differ" in proc.stderr and "--force" in proc.stderr

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import dataset
+import tokenizer
 import training as T
 from common import EXIT_LOCKED, UserError, file_sha256
 from conftest import corpus_slice
@@ -39,7 +39,7 @@ def data(tmp_path_factory):
     docs = [x.strip() for x in corpus_slice("wiki_es.txt", n_chars=60_000).split("<|doc|>\n")[:-1]]
     corpus = write_corpus(d / "corpus.txt", [x for x in docs if x])
     tok = d / "tok.json"
-    dataset.train_tokenizer([corpus], vocab_size=512, out_path=tok, quiet=True)
+    tokenizer.train_tokenizer([corpus], vocab_size=512, out_path=tok, quiet=True)
     return {"dir": d, "corpus": corpus, "tok": tok, "docs": docs}
 
 
@@ -232,8 +232,8 @@ def test_resume_refuses_other_shape_tokenizer_or_corpus(data, tmp_path):
     with pytest.raises(UserError, match="model shape differs.*n_embd 32 -> 64"):
         run(data, out, overrides=dict(max_steps=6, n_embd=64))
     other_tok = tmp_path / "other_tok.json"
-    dataset.train_tokenizer([write_corpus(tmp_path / "o.txt", data["docs"][40:])], vocab_size=512,
-                            out_path=other_tok, quiet=True)
+    tokenizer.train_tokenizer([write_corpus(tmp_path / "o.txt", data["docs"][40:])], vocab_size=512,
+                              out_path=other_tok, quiet=True)
     with pytest.raises(UserError, match="tokenizer differ.*--force"):
         run(data, out, tok=other_tok, overrides=dict(max_steps=6))
     other_corpus = write_corpus(tmp_path / "c.txt", data["docs"][:60])

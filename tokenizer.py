@@ -1,0 +1,207 @@
+"""The byte-level BPE tokenizer: its special tokens, training one (init-tokenizer) with a fitness
+report, and loading, checking and hashing a tokenizer.json.
+
+Special-token ids are fixed: the document separator (`<|doc|>` unless init-tokenizer was given
+another --separator) is id 0, `<|endoftext|>` 1, `<|pad|>` 2. Checkpoints and token stores record
+the sha256 of the tokenizer file (tokenizer_hash). Corpus reading lives in dataset.py; the training
+functions import it when they run (dataset.py imports this module, not the other way round).
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Sequence
+
+from common import Progress, UserError, atomic_path, file_sha256, log, require_file
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+DOC_SEPARATOR = "<|doc|>"
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+BYTE_ALPHABET = 256                      # byte-level BPE starts from every byte value
+N_SPECIAL = 3                            # separator, end-of-text, padding (ids 0, 1, 2)
+MIN_VOCAB_SIZE = BYTE_ALPHABET + N_SPECIAL
+FITNESS_SAMPLE_CHARS = 2_000_000         # characters of training text used for the fitness report
+FITNESS_MIN_WORD_CHARS = 8
+
+
+# ---------------------------------------------------------------------------------------- tokenizer
+
+def load_tokenizer(path: str | os.PathLike):
+    """Load a tokenizer.json made by init-tokenizer; UserError if missing, invalid or foreign."""
+    from tokenizers import Tokenizer
+    path = require_file(path, "tokenizer file")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # the library raises plain Exception subclasses for bad JSON
+        raise UserError(f"{path} is not a valid tokenizer.json ({str(e).splitlines()[0][:200]}); "
+                        f"create one with 'python main.py init-tokenizer'")
+    special_ids(tok, path)
+    return tok
+
+
+def tokenizer_hash(path: str | os.PathLike) -> str:
+    """sha256 (hex) of the tokenizer file bytes: checkpoints and token stores record it."""
+    return file_sha256(require_file(path, "tokenizer file"))
+
+
+def special_ids(tok, path: str | os.PathLike | None = None) -> dict:
+    """{'sep': 0, 'eos': 1, 'pad': 2}: ids of the special tokens, looked up by their strings.
+
+    The separator token is `<|doc|>` unless the tokenizer was trained with another --separator;
+    in every case it is the special token with id 0 (see tokenizer_separator).
+    """
+    where = f" {path}" if path is not None else ""
+    decoder = tok.get_added_tokens_decoder()
+    first = decoder.get(0)
+    eos, pad = tok.token_to_id(EOS_TOKEN), tok.token_to_id(PAD_TOKEN)
+    if first is None or not first.special or eos is None or pad is None:
+        raise UserError(f"tokenizer{where} lacks the special tokens of mini-llm (separator id 0, "
+                        f"{EOS_TOKEN}, {PAD_TOKEN}); create one with 'python main.py init-tokenizer'")
+    return {"sep": 0, "eos": eos, "pad": pad}
+
+
+def tokenizer_separator(tok) -> str:
+    """The document separator string of this tokenizer (the content of special token id 0)."""
+    return tok.get_added_tokens_decoder()[0].content
+
+
+def _iter_training_texts(files: Sequence[Path], separator: str, progress: Progress) -> Iterator[str]:
+    from dataset import _document_bytes, _text_pieces, read_documents
+    for path in files:
+        for doc in read_documents(path, separator):
+            progress.update(_document_bytes(doc, separator))
+            yield from _text_pieces(doc)
+    log.info("learning the BPE merges (about a minute per 100 MB of text)")
+
+
+def train_tokenizer(files: Sequence[str | os.PathLike], vocab_size: int = 32000, min_frequency: int = 2,
+                    separator: str = DOC_SEPARATOR, out_path: str | os.PathLike = "tokenizer.json",
+                    quiet: bool = False) -> dict:
+    """Train a byte-level BPE tokenizer on the documents of `files`, write it atomically to
+    `out_path` and return a fitness report (see tokenizer_fitness).
+
+    Special tokens are declared first, so their ids are stable: `separator` (default `<|doc|>`) = 0,
+    `<|endoftext|>` = 1, `<|pad|>` = 2. Only document text is fed to the trainer: separator lines
+    are never learned as characters. Raises UserError for a vocabulary smaller than the byte
+    alphabet plus the special tokens, for missing/empty/non-text files and for empty training text.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from dataset import read_documents
+
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise UserError(f"--vocab-size {vocab_size} is too small: byte-level BPE needs at least "
+                        f"{MIN_VOCAB_SIZE} (256 bytes + {N_SPECIAL} special tokens); try 8000-32000")
+    if separator.strip() != separator or not separator or "\n" in separator:
+        raise UserError(f"--separator {separator!r} must be a non-empty single line without "
+                        f"leading or trailing spaces")
+    if separator in (EOS_TOKEN, PAD_TOKEN):
+        raise UserError(f"--separator {separator!r} clashes with a reserved special token")
+    paths = [require_file(f, "training file") for f in files]
+    out = Path(out_path)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name such as {out / 'tokenizer.json'}")
+    if out.exists() and any(os.path.samefile(p, out) for p in paths):
+        raise UserError(f"--out {out} is also a training file; choose another --out path")
+    if not any(next(iter(read_documents(p, separator)), None) is not None for p in paths):
+        raise UserError("the training text is empty (only separator lines or whitespace); "
+                        "pass a corpus made by 'python main.py prepare-corpus'")
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+        special_tokens=[separator, EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    total = sum(p.stat().st_size for p in paths)
+    with Progress("reading training text", total=total, unit="B", quiet=quiet) as progress:
+        tok.train_from_iterator(_iter_training_texts(paths, separator, progress), trainer=trainer)
+    actual = tok.get_vocab_size(with_added_tokens=True)
+    assert tok.token_to_id(separator) == 0 and tok.token_to_id(EOS_TOKEN) == 1 and tok.token_to_id(PAD_TOKEN) == 2
+    if actual < vocab_size:
+        log.warning(f"warning: the training text only supports {actual} tokens "
+                    f"(asked for {vocab_size}): more text would give a better tokenizer")
+
+    with atomic_path(out_path) as tmp:
+        tok.save(str(tmp))
+    report = tokenizer_fitness(tok, _fitness_sample(paths, separator))
+    report.update({"path": str(out_path), "vocab_size": actual, "requested_vocab_size": vocab_size,
+                   "hash": tokenizer_hash(out_path), "separator": separator,
+                   "special_tokens": {separator: 0, EOS_TOKEN: 1, PAD_TOKEN: 2},
+                   "files": [str(p) for p in paths]})
+    return report
+
+
+def _fitness_sample(paths: Sequence[Path], separator: str) -> str:
+    """The first documents of each file, FITNESS_SAMPLE_CHARS characters in all."""
+    from dataset import read_documents
+    budget = max(1, FITNESS_SAMPLE_CHARS // len(paths))
+    parts = []
+    for p in paths:
+        n = 0
+        for doc in read_documents(p, separator):
+            parts.append(doc[: budget - n])
+            n += len(parts[-1])
+            if n >= budget:
+                break
+    return "\n".join(parts)
+
+
+def tokenizer_fitness(tok, text: str, n_words: int = 10) -> dict:
+    """How well `tok` fits `text`: tokens per word, bytes per token, and how the most frequent
+    long words (>= 8 characters) split."""
+    from dataset import _text_pieces
+    pieces = list(_text_pieces(text))
+    n_tokens = sum(len(e.ids) for e in tok.encode_batch(pieces, add_special_tokens=False))
+    n_words_total = len(text.split())
+    n_bytes = len(text.encode("utf-8"))
+    counts = Counter(w for w in re.findall(r"\w+", text) if len(w) >= FITNESS_MIN_WORD_CHARS)
+    words = []
+    for word, count in counts.most_common(n_words):
+        ids = tok.encode(" " + word, add_special_tokens=False).ids   # as it appears after a space
+        words.append({"word": word, "count": count, "tokens": [tok.decode([i]) for i in ids]})
+    return {"sample_chars": len(text), "sample_tokens": n_tokens,
+            "tokens_per_word": n_tokens / max(1, n_words_total),
+            "bytes_per_token": n_bytes / max(1, n_tokens), "long_words": words}
+
+
+def format_fitness(report: dict) -> str:
+    """Human-readable fitness report (init-tokenizer without --json)."""
+    lines = [f"tokenizer: {report['path']} ({report['vocab_size']} tokens, separator "
+             f"{report['separator']!r} = id 0)",
+             f"on {report['sample_chars']:,} characters of training text:",
+             f"  tokens per word:  {report['tokens_per_word']:.3f}",
+             f"  bytes per token:  {report['bytes_per_token']:.3f}",
+             "  frequent long words:"]
+    for w in report["long_words"]:
+        split = "|".join(t.strip() if i == 0 else t for i, t in enumerate(w["tokens"]))
+        lines.append(f"    {w['word']:<20} x{w['count']:<7} -> {split}  ({len(w['tokens'])} tokens)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- identity
+
+@dataclass(frozen=True)
+class TokenizerIdentity:
+    """A tokenizer file loaded once and hashed once (see load_identity)."""
+    path: Path
+    tokenizer: Tokenizer
+    sha256: str              # of the file bytes, as tokenizer_hash
+    vocab_size: int          # special tokens included
+    special: dict            # special_ids: {'sep': 0, 'eos': ..., 'pad': ...}
+
+
+def load_identity(path: str | os.PathLike) -> TokenizerIdentity:
+    """Load the tokenizer.json at `path` and hash it; UserError (one line) as load_tokenizer."""
+    tok = load_tokenizer(path)
+    path = Path(path)
+    return TokenizerIdentity(path=path, tokenizer=tok, sha256=file_sha256(path),
+                             vocab_size=tok.get_vocab_size(with_added_tokens=True),
+                             special=special_ids(tok, path))
