@@ -68,8 +68,10 @@ def cmd_init_tokenizer(args) -> int:
 # =========================================================================== train
 
 def cmd_train(args) -> int:
+    import config
+    import runs
     import training
-    overrides = {name: getattr(args, name, None) for name in training.CLI_OVERRIDES}
+    overrides = {name: getattr(args, name, None) for name in config.CLI_OVERRIDES}
     for name in ("max_time", "time_budget"):
         if getattr(args, name, None) is not None:
             try:
@@ -81,13 +83,13 @@ def cmd_train(args) -> int:
         summary = training.train(args.tokenizer, args.corpus, args.outdir, args.config, overrides,
                                  separator=args.separator, resume=args.resume, force=args.force,
                                  quiet=args.quiet)
-    except training.Interrupted as e:
+    except runs.Interrupted as e:
         sys.stderr.write(f"error: {e.reason}; files saved before the signal are intact "
                          f"(run the same command again to continue)\n")
         return e.code
     if args.json:
         emit_json(summary)
-    return training.exit_code(summary["stopped_reason"])
+    return runs.exit_code(summary["stopped_reason"])
 
 
 # =========================================================================== generate

@@ -1,14 +1,14 @@
-"""Training: presets, TrainConfig, the learning-rate schedule, checkpoints, the run lock and
-the training loop (`python main.py train`).
+"""Training: the loop of `python main.py train` (Trainer, optimizer_step, train).
 
-A run folder (`--outdir`) holds:
+The configuration and schedule live in config.py, the run folder (lock, signals, files) in
+runs.py. A run folder (`--outdir`) holds:
     ckpt_best.pt   the checkpoint with the lowest validation loss so far
     ckpt_last.pt   the latest checkpoint: written at every evaluation, at the end and on SIGINT/SIGTERM
     history.json   one entry per evaluation (keys in HISTORY_KEYS)
-    config.json    model and training config, tokenizer and corpus (path, sha256), library versions
+    config.json    model and training config, precision, tokenizer and corpus (path, sha256), versions
     train.log      every log line of every run on this folder, with timestamps
     loss.png       train/validation loss and validation perplexity against tokens seen
-    train.lock     while a run is active (PID, host, start time); see RunLock
+    train.lock     while a run is active (PID, host, start time); see runs.RunLock
     cache/         the token store of the corpus (dataset.load_or_build_token_store)
 
 Checkpoints are plain dicts of tensors and primitives (see `checkpoint_state`) that load with
@@ -20,34 +20,22 @@ data position (epoch, next batch of the epoch's fixed permutation), every RNG st
 best-so-far and the history. Re-running the same command on a folder with ckpt_last.pt continues
 the run; on CPU the final parameters are bit-identical to an uninterrupted run with the same seed.
 
-Exit codes of the train stage: 0 finished (epochs done, --max-steps, --max-time or early
-stopping), 1 the loss diverged (3 non-finite losses in a row; ckpt_best.pt is left intact),
+Exit codes of the train stage: 0 finished (epochs done, --max-steps, --time-budget, --max-time or
+early stopping), 1 the loss diverged (3 non-finite losses in a row; ckpt_best.pt is left intact),
 2 bad input, 3 the outdir is locked by another run, 130 SIGINT, 143 SIGTERM (both after saving
 ckpt_last.pt).
-
-Defaults that are not in the presets:
-- stride = block_size: training windows do not overlap, so one epoch reads each token once.
-- val_fraction = dataset.DEFAULT_VAL_FRACTION (5% of the documents, at least one).
-- warmup_steps = 5% of the schedule, at most 500 steps; min_lr = lr / 10.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import io
-import json
 import logging
 import math
 import os
-import platform
 import random
-import signal
-import socket
 import sys
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -56,37 +44,15 @@ import torch
 
 import dataset
 import tokenizer as tokenizer_lib   # `tokenizer` is a local name in train()
-from common import (EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_TERMINATED, Progress, UserError, add_log_file,
-                    atomic_path, file_sha256, format_seconds, log, perplexity, require_file, resolve_device,
-                    stderr_is_terminal, write_json)
+from common import (Progress, UserError, add_log_file, file_sha256, format_seconds, log, perplexity,
+                    require_file, resolve_device, stderr_is_terminal)
+from config import TrainConfig, lr_at, make_configs, resolve_schedule
 from model import GPT, ModelConfig, read_checkpoint
-from precision import AMP, PRECISIONS, Precision, log_choice, resolve_precision
+from precision import Precision, log_choice, resolve_precision
+from runs import RunFolder, RunLock, StopSignals, versions
 
-# =========================================================================== presets and configs
-
-# Model shape + training defaults, looked up by exact name. `--config custom` starts from
-# small's training defaults and takes its shape from --n-layer/--n-head/--n-embd (required)
-# and --block-size (default small's).
-PRESETS: dict[str, dict] = {
-    "small": {"n_layer": 4, "n_head": 4, "n_embd": 256, "block_size": 256,
-              "batch_size": 32, "epochs": 30, "lr": 5e-4},
-    "medium": {"n_layer": 10, "n_head": 6, "n_embd": 384, "block_size": 512,
-               "batch_size": 16, "epochs": 20, "lr": 3e-4},
-    "large": {"n_layer": 10, "n_head": 10, "n_embd": 640, "block_size": 1024,
-              "batch_size": 8, "epochs": 15, "lr": 2e-4, "gradient_checkpointing": True},
-}
-CUSTOM_BASE = "small"
-CUSTOM_REQUIRED = ("n_layer", "n_head", "n_embd")
-MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")
 SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "rope_base",
                 "norm_eps", "sep_token_id")   # must match on resume (dropout may change)
-
-# train flags (argparse dest names) that override preset / TrainConfig fields; None = not given
-CLI_OVERRIDES = ("block_size", "n_embd", "n_layer", "n_head", "dropout", "batch_size", "accumulation_steps",
-                 "epochs", "max_steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
-                 "patience", "eval_every", "eval_batches", "stride", "val_fraction", "device", "precision",
-                 "time_budget", "compile", "gradient_checkpointing", "flash_attention", "num_workers", "seed",
-                 "log_every")
 
 HISTORY_KEYS = ("step", "epoch", "tokens_seen", "train_loss", "val_loss", "val_perplexity", "lr",
                 "grad_norm", "tokens_per_second", "elapsed_seconds", "sample")
@@ -100,177 +66,7 @@ BUDGET_RESERVE_S = 1.5                # seconds kept for the end: plot, last sav
 PROBE_STEPS = 3                       # optimizer steps timed by the probe (the first is untimed)
 MAX_NONFINITE_STEPS = 3               # non-finite losses in a row before the run stops
 EXIT_DIVERGED = 1
-WARMUP_FRACTION = 0.05                # default warmup: 5% of the schedule ...
-WARMUP_MAX = 500                      # ... at most this many steps
-MIN_LR_RATIO = 0.1                    # default min_lr = lr * MIN_LR_RATIO
 CHECKPOINT_VERSION = 1
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-@dataclass
-class TrainConfig:
-    batch_size: int = 32                 # windows per micro-batch
-    accumulation_steps: int = 1          # micro-batches per optimizer step
-    epochs: int = 30
-    max_steps: Optional[int] = None      # cap on optimizer steps (the schedule ends there)
-    max_time: Optional[float] = None     # wall-clock cap on one invocation, seconds
-    time_budget: Optional[float] = None  # wall-clock budget of the whole run, seconds: fits total_steps
-    lr: float = 5e-4                     # peak learning rate
-    min_lr: Optional[float] = None       # end of the cosine decay; None = lr * MIN_LR_RATIO
-    warmup_steps: Optional[int] = None   # None = WARMUP_FRACTION of the schedule, <= WARMUP_MAX
-    weight_decay: float = 0.1            # AdamW, matrices only
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0               # max global gradient norm; 0 = no clipping
-    patience: int = 5                    # evaluations without improvement before stopping; 0 = never
-    eval_every: int = 250                # optimizer steps between evaluations (also at each epoch end)
-    eval_batches: int = 20               # fixed validation batches per evaluation
-    stride: Optional[int] = None         # window stride in long documents; None = block_size
-    val_fraction: float = dataset.DEFAULT_VAL_FRACTION
-    device: str = "auto"
-    precision: str = "auto"              # auto | fp32 | bf16 | fp16 | amp (--amp); see precision.py
-    compile: bool = False
-    gradient_checkpointing: bool = False
-    flash_attention: bool = False
-    num_workers: int = 0
-    seed: int = 1337
-    log_every: int = 10                  # steps per log line when stderr is not a terminal
-    total_steps: Optional[int] = None    # schedule length; resolved from the data (resolve_schedule)
-    decay_start: Optional[int] = None    # set: warmup-stable-decay, linear decay from this step (lr_at)
-
-    def __post_init__(self):
-        problems = []
-
-        def check(ok: bool, msg: str):
-            if not ok:
-                problems.append(msg)
-
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-        for name in ("batch_size", "accumulation_steps", "epochs", "eval_every", "eval_batches", "log_every"):
-            v = getattr(self, name)
-            check(is_int(v) and v >= 1, f"{name}={v!r} must be a whole number >= 1")
-        for name in ("max_steps", "stride", "total_steps", "decay_start"):
-            v = getattr(self, name)
-            check(v is None or (is_int(v) and v >= 1), f"{name}={v!r} must be a whole number >= 1")
-        for name in ("warmup_steps", "patience", "num_workers"):
-            v = getattr(self, name)
-            check(v is None or (is_int(v) and v >= 0), f"{name}={v!r} must be a whole number >= 0")
-        for name in ("max_time", "time_budget"):
-            v = getattr(self, name)
-            check(v is None or (is_num(v) and v > 0), f"{name}={v!r} must be a positive number of seconds")
-        check(is_num(self.lr) and self.lr > 0, f"lr={self.lr!r} must be a positive number")
-        if self.min_lr is not None:
-            check(is_num(self.min_lr) and self.min_lr >= 0, f"min_lr={self.min_lr!r} must be >= 0")
-            if is_num(self.min_lr) and is_num(self.lr):
-                check(self.min_lr <= self.lr, f"min_lr={self.min_lr} must not exceed lr={self.lr}")
-        check(is_num(self.weight_decay) and self.weight_decay >= 0,
-              f"weight_decay={self.weight_decay!r} must be >= 0")
-        for name in ("beta1", "beta2"):
-            v = getattr(self, name)
-            check(is_num(v) and 0 <= v < 1, f"{name}={v!r} must be in [0, 1)")
-        check(is_num(self.grad_clip) and self.grad_clip >= 0, f"grad_clip={self.grad_clip!r} must be >= 0 (0 = off)")
-        check(is_num(self.val_fraction) and 0 <= self.val_fraction < 1,
-              f"val_fraction={self.val_fraction!r} must be in [0, 1)")
-        check(self.device in DEVICES, f"device={self.device!r} must be one of {', '.join(DEVICES)}")
-        check(self.precision in PRECISIONS + (AMP,),
-              f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
-        check(is_int(self.seed), f"seed={self.seed!r} must be a whole number")
-        if problems:
-            raise ValueError("invalid training config: " + "; ".join(problems))
-        self.lr = float(self.lr)
-        if self.min_lr is not None:
-            self.min_lr = float(self.min_lr)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def make_configs(preset: str, overrides: Optional[dict] = None, *, vocab_size: int,
-                 sep_token_id: Optional[int] = 0) -> tuple[ModelConfig, TrainConfig]:
-    """ModelConfig and TrainConfig for a preset (exact name) or "custom", with `overrides`
-    (None values = not given) changing only their own fields. ValueError listing every problem."""
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if preset != "custom" and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)} or custom")
-    known = set(MODEL_FIELDS) | {f.name for f in dataclasses.fields(TrainConfig)} - {"total_steps"}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise ValueError(f"unknown config fields {unknown}")
-    problems = []
-    if preset == "custom":
-        missing = [f for f in CUSTOM_REQUIRED if f not in given]
-        if missing:
-            problems.append("--config custom needs " + ", ".join("--" + m.replace("_", "-") for m in missing)
-                            + " (or pick a preset: " + ", ".join(PRESETS) + ")")
-    values = {**PRESETS[CUSTOM_BASE if preset == "custom" else preset], **given}
-    model_kw = {k: values.pop(k) for k in MODEL_FIELDS if k in values}
-    mcfg = tcfg = None
-    try:
-        mcfg = ModelConfig(vocab_size=vocab_size, sep_token_id=sep_token_id, **model_kw)
-    except ValueError as e:
-        problems.append(str(e))
-    try:
-        tcfg = TrainConfig(**values)
-    except ValueError as e:
-        problems.append(str(e))
-    if mcfg is not None and tcfg is not None and tcfg.stride is not None and tcfg.stride > mcfg.block_size:
-        problems.append(f"stride={tcfg.stride} must not exceed block_size={mcfg.block_size} "
-                        f"(a larger stride would skip tokens)")
-    if problems:
-        raise ValueError("; ".join(problems))
-    return mcfg, tcfg
-
-
-def resolve_schedule(cfg: TrainConfig, steps_per_epoch: int, budget_steps: Optional[int] = None) -> TrainConfig:
-    """Fill in the data-dependent defaults: total_steps, warmup_steps and min_lr.
-
-    total_steps is epochs x steps_per_epoch, capped by max_steps and by `budget_steps` (the steps
-    that fit the --time-budget, see Trainer.plan_time_budget)."""
-    total = cfg.epochs * steps_per_epoch
-    for cap in (cfg.max_steps, budget_steps):
-        if cap is not None:
-            total = min(total, cap)
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(WARMUP_MAX, int(total * WARMUP_FRACTION))
-    min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr * MIN_LR_RATIO
-    return dataclasses.replace(cfg, total_steps=max(1, total), warmup_steps=warmup, min_lr=min_lr)
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of optimizer step `step` (0-based) of a schedule of cfg.total_steps steps.
-
-    Linear warmup lr * (step + 1) / (warmup + 1) for step < warmup (never 0 at step 0), the peak
-    lr at step == warmup, then cosine decay reaching cfg.min_lr exactly at the last step
-    (total_steps - 1); min_lr after that. With cfg.decay_start set (--time-budget runs), the
-    warmup-stable-decay schedule of `_wsd_lr` instead.
-    """
-    assert cfg.total_steps is not None and cfg.warmup_steps is not None and cfg.min_lr is not None, \
-        "call resolve_schedule() first"
-    if cfg.decay_start is not None:
-        return _wsd_lr(step, cfg)
-    warmup, last = cfg.warmup_steps, cfg.total_steps - 1
-    if step < warmup:
-        return cfg.lr * (step + 1) / (warmup + 1)
-    if step >= last:
-        return cfg.min_lr if last > warmup else cfg.lr
-    progress = (step - warmup) / (last - warmup)  # 0 at the end of warmup, 1 at the last step
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def _wsd_lr(step: int, cfg: TrainConfig) -> float:
-    """Warmup-stable-decay: the same linear warmup, the peak lr until cfg.decay_start, then a
-    linear decay from there reaching cfg.min_lr exactly at the last step; min_lr after that."""
-    warmup, decay, last = cfg.warmup_steps, cfg.decay_start, cfg.total_steps - 1
-    if step >= last:
-        return cfg.min_lr
-    if step < decay:
-        return cfg.lr * (step + 1) / (warmup + 1) if step < warmup else cfg.lr
-    start = cfg.lr if decay >= warmup else cfg.lr * (decay + 1) / (warmup + 1)
-    return start + (cfg.min_lr - start) * (step - decay) / (last - decay)
 
 
 # =========================================================================== RNG state (weights_only-safe)
@@ -303,228 +99,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-# =========================================================================== run lock and signals
-
-class RunLock:
-    """Cron-safe lock on a run folder: `outdir/train.lock` holds the owner's PID, host and start
-    time, and the owner holds an exclusive flock on it (released by the kernel if it dies).
-
-    A second run finds the flock taken: UserError with exit code 3. A lock file left by a
-    dead run (flock free, content present) is taken over with a notice.
-    """
-
-    NAME = "train.lock"
-
-    def __init__(self, outdir: str | os.PathLike):
-        self.path = Path(outdir) / self.NAME
-        self.fd: Optional[int] = None
-
-    @staticmethod
-    def _describe(text: str) -> str:
-        try:
-            info = json.loads(text)
-            return f"PID {info['pid']} on {info['host']}, started {info['started']}"
-        except (ValueError, KeyError, TypeError):
-            return "owner unknown"
-
-    def _locked_error(self, text: str) -> UserError:
-        return UserError(f"{self.path.parent} is in use by another training run ({self._describe(text)}); "
-                         f"wait for it to finish or use another --outdir", code=EXIT_LOCKED)
-
-    def __enter__(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            import fcntl
-        except ImportError:  # no flock (Windows): PID check only
-            fcntl = None
-        for _ in range(20):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            if fcntl is None:
-                break
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
-                os.close(fd)
-                raise self._locked_error(text)
-            # a run that was finishing may have unlinked the file we opened: lock the current one
-            try:
-                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        else:
-            raise UserError(f"could not lock {self.path}; try again", code=EXIT_LOCKED)
-        previous = os.pread(fd, 4096, 0).decode("utf-8", "replace")
-        if previous.strip():
-            if fcntl is None and _pid_alive_here(previous):
-                os.close(fd)
-                raise self._locked_error(previous)
-            log.warning(f"notice: taking over the stale lock {self.path} ({self._describe(previous)}: "
-                        f"that run is gone)")
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
-        os.fsync(fd)
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-            os.close(self.fd)
-            self.fd = None
-
-
-def _pid_alive_here(text: str) -> bool:
-    try:
-        info = json.loads(text)
-        if info["host"] != socket.gethostname():
-            return True  # cannot tell: assume alive
-        os.kill(int(info["pid"]), 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except (ValueError, KeyError, TypeError):
-        return False
-    except PermissionError:
-        return True
-
-
-class Interrupted(KeyboardInterrupt):
-    """A signal that stops the run at once (before the loop, or a second signal)."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-        self.code = EXIT_TERMINATED if reason == "terminated" else EXIT_INTERRUPTED
-
-
-class StopSignals:
-    """SIGINT/SIGTERM handling. While `armed` (the training loop runs), the first signal only
-    sets `reason`: the loop finishes its optimizer step, saves ckpt_last.pt and returns. A signal
-    while not armed, or a second one, raises Interrupted at once (files are written atomically,
-    so nothing half-written replaces a good file)."""
-
-    SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
-
-    def __init__(self):
-        self.reason: Optional[str] = None
-        self.armed = False
-        self._old: dict = {}
-        self._pid = os.getpid()
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if os.getpid() != self._pid:   # a forked DataLoader worker: the main process decides
-            return
-        reason = self.SIGNALS[signum]
-        if not self.armed or self.reason is not None:
-            raise Interrupted(reason)
-        self.reason = reason
-        log.warning(f"{signal.Signals(signum).name} received: finishing the current step, then saving "
-                    f"ckpt_last.pt (send it again to stop at once)")
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
-
-
-def exit_code(stopped_reason: str) -> int:
-    return {"interrupted": EXIT_INTERRUPTED, "terminated": EXIT_TERMINATED}.get(stopped_reason, 0)
-
-
-# =========================================================================== run folder (all file writing)
-
-class RunFolder:
-    """Every file a training run writes, written atomically. Under DDP only rank 0 gets one
-    with `enabled=True`; the others skip writing."""
-
-    def __init__(self, outdir: str | os.PathLike, enabled: bool = True):
-        self.dir = Path(outdir)
-        self.enabled = enabled
-        self.ckpt_last = self.dir / "ckpt_last.pt"
-        self.ckpt_best = self.dir / "ckpt_best.pt"
-        self.history = self.dir / "history.json"
-        self.config = self.dir / "config.json"
-        self.log = self.dir / "train.log"
-        self.plot = self.dir / "loss.png"
-        self.cache = self.dir / "cache"
-
-    def remove_stale_temp_files(self) -> None:
-        """Temp files of a run that was killed mid-write (call while holding the run lock)."""
-        if not self.enabled:
-            return
-        for target in (self.ckpt_last, self.ckpt_best, self.history, self.config, self.plot):
-            for tmp in self.dir.glob(f".{target.name}.*.tmp"):
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                    log.debug(f"removed {tmp}, left by an interrupted write")
-
-    def save_checkpoint(self, path: Path, state: dict) -> None:
-        if self.enabled:
-            with atomic_path(path) as tmp:
-                torch.save(state, tmp)
-
-    def write_history(self, history: list[dict]) -> None:
-        if self.enabled:
-            write_json(self.history, history)
-
-    def write_config(self, config: dict) -> None:
-        if self.enabled:
-            write_json(self.config, config)
-
-    def write_plot(self, history: list[dict]) -> None:
-        if self.enabled and history:
-            plot_history(history, self.plot)
-
-
-def plot_history(history: list[dict], path: Path) -> None:
-    """loss.png: train/validation loss and validation perplexity against tokens seen (headless)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    def series(key):
-        pts = [(h["tokens_seen"], h[key]) for h in history if h.get(key) is not None]
-        return [p[0] for p in pts], [p[1] for p in pts]
-
-    fig = Figure(figsize=(11, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2)
-    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-        x, y = series(key)
-        if x:
-            ax1.plot(x, y, marker="o", markersize=3, label=label)
-    ax1.set(xlabel="tokens seen", ylabel="loss (nats / token)", title="loss")
-    ax1.legend()
-    x, y = series("val_perplexity")
-    if x:
-        ax2.plot(x, y, marker="o", markersize=3, color="tab:orange")
-        if max(y) / max(min(y), 1e-9) > 20:
-            ax2.set_yscale("log")
-    ax2.set(xlabel="tokens seen", ylabel="perplexity", title="validation perplexity")
-    for ax in (ax1, ax2):
-        ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-
-
-def versions() -> dict:
-    import tokenizers
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "tokenizers": tokenizers.__version__, "numpy": np.__version__, "platform": platform.platform()}
 
 
 def _finite(x) -> Optional[float]:
@@ -899,7 +473,7 @@ class Trainer:
         total = min(cap, self._budget_steps(step_s, self.cfg.time_budget - self.elapsed()))
         self.cfg = dataclasses.replace(self.cfg, total_steps=total, decay_start=self.step)
         self.budget_fixed = True
-        capped = f" (capped by --epochs/--max-steps)" if total == cap else ""
+        capped = " (capped by --epochs/--max-steps)" if total == cap else ""
         log.info(f"time budget: {step_s:.3f}s per step over the last {len(recent)} steps; schedule fixed at "
                  f"{total:,} steps{capped}: lr decays from step {self.step:,} to {self.cfg.min_lr:g}")
         self.folder.write_config(self.run_config())

@@ -27,7 +27,7 @@ import generation as G  # noqa: E402
 from model import GPT, ModelConfig  # noqa: E402
 from precision import resolve_precision  # noqa: E402
 
-SMALL = dict(vocab_size=32000, n_layer=4, n_head=4, n_embd=256, block_size=256)  # training.PRESETS["small"]
+SMALL = dict(vocab_size=32000, n_layer=4, n_head=4, n_embd=256, block_size=256)  # config.PRESETS["small"]
 
 
 def timed(fn, repeats: int) -> float:

@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_train.py [--steps 5] [--batch-size 8] [--n-layer N] [--vocab-size V]
                                           [--threads N] [--precision fp32|bf16|both] [--json]
 
-The model is `training.PRESETS["small"]` (4 layers, 4 heads, width 256, block 256) with a 32,000
+The model is `config.PRESETS["small"]` (4 layers, 4 heads, width 256, block 256) with a 32,000
 token vocabulary, trained on random tokens (a SEP at the start of every window, as in real
 windows, so the document-aware attention mask is built exactly as in training). Each step is
 `training.optimizer_step` (forward, backward, clipping, fused AdamW): the training loop's own
@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import config  # noqa: E402
 import training  # noqa: E402
 from model import GPT, ModelConfig  # noqa: E402
 from precision import resolve_precision  # noqa: E402
@@ -53,7 +54,7 @@ def bench(cfg: ModelConfig, batch_size: int, steps: int, warmup: int, amp: bool)
     torch.manual_seed(0)
     model = GPT(cfg)
     model.train()
-    tcfg = training.TrainConfig(lr=5e-4)
+    tcfg = config.TrainConfig(lr=5e-4)
     optimizer = training.make_optimizer(model, tcfg)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     device = torch.device("cpu")
@@ -85,8 +86,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed optimizer steps per precision (median reported)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--batch-size", type=int, default=8, help="windows per step (the preset trains with 32)")
-    ap.add_argument("--block-size", type=int, default=training.PRESETS["small"]["block_size"])
-    ap.add_argument("--n-layer", type=int, default=training.PRESETS["small"]["n_layer"])
+    ap.add_argument("--block-size", type=int, default=config.PRESETS["small"]["block_size"])
+    ap.add_argument("--n-layer", type=int, default=config.PRESETS["small"]["n_layer"])
     ap.add_argument("--vocab-size", type=int, default=VOCAB,
                     help="32000 (the preset's vocabulary); the roadmap's transformers/nanoGPT reference "
                          "numbers are for --n-layer 6 --vocab-size 8000 (6.8M parameters)")
@@ -97,7 +98,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    p = training.PRESETS["small"]
+    p = config.PRESETS["small"]
     cfg = ModelConfig(vocab_size=args.vocab_size, block_size=args.block_size, n_layer=args.n_layer, n_head=p["n_head"],
                       n_embd=p["n_embd"], sep_token_id=0)
     n_params = GPT(cfg).num_parameters()

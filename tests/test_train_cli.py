@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import tokenizer
+import runs as R
 import training as T
 from conftest import ROOT, assert_user_error, corpus_slice, run_cli
 
@@ -180,7 +181,7 @@ def test_sigterm_sigint_sigkill_then_resume_is_bit_identical(data, reference, tm
 
 def test_live_lock_gives_exit_3(data, tmp_path):
     out = tmp_path / "run"
-    with T.RunLock(out):                                   # held by this (live) process
+    with R.RunLock(out):                                   # held by this (live) process
         proc = train(data, out, "--max-steps", "2")
     assert proc.returncode == 3, proc.stderr
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]

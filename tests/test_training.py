@@ -19,6 +19,8 @@ import pytest
 import torch
 
 import tokenizer
+import config as C
+import runs as R
 import training as T
 from common import EXIT_LOCKED, UserError, file_sha256
 from conftest import corpus_slice
@@ -64,74 +66,74 @@ def model_state(path):
 # =========================================================================== configs and schedule
 
 def test_lr_schedule_edges():
-    cfg = T.TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=101)
-    assert T.lr_at(0, cfg) == pytest.approx(1e-3 / 11) and T.lr_at(0, cfg) > 0   # never 0 at step 0
-    assert T.lr_at(9, cfg) == pytest.approx(1e-3 * 10 / 11)                      # last warmup step
-    assert T.lr_at(10, cfg) == pytest.approx(1e-3)                               # end of warmup: peak
-    assert T.lr_at(100, cfg) == pytest.approx(1e-4)                              # last step: min_lr
-    assert T.lr_at(99, cfg) > 1e-4
-    assert T.lr_at(150, cfg) == pytest.approx(1e-4)
-    assert T.lr_at(55, cfg) == pytest.approx((1e-3 + 1e-4) / 2)                  # cosine midpoint
-    lrs = [T.lr_at(s, cfg) for s in range(101)]
+    cfg = C.TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=101)
+    assert C.lr_at(0, cfg) == pytest.approx(1e-3 / 11) and C.lr_at(0, cfg) > 0   # never 0 at step 0
+    assert C.lr_at(9, cfg) == pytest.approx(1e-3 * 10 / 11)                      # last warmup step
+    assert C.lr_at(10, cfg) == pytest.approx(1e-3)                               # end of warmup: peak
+    assert C.lr_at(100, cfg) == pytest.approx(1e-4)                              # last step: min_lr
+    assert C.lr_at(99, cfg) > 1e-4
+    assert C.lr_at(150, cfg) == pytest.approx(1e-4)
+    assert C.lr_at(55, cfg) == pytest.approx((1e-3 + 1e-4) / 2)                  # cosine midpoint
+    lrs = [C.lr_at(s, cfg) for s in range(101)]
     assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))                       # rising warmup
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))                       # decaying after
-    no_warmup = T.TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=0, total_steps=5)
-    assert T.lr_at(0, no_warmup) == pytest.approx(1e-3) and T.lr_at(4, no_warmup) == 0.0
-    one = T.TrainConfig(lr=1e-3, warmup_steps=0, min_lr=0.0, total_steps=1)
-    assert T.lr_at(0, one) == pytest.approx(1e-3)
+    no_warmup = C.TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=0, total_steps=5)
+    assert C.lr_at(0, no_warmup) == pytest.approx(1e-3) and C.lr_at(4, no_warmup) == 0.0
+    one = C.TrainConfig(lr=1e-3, warmup_steps=0, min_lr=0.0, total_steps=1)
+    assert C.lr_at(0, one) == pytest.approx(1e-3)
 
 
 def test_warmup_stable_decay_edges():
-    cfg = T.TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=101, decay_start=60)
-    assert T.lr_at(0, cfg) == pytest.approx(1e-3 / 11)                          # the same warmup
-    assert T.lr_at(10, cfg) == T.lr_at(59, cfg) == pytest.approx(1e-3)          # stable at the peak
-    assert T.lr_at(60, cfg) == pytest.approx(1e-3)                              # decay starts at the peak
-    assert T.lr_at(80, cfg) == pytest.approx(1e-3 + (1e-4 - 1e-3) * 20 / 40)    # linear
-    assert T.lr_at(100, cfg) == pytest.approx(1e-4) and T.lr_at(120, cfg) == pytest.approx(1e-4)
-    lrs = [T.lr_at(s, cfg) for s in range(60, 101)]
+    cfg = C.TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=101, decay_start=60)
+    assert C.lr_at(0, cfg) == pytest.approx(1e-3 / 11)                          # the same warmup
+    assert C.lr_at(10, cfg) == C.lr_at(59, cfg) == pytest.approx(1e-3)          # stable at the peak
+    assert C.lr_at(60, cfg) == pytest.approx(1e-3)                              # decay starts at the peak
+    assert C.lr_at(80, cfg) == pytest.approx(1e-3 + (1e-4 - 1e-3) * 20 / 40)    # linear
+    assert C.lr_at(100, cfg) == pytest.approx(1e-4) and C.lr_at(120, cfg) == pytest.approx(1e-4)
+    lrs = [C.lr_at(s, cfg) for s in range(60, 101)]
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
     # a decay that starts inside the warmup starts from the lr reached there
-    early = T.TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=10, total_steps=9, decay_start=4)
-    assert T.lr_at(4, early) == pytest.approx(1e-3 * 5 / 11) and T.lr_at(8, early) == 0.0
+    early = C.TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=10, total_steps=9, decay_start=4)
+    assert C.lr_at(4, early) == pytest.approx(1e-3 * 5 / 11) and C.lr_at(8, early) == 0.0
     # before the length is known, the lr after warmup does not depend on total_steps
-    a = T.TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=5, total_steps=500, decay_start=500)
-    b = T.TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=5, total_steps=900, decay_start=900)
-    assert [T.lr_at(s, a) for s in range(200)] == [T.lr_at(s, b) for s in range(200)]
+    a = C.TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=5, total_steps=500, decay_start=500)
+    b = C.TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=5, total_steps=900, decay_start=900)
+    assert [C.lr_at(s, a) for s in range(200)] == [C.lr_at(s, b) for s in range(200)]
 
 
 def test_resolve_schedule_defaults():
-    cfg = T.resolve_schedule(T.TrainConfig(lr=1e-3, epochs=3), steps_per_epoch=1000)
+    cfg = C.resolve_schedule(C.TrainConfig(lr=1e-3, epochs=3), steps_per_epoch=1000)
     assert cfg.total_steps == 3000 and cfg.warmup_steps == 150 and cfg.min_lr == pytest.approx(1e-4)
-    capped = T.resolve_schedule(T.TrainConfig(epochs=3, max_steps=40, warmup_steps=7), steps_per_epoch=1000)
+    capped = C.resolve_schedule(C.TrainConfig(epochs=3, max_steps=40, warmup_steps=7), steps_per_epoch=1000)
     assert capped.total_steps == 40 and capped.warmup_steps == 7
 
 
 def test_presets_exact_names_and_field_overrides():
-    m, t = T.make_configs("small", {}, vocab_size=32000)
+    m, t = C.make_configs("small", {}, vocab_size=32000)
     assert (m.n_layer, m.n_head, m.n_embd, m.block_size) == (4, 4, 256, 256)
     assert (t.batch_size, t.epochs, t.lr, t.gradient_checkpointing) == (32, 30, 5e-4, False)
-    m, t = T.make_configs("large", {"n_layer": 6, "lr": None}, vocab_size=32000)
+    m, t = C.make_configs("large", {"n_layer": 6, "lr": None}, vocab_size=32000)
     assert (m.n_layer, m.n_head, m.n_embd, m.block_size) == (6, 10, 640, 1024)   # only n_layer changed
     assert (t.batch_size, t.epochs, t.lr, t.gradient_checkpointing) == (8, 15, 2e-4, True)
-    m, t = T.make_configs("medium", {"batch_size": 4}, vocab_size=100)
+    m, t = C.make_configs("medium", {"batch_size": 4}, vocab_size=100)
     assert (m.n_layer, m.n_embd, m.block_size, t.batch_size, t.lr) == (10, 384, 512, 4, 3e-4)
-    m, t = T.make_configs("custom", {"n_layer": 2, "n_head": 2, "n_embd": 32}, vocab_size=100)
+    m, t = C.make_configs("custom", {"n_layer": 2, "n_head": 2, "n_embd": 32}, vocab_size=100)
     assert (m.n_layer, m.block_size, t.batch_size, t.lr) == (2, 256, 32, 5e-4)    # small's defaults
     with pytest.raises(ValueError, match="--config custom needs --n-head, --n-embd"):
-        T.make_configs("custom", {"n_layer": 2}, vocab_size=100)
+        C.make_configs("custom", {"n_layer": 2}, vocab_size=100)
     with pytest.raises(ValueError, match="unknown preset 'Small'"):
-        T.make_configs("Small", {}, vocab_size=100)                              # exact names only
+        C.make_configs("Small", {}, vocab_size=100)                              # exact names only
 
 
 def test_config_errors_are_collected():
     with pytest.raises(ValueError) as e:
-        T.make_configs("small", {"n_head": 6, "batch_size": 0, "val_fraction": 1.5, "min_lr": 1.0},
+        C.make_configs("small", {"n_head": 6, "batch_size": 0, "val_fraction": 1.5, "min_lr": 1.0},
                        vocab_size=100)
     msg = str(e.value)
     assert "n_embd=256 is not divisible by n_head=6" in msg
     assert "batch_size=0" in msg and "val_fraction=1.5" in msg and "min_lr=1.0 must not exceed lr" in msg
     with pytest.raises(ValueError, match="stride=64 must not exceed block_size=32"):
-        T.make_configs("custom", {**{k: TINY[k] for k in ("n_layer", "n_head", "n_embd", "block_size")},
+        C.make_configs("custom", {**{k: TINY[k] for k in ("n_layer", "n_head", "n_embd", "block_size")},
                                   "stride": 64}, vocab_size=100)
 
 
@@ -207,7 +209,7 @@ def test_resume_after_sigint_is_bit_identical(data, tmp_path):
     out = tmp_path / "resumed"
     first = run(data, out, overrides=over, on_step=interrupt_at_9)
     assert first["stopped_reason"] == "interrupted" and first["steps"] == 9
-    assert T.exit_code(first["stopped_reason"]) == 130
+    assert R.exit_code(first["stopped_reason"]) == 130
     assert torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)["step"] == 9
     second = run(data, out, overrides=over)             # new objects, same command
     assert second["stopped_reason"] == "max_steps" and second["steps"] == 24
@@ -280,7 +282,7 @@ def test_time_budget_ends_on_time_with_the_lr_decayed(data, tmp_path):
     t0 = time.monotonic()
     s = run(data, out, overrides=dict(BUDGET, time_budget=20.0))
     wall = time.monotonic() - t0
-    assert s["stopped_reason"] == "time_budget" and T.exit_code("time_budget") == 0
+    assert s["stopped_reason"] == "time_budget" and R.exit_code("time_budget") == 0
     assert 0.75 * 20 <= s["elapsed_seconds"] <= 20 * 1.05, s      # counted from the start of the run
     assert wall <= 20 * 1.05 + 3, wall
     hist = json.loads((out / "history.json").read_text())
@@ -329,7 +331,7 @@ def test_time_budget_larger_than_the_epochs_keeps_the_cosine_schedule(data, tmp_
 def test_max_time_stops_cleanly_and_saves(data, tmp_path):
     out = tmp_path / "run"
     s = run(data, out, overrides=dict(max_time=1e-3, eval_every=1000))
-    assert s["stopped_reason"] == "max_time" and s["steps"] == 1 and T.exit_code("max_time") == 0
+    assert s["stopped_reason"] == "max_time" and s["steps"] == 1 and R.exit_code("max_time") == 0
     hist = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in hist] == [1]                           # a final evaluation, then saved
     assert torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)["step"] == 1
@@ -358,18 +360,18 @@ def test_bad_max_time_is_one_error_line(capsys):
 # =========================================================================== lock
 
 def test_lock_live_refuses_and_stale_is_taken_over(tmp_path):
-    with T.RunLock(tmp_path):
+    with R.RunLock(tmp_path):
         info = json.loads((tmp_path / "train.lock").read_text())
         assert info["pid"] == os.getpid() and info["host"] == socket.gethostname()
         with pytest.raises(UserError, match=f"in use by another training run .PID {os.getpid()}") as e:
-            T.RunLock(tmp_path).__enter__()
+            R.RunLock(tmp_path).__enter__()
         assert e.value.code == EXIT_LOCKED
     assert not (tmp_path / "train.lock").exists()          # released and removed
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / "train.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
                                                      "started": "2020-01-01T00:00:00"}))
-    with T.RunLock(tmp_path):                                # stale: taken over
+    with R.RunLock(tmp_path):                                # stale: taken over
         assert json.loads((tmp_path / "train.lock").read_text())["pid"] == os.getpid()
 
 

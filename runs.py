@@ -1,0 +1,242 @@
+"""The run folder: the lock that keeps two runs apart, SIGINT/SIGTERM handling, every file a
+training run writes (atomically: checkpoints, history.json, config.json, loss.png), and the
+library versions recorded in config.json. Under DDP only rank 0 will own a writing RunFolder.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from common import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_TERMINATED, UserError, atomic_path, log, write_json
+
+# =========================================================================== run lock and signals
+
+class RunLock:
+    """Cron-safe lock on a run folder: `outdir/train.lock` holds the owner's PID, host and start
+    time, and the owner holds an exclusive flock on it (released by the kernel if it dies).
+
+    A second run finds the flock taken: UserError with exit code 3. A lock file left by a
+    dead run (flock free, content present) is taken over with a notice.
+    """
+
+    NAME = "train.lock"
+
+    def __init__(self, outdir: str | os.PathLike):
+        self.path = Path(outdir) / self.NAME
+        self.fd: Optional[int] = None
+
+    @staticmethod
+    def _describe(text: str) -> str:
+        try:
+            info = json.loads(text)
+            return f"PID {info['pid']} on {info['host']}, started {info['started']}"
+        except (ValueError, KeyError, TypeError):
+            return "owner unknown"
+
+    def _locked_error(self, text: str) -> UserError:
+        return UserError(f"{self.path.parent} is in use by another training run ({self._describe(text)}); "
+                         f"wait for it to finish or use another --outdir", code=EXIT_LOCKED)
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): PID check only
+            fcntl = None
+        for _ in range(20):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            if fcntl is None:
+                break
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+                os.close(fd)
+                raise self._locked_error(text)
+            # a run that was finishing may have unlinked the file we opened: lock the current one
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        else:
+            raise UserError(f"could not lock {self.path}; try again", code=EXIT_LOCKED)
+        previous = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+        if previous.strip():
+            if fcntl is None and _pid_alive_here(previous):
+                os.close(fd)
+                raise self._locked_error(previous)
+            log.warning(f"notice: taking over the stale lock {self.path} ({self._describe(previous)}: "
+                        f"that run is gone)")
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            os.close(self.fd)
+            self.fd = None
+
+
+def _pid_alive_here(text: str) -> bool:
+    try:
+        info = json.loads(text)
+        if info["host"] != socket.gethostname():
+            return True  # cannot tell: assume alive
+        os.kill(int(info["pid"]), 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except (ValueError, KeyError, TypeError):
+        return False
+    except PermissionError:
+        return True
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal that stops the run at once (before the loop, or a second signal)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+        self.code = EXIT_TERMINATED if reason == "terminated" else EXIT_INTERRUPTED
+
+
+class StopSignals:
+    """SIGINT/SIGTERM handling. While `armed` (the training loop runs), the first signal only
+    sets `reason`: the loop finishes its optimizer step, saves ckpt_last.pt and returns. A signal
+    while not armed, or a second one, raises Interrupted at once (files are written atomically,
+    so nothing half-written replaces a good file)."""
+
+    SIGNALS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+
+    def __init__(self):
+        self.reason: Optional[str] = None
+        self.armed = False
+        self._old: dict = {}
+        self._pid = os.getpid()
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:   # a forked DataLoader worker: the main process decides
+            return
+        reason = self.SIGNALS[signum]
+        if not self.armed or self.reason is not None:
+            raise Interrupted(reason)
+        self.reason = reason
+        log.warning(f"{signal.Signals(signum).name} received: finishing the current step, then saving "
+                    f"ckpt_last.pt (send it again to stop at once)")
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+def exit_code(stopped_reason: str) -> int:
+    return {"interrupted": EXIT_INTERRUPTED, "terminated": EXIT_TERMINATED}.get(stopped_reason, 0)
+
+
+# =========================================================================== run folder (all file writing)
+
+class RunFolder:
+    """Every file a training run writes, written atomically. Under DDP only rank 0 gets one
+    with `enabled=True`; the others skip writing."""
+
+    def __init__(self, outdir: str | os.PathLike, enabled: bool = True):
+        self.dir = Path(outdir)
+        self.enabled = enabled
+        self.ckpt_last = self.dir / "ckpt_last.pt"
+        self.ckpt_best = self.dir / "ckpt_best.pt"
+        self.history = self.dir / "history.json"
+        self.config = self.dir / "config.json"
+        self.log = self.dir / "train.log"
+        self.plot = self.dir / "loss.png"
+        self.cache = self.dir / "cache"
+
+    def remove_stale_temp_files(self) -> None:
+        """Temp files of a run that was killed mid-write (call while holding the run lock)."""
+        if not self.enabled:
+            return
+        for target in (self.ckpt_last, self.ckpt_best, self.history, self.config, self.plot):
+            for tmp in self.dir.glob(f".{target.name}.*.tmp"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    log.debug(f"removed {tmp}, left by an interrupted write")
+
+    def save_checkpoint(self, path: Path, state: dict) -> None:
+        if self.enabled:
+            with atomic_path(path) as tmp:
+                torch.save(state, tmp)
+
+    def write_history(self, history: list[dict]) -> None:
+        if self.enabled:
+            write_json(self.history, history)
+
+    def write_config(self, config: dict) -> None:
+        if self.enabled:
+            write_json(self.config, config)
+
+    def write_plot(self, history: list[dict]) -> None:
+        if self.enabled and history:
+            plot_history(history, self.plot)
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """loss.png: train/validation loss and validation perplexity against tokens seen (headless)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def series(key):
+        pts = [(h["tokens_seen"], h[key]) for h in history if h.get(key) is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    fig = Figure(figsize=(11, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+        x, y = series(key)
+        if x:
+            ax1.plot(x, y, marker="o", markersize=3, label=label)
+    ax1.set(xlabel="tokens seen", ylabel="loss (nats / token)", title="loss")
+    ax1.legend()
+    x, y = series("val_perplexity")
+    if x:
+        ax2.plot(x, y, marker="o", markersize=3, color="tab:orange")
+        if max(y) / max(min(y), 1e-9) > 20:
+            ax2.set_yscale("log")
+    ax2.set(xlabel="tokens seen", ylabel="perplexity", title="validation perplexity")
+    for ax in (ax1, ax2):
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def versions() -> dict:
+    import tokenizers
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "tokenizers": tokenizers.__version__, "numpy": np.__version__, "platform": platform.platform()}
