@@ -42,7 +42,7 @@ CLI_OVERRIDES = ("block_size", "n_embd", "n_layer", "n_head", "dropout", "batch_
                  "epochs", "max_steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
                  "patience", "eval_every", "eval_batches", "stride", "val_fraction", "device", "precision",
                  "time_budget", "compile", "gradient_checkpointing", "flash_attention", "num_workers", "seed",
-                 "log_every")
+                 "log_every", "sample_prompt")
 WARMUP_FRACTION = 0.05                # default warmup: 5% of the schedule ...
 WARMUP_MAX = 500                      # ... at most this many steps
 MIN_LR_RATIO = 0.1                    # default min_lr = lr * MIN_LR_RATIO
@@ -77,6 +77,8 @@ class TrainConfig:
     num_workers: int = 0
     seed: int = 1337
     log_every: int = 10                  # steps per log line when stderr is not a terminal
+    sample_prompt: Optional[str] = None  # prompt of the greedy sample at each evaluation; None = the
+                                         # first words of a validation document
     total_steps: Optional[int] = None    # schedule length; resolved from the data (resolve_schedule)
     decay_start: Optional[int] = None    # set: warmup-stable-decay, linear decay from this step (lr_at)
 
@@ -122,6 +124,8 @@ class TrainConfig:
         check(self.precision in PRECISIONS + (AMP,),
               f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
         check(is_int(self.seed), f"seed={self.seed!r} must be a whole number")
+        check(self.sample_prompt is None or (isinstance(self.sample_prompt, str) and self.sample_prompt.strip()),
+              f"sample_prompt={self.sample_prompt!r} must be a non-empty text")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
         self.lr = float(self.lr)

@@ -362,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require ckpt_last.pt in --outdir and continue from it (re-running the same "
                         "command on that folder continues anyway)")
     p.add_argument("--force", action="store_true", help="resume even if the corpus or tokenizer changed")
+    p.add_argument("--sample-prompt", default=unset,
+                   help="prompt of the greedy sample logged and kept in history.json at each evaluation "
+                        "(default: the first words of a validation document)")
     p.add_argument("--log-every", type=_positive_int, default=unset,
                    help="when stderr is not a terminal, one log line every N steps (default: 10)")
     _common(p, json_flag=True)

@@ -57,8 +57,8 @@ SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias
 HISTORY_KEYS = ("step", "epoch", "tokens_seen", "train_loss", "val_loss", "val_perplexity", "lr",
                 "grad_norm", "tokens_per_second", "elapsed_seconds", "sample")
 
-SAMPLE_PROMPT = "La historia de"      # greedy sample written into the history at each evaluation
-SAMPLE_TOKENS = 32
+SAMPLE_PROMPT_WORDS = 3               # the greedy sample at each evaluation continues the first
+SAMPLE_TOKENS = 32                    # words of a validation document (or --sample-prompt)
 BUDGET_DECAY_FRACTION = 0.2          # --time-budget: the lr decays over the last 20% of the budget
 BUDGET_STEP_WINDOW = 50               # recent steps whose mean time fixes the decay's length
 BUDGET_SAFETY = 0.98                  # fraction of the remaining time planned for steps
@@ -262,10 +262,23 @@ class Trainer:
         return [_collate([self.val_ds[int(i)] for i in idx[j:j + bs]]) for j in range(0, len(idx), bs)]
 
     def _sample_prompt(self) -> str:
-        """SAMPLE_PROMPT, lowercased when the corpus has no capital letters (lowercased corpus)."""
-        head = np.asarray(self.store.tokens[:20000], dtype=np.int64).tolist()
-        text = self.tokenizer.decode(head, skip_special_tokens=True)
-        return SAMPLE_PROMPT if any(c.isupper() for c in text) else SAMPLE_PROMPT.lower()
+        """--sample-prompt, else the first SAMPLE_PROMPT_WORDS words of the first validation
+        document (of the training set when there is no validation set): a prompt in the corpus's
+        own language, domain and case."""
+        if self.cfg.sample_prompt:
+            return self.cfg.sample_prompt
+        x, _ = (self.val_ds if len(self.val_ds) else self.train_ds)[0]  # (T,), a window from a SEP on
+        ids = x.tolist()
+        sep = self.mcfg.sep_token_id
+        if sep in ids:
+            ids = ids[ids.index(sep) + 1:]
+        if sep in ids:
+            ids = ids[:ids.index(sep)]
+        head = ids[:16 * SAMPLE_PROMPT_WORDS]
+        words = self.tokenizer.decode(head, skip_special_tokens=True).split()
+        if len(head) < len(ids):
+            words = words[:-1]                 # the last word may be cut at a token boundary
+        return " ".join(words[:SAMPLE_PROMPT_WORDS])
 
     # ----------------------------------------------------------------------- checkpoints
 

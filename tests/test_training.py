@@ -59,6 +59,14 @@ def run(data, outdir, corpus=None, tok=None, **kw):
     return T.train(tok or data["tok"], corpus or data["corpus"], outdir, "custom", overrides, quiet=True, **kw)
 
 
+def first_words_prompt(sample: str, docs: list[str]) -> str:
+    """The prompt `sample` starts with: the first three words of one of `docs` (or fail)."""
+    prompts = [" ".join(d.split()[:3]) for d in docs if d.strip()]
+    found = [p for p in prompts if sample.startswith(p)]
+    assert found, f"the sample {sample!r} starts with no document's first words"
+    return found[0]
+
+
 def model_state(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
@@ -189,7 +197,8 @@ def test_checkpoint_format_loads_with_weights_only(data, tmp_path):
     assert meta["step"] == s["best_step"] and loaded.num_parameters() == s["params"]
     hist = json.loads((out / "history.json").read_text())
     assert [tuple(h) for h in hist] == [T.HISTORY_KEYS] * len(hist) and [h["step"] for h in hist] == [3, 6]
-    assert all(h["sample"].startswith("La historia de") for h in hist)
+    prompt = first_words_prompt(hist[0]["sample"], data["docs"])       # a validation document's first words
+    assert all(h["sample"].startswith(prompt) for h in hist)
     cfg = json.loads((out / "config.json").read_text())
     assert set(cfg) >= {"model", "train", "tokenizer", "corpus", "versions"}
     assert cfg["tokenizer"]["hash"] == ckpt["meta"]["tokenizer_hash"] and cfg["model"]["n_embd"] == 32
@@ -337,6 +346,12 @@ def test_max_time_stops_cleanly_and_saves(data, tmp_path):
     assert torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)["step"] == 1
 
 
+def test_sample_prompt_overrides_the_validation_document(data, tmp_path):
+    run(data, tmp_path / "run", overrides=dict(max_steps=2, eval_every=2, sample_prompt="¿Qué es la ñandú?"))
+    hist = json.loads((tmp_path / "run" / "history.json").read_text(encoding="utf-8"))
+    assert hist[0]["sample"].startswith("¿Qué es la ñandú?")
+
+
 def test_bf16_autocast_with_workers_and_lowercase_prompt(data, tmp_path):
     lower = write_corpus(tmp_path / "lower.txt", [d.lower() for d in data["docs"][:40]])
     out = tmp_path / "run"
@@ -346,7 +361,7 @@ def test_bf16_autocast_with_workers_and_lowercase_prompt(data, tmp_path):
     ckpt = torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)
     assert all(v.dtype == torch.float32 for v in ckpt["model"].values())   # autocast keeps fp32 weights
     hist = json.loads((out / "history.json").read_text())
-    assert hist[0]["sample"].startswith("la historia de")             # prompt follows the corpus case
+    assert first_words_prompt(hist[0]["sample"], [d.lower() for d in data["docs"][:40]])  # the corpus's case
 
 
 def test_bad_max_time_is_one_error_line(capsys):
