@@ -21,6 +21,8 @@ from typing import Iterable, Iterator, Optional
 
 log = logging.getLogger("mini_llm")
 
+DEVICES = ("auto", "cpu", "cuda", "mps")   # --device choices (resolve_device)
+
 # Exit codes, documented in the README and stable across versions.
 EXIT_OK = 0
 EXIT_USAGE = 2

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import dataset
+from common import DEVICES
 from model import ModelConfig
 from precision import AMP, PRECISIONS
 
@@ -46,7 +47,6 @@ CLI_OVERRIDES = ("block_size", "n_embd", "n_layer", "n_head", "dropout", "batch_
 WARMUP_FRACTION = 0.05                # default warmup: 5% of the schedule ...
 WARMUP_MAX = 500                      # ... at most this many steps
 MIN_LR_RATIO = 0.1                    # default min_lr = lr * MIN_LR_RATIO
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass

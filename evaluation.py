@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from common import Progress, UserError, log, perplexity, require_file, resolve_device
 from precision import Precision, log_choice, resolve_precision
+from tokenizer import DOC_SEPARATOR
 
 SCORING = ("each document's tokens and the separator that ends it, predicted from the document's "
            "separator onwards; bytes are the UTF-8 bytes of the document texts (separator lines "
@@ -294,7 +295,7 @@ def evaluate_tokens(model, tokenizer, tokens, doc_starts, *, stride=None, batch_
     return result
 
 
-def evaluate(ckpt_path, tokenizer_path, test_file, *, separator="<|doc|>", stride=None, batch_size=16,
+def evaluate(ckpt_path, tokenizer_path, test_file, *, separator=DOC_SEPARATOR, stride=None, batch_size=16,
              device="auto", precision="auto", per_document=False, quiet=False) -> dict:
     """Load the checkpoint and tokenizer, tokenise `test_file` (cached beside the checkpoint, in
     <checkpoint folder>/cache, shared with training), and evaluate. UserError on bad input."""

@@ -32,9 +32,8 @@ from pathlib import Path
 import torch
 
 from common import UserError, log, require_file
-from tokenizer import EOS_TOKEN as EOT_TOKEN, PAD_TOKEN
+from tokenizer import DOC_SEPARATOR, EOS_TOKEN as EOT_TOKEN, PAD_TOKEN
 
-DEFAULT_SEP_TOKEN = "<|doc|>"
 _MARKER = "mini-llm export"  # in README.md: marks a folder that a new export may replace
 
 
@@ -115,7 +114,7 @@ def hf_config(cfg, special: dict) -> dict:
 
 def _special_tokens(tok, cfg) -> dict:
     """Ids and strings of the separator (BOS), end-of-text and padding tokens."""
-    sep_id = cfg.sep_token_id if cfg.sep_token_id is not None else tok.token_to_id(DEFAULT_SEP_TOKEN)
+    sep_id = cfg.sep_token_id if cfg.sep_token_id is not None else tok.token_to_id(DOC_SEPARATOR)
     ids = {"sep": sep_id, "eos": tok.token_to_id(EOT_TOKEN), "pad": tok.token_to_id(PAD_TOKEN)}
     names = {k: (tok.id_to_token(v) if v is not None else None) for k, v in ids.items()}
     return {**ids, "names": names}
@@ -229,7 +228,7 @@ def export_hf(ckpt_path, tokenizer_path, out_dir) -> Path:
     tok = load_tokenizer(tokenizer_path)  # load_model has validated it
     special = _special_tokens(tok, cfg)
     if special["sep"] is None:
-        raise UserError(f"tokenizer {tokenizer_path} has no {DEFAULT_SEP_TOKEN} token; "
+        raise UserError(f"tokenizer {tokenizer_path} has no {DOC_SEPARATOR} token; "
                         f"pass the tokenizer.json written by init-tokenizer")
     special["added"] = dict(sorted(tok.get_added_tokens_decoder().items()))  # id -> AddedToken
     names = special["names"]

@@ -11,10 +11,9 @@ import json
 import os
 import sys
 
-from common import (EXIT_INTERRUPTED, UserError, log, parse_duration, refuse_same_file, require_file,
+from common import (DEVICES, EXIT_INTERRUPTED, UserError, log, parse_duration, refuse_same_file, require_file,
                     setup_logging)
-
-DOC_SEPARATOR = "<|doc|>"
+from tokenizer import DOC_SEPARATOR
 
 
 def emit_json(obj) -> None:
@@ -349,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "windows do not overlap)")
     p.add_argument("--val-fraction", type=_fraction, default=unset,
                    help="fraction of documents held out for validation (default: 0.05; 0 = none)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="device")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="device")
     _precision_flags(p, "training")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=unset,
@@ -393,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-generate", action="store_true", help="run prompts in padded batches")
     p.add_argument("--batch-size", type=_positive_int, default=8, help="prompts per batch with --batch-generate")
     p.add_argument("--output", default=None, help="write results here (.jsonl for JSON Lines) instead of stdout")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="device")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="device")
     _precision_flags(p, "generation")
     _common(p)
     p.set_defaults(func=cmd_generate)
@@ -407,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=_positive_int, default=None, help="sliding-window stride (default: half the block)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="windows per batch")
     p.add_argument("--per-document", action="store_true", help="add each document's perplexity and the worst 5")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="device")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="device")
     _precision_flags(p, "evaluation")
     _common(p, json_flag=True)
     p.set_defaults(func=cmd_evaluate)

@@ -28,7 +28,6 @@ import math
 import pickle
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn

