@@ -18,10 +18,9 @@ from typing import Iterator, Optional
 import numpy as np
 
 from common import Progress, UserError, atomic_path, file_sha256, log, require_file
-from tokenizer import DOC_SEPARATOR, load_tokenizer, special_ids, tokenizer_hash, tokenizer_separator
+from tokenizer import DOC_SEPARATOR, as_identity, special_ids, tokenizer_separator
 
 # ============================================================================ reading, token store, windows
-# (owned by the dataset helper)
 
 DEFAULT_VAL_FRACTION = 0.05              # of documents; at least one document when > 0 (see split_documents)
 
@@ -253,10 +252,10 @@ def _check_store(store: TokenStore, tokenizer_hash, corpus_hash, separator) -> N
         raise ValueError("its document index does not match its tokens")
 
 
-def load_or_build_token_store(corpus_path: str | os.PathLike, tokenizer_path: str | os.PathLike,
-                              cache_dir: str | os.PathLike, separator: Optional[str] = None,
-                              quiet: bool = False) -> TokenStore:
-    """The token store of `corpus_path` under `tokenizer_path`, cached in `cache_dir` as
+def load_or_build_token_store(corpus_path: str | os.PathLike, tokenizer, cache_dir: str | os.PathLike,
+                              separator: Optional[str] = None, quiet: bool = False) -> TokenStore:
+    """The token store of `corpus_path` under `tokenizer` (a TokenizerIdentity or the path of a
+    tokenizer.json), cached in `cache_dir` as
     tokens-<corpus sha256[:12]>-<tokenizer sha256[:12]>.bin.
 
     A valid cache is reused without tokenizing; a stale, foreign or truncated one is rebuilt.
@@ -264,8 +263,8 @@ def load_or_build_token_store(corpus_path: str | os.PathLike, tokenizer_path: st
     unless init-tokenizer was given another --separator).
     """
     corpus_path = require_file(corpus_path, "corpus file")
-    tok_hash = tokenizer_hash(tokenizer_path)
-    tok = load_tokenizer(tokenizer_path)
+    identity = as_identity(tokenizer)
+    tok_hash, tok = identity.sha256, identity.tokenizer
     if separator is None:
         separator = tokenizer_separator(tok)
     c_hash = file_sha256(corpus_path)

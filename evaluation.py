@@ -295,21 +295,22 @@ def evaluate_tokens(model, tokenizer, tokens, doc_starts, *, stride=None, batch_
     return result
 
 
-def evaluate(ckpt_path, tokenizer_path, test_file, *, separator=DOC_SEPARATOR, stride=None, batch_size=16,
+def evaluate(ckpt_path, tokenizer, test_file, *, separator=DOC_SEPARATOR, stride=None, batch_size=16,
              device="auto", precision="auto", per_document=False, quiet=False) -> dict:
     """Load the checkpoint and tokenizer, tokenise `test_file` (cached beside the checkpoint, in
-    <checkpoint folder>/cache, shared with training), and evaluate. UserError on bad input."""
+    <checkpoint folder>/cache, shared with training), and evaluate. UserError on bad input.
+    `tokenizer`: a TokenizerIdentity or the path of the training tokenizer.json."""
     import dataset
     from model import load_model
-    from tokenizer import load_tokenizer
+    from tokenizer import as_identity
 
     test_file = require_file(test_file, "test file")
     ckpt_path = require_file(ckpt_path, "checkpoint")
     dev = resolve_device(device)
-    model, meta = load_model(ckpt_path, dev, tokenizer_path)
-    tokenizer = load_tokenizer(tokenizer_path)
+    identity = as_identity(tokenizer)
+    model, meta = load_model(ckpt_path, dev, identity)
     cache_dir = Path(ckpt_path).resolve().parent / "cache"
-    store = dataset.load_or_build_token_store(test_file, tokenizer_path, cache_dir, separator=separator,
+    store = dataset.load_or_build_token_store(test_file, identity, cache_dir, separator=separator,
                                               quiet=quiet)
     if model.cfg.sep_token_id is not None and store.sep_id != model.cfg.sep_token_id:
         raise UserError(f"the tokenizer's separator id {store.sep_id} differs from the model's "
@@ -319,7 +320,7 @@ def evaluate(ckpt_path, tokenizer_path, test_file, *, separator=DOC_SEPARATOR, s
     prec = resolve_precision(precision, dev, n_embd=model.cfg.n_embd, vocab_size=model.cfg.vocab_size,
                              rows=batch_size * model.cfg.block_size)
     log_choice(prec, "evaluation")
-    result = evaluate_tokens(model, tokenizer, store.tokens, store.doc_starts, stride=stride,
+    result = evaluate_tokens(model, identity.tokenizer, store.tokens, store.doc_starts, stride=stride,
                              batch_size=batch_size, precision=prec, per_document=per_document,
                              pad_id=store.pad_id, quiet=quiet)
     result.update(checkpoint=str(ckpt_path), test_file=str(test_file), device=dev.type,

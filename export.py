@@ -199,8 +199,9 @@ def _is_replaceable(out: Path) -> bool:
     return False
 
 
-def export_hf(ckpt_path, tokenizer_path, out_dir) -> Path:
-    """Write the Hugging Face folder `out_dir` for checkpoint `ckpt_path`; return its path.
+def export_hf(ckpt_path, tokenizer, out_dir) -> Path:
+    """Write the Hugging Face folder `out_dir` for checkpoint `ckpt_path` and `tokenizer` (a
+    TokenizerIdentity or the path of the training tokenizer.json); return its path.
 
     Written into a temporary sibling folder and renamed into place, so an interrupted export
     never leaves a half-written folder where a good one was. An existing `out_dir` is replaced
@@ -209,10 +210,11 @@ def export_hf(ckpt_path, tokenizer_path, out_dir) -> Path:
     from safetensors.torch import save_file
 
     import model as model_lib
-    from tokenizer import load_tokenizer
+    from tokenizer import as_identity
 
     ckpt_path = require_file(ckpt_path, "checkpoint")
-    tokenizer_path = require_file(tokenizer_path, "tokenizer")
+    identity = as_identity(tokenizer)
+    tokenizer_path = identity.path
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder; pass a folder path")
@@ -223,9 +225,9 @@ def export_hf(ckpt_path, tokenizer_path, out_dir) -> Path:
         if out.resolve() in p.resolve().parents:
             raise UserError(f"--out {out} contains the input {p}; choose another output folder")
 
-    model, meta = model_lib.load_model(ckpt_path, "cpu", tokenizer_path=tokenizer_path)
+    model, meta = model_lib.load_model(ckpt_path, "cpu", tokenizer=identity)
     cfg = model.cfg
-    tok = load_tokenizer(tokenizer_path)  # load_model has validated it
+    tok = identity.tokenizer
     special = _special_tokens(tok, cfg)
     if special["sep"] is None:
         raise UserError(f"tokenizer {tokenizer_path} has no {DOC_SEPARATOR} token; "

@@ -28,7 +28,7 @@ import torch
 
 from common import UserError, atomic_path, log, refuse_same_file, require_file, resolve_device
 from precision import log_choice, resolve_precision
-from tokenizer import load_tokenizer, special_ids
+from tokenizer import as_identity, special_ids
 from model import load_model
 
 FINISH_LENGTH = "length"                    # max_new_tokens reached
@@ -631,7 +631,7 @@ def _utf8_stdout():
     return sys.stdout
 
 
-def run_generate(*, tokenizer_path, ckpt_path, prompts: Sequence[str], max_new_tokens: int,
+def run_generate(*, tokenizer, ckpt_path, prompts: Sequence[str], max_new_tokens: int,
                  cfg: SamplingConfig, stop_strings: Sequence[str] = (), seed: Optional[int] = None,
                  num_samples: int = 1, stream: bool = False, batch_size: int = 1,
                  output=None, device: str = "auto", precision: str = "auto") -> list[Generation]:
@@ -648,10 +648,12 @@ def run_generate(*, tokenizer_path, ckpt_path, prompts: Sequence[str], max_new_t
     if output is not None:
         if Path(output).is_dir():
             raise UserError(f"--output {output} is a folder; pass a file name (.jsonl for JSON Lines)")
-        refuse_same_file([tokenizer_path, ckpt_path], output)
+    identity = as_identity(tokenizer)            # a TokenizerIdentity, or the path of tokenizer.json
+    if output is not None:
+        refuse_same_file([identity.path, ckpt_path], output)
     dev = resolve_device(device)
-    tokenizer = load_tokenizer(tokenizer_path)
-    model, _ = load_model(ckpt_path, dev, tokenizer_path)
+    tokenizer = identity.tokenizer
+    model, _ = load_model(ckpt_path, dev, identity)
     prec = resolve_precision(precision, dev, n_embd=model.cfg.n_embd, vocab_size=model.cfg.vocab_size,
                              rows=batch_size)
     log_choice(prec, "generation")

@@ -13,7 +13,7 @@ import sys
 
 from common import (DEVICES, EXIT_INTERRUPTED, UserError, log, parse_duration, refuse_same_file, require_file,
                     setup_logging)
-from tokenizer import DOC_SEPARATOR
+from tokenizer import DOC_SEPARATOR, load_identity  # the tokenizer is loaded and hashed once per command
 
 
 def emit_json(obj) -> None:
@@ -79,7 +79,7 @@ def cmd_train(args) -> int:
                 raise UserError(f"--{name.replace('_', '-')}: {e}")
     overrides["precision"] = _precision_arg(args)
     try:
-        summary = training.train(args.tokenizer, args.corpus, args.outdir, args.config, overrides,
+        summary = training.train(load_identity(args.tokenizer), args.corpus, args.outdir, args.config, overrides,
                                  separator=args.separator, resume=args.resume, force=args.force,
                                  quiet=args.quiet)
     except runs.Interrupted as e:
@@ -110,9 +110,10 @@ def cmd_generate(args) -> int:
     else:
         prompts = [args.prompt]
     generation.run_generate(
-        tokenizer_path=args.tokenizer, ckpt_path=args.ckpt, prompts=prompts, max_new_tokens=args.max_tokens,
-        cfg=cfg, stop_strings=args.stop or (), seed=args.seed, num_samples=args.num_samples,
-        stream=args.stream, batch_size=args.batch_size if args.batch_generate else 1,
+        tokenizer=load_identity(args.tokenizer), ckpt_path=args.ckpt, prompts=prompts,
+        max_new_tokens=args.max_tokens, cfg=cfg, stop_strings=args.stop or (), seed=args.seed,
+        num_samples=args.num_samples, stream=args.stream,
+        batch_size=args.batch_size if args.batch_generate else 1,
         output=args.output, device=args.device, precision=_precision_arg(args))
     return 0
 
@@ -123,7 +124,7 @@ def cmd_evaluate(args) -> int:
     for path, what in ((args.test_file, "test file"), (args.ckpt, "checkpoint"), (args.tokenizer, "tokenizer file")):
         require_file(path, what)  # fail fast, before torch is imported
     import evaluation  # torch is only imported by the stages that need it
-    result = evaluation.evaluate(args.ckpt, args.tokenizer, args.test_file, separator=args.separator,
+    result = evaluation.evaluate(args.ckpt, load_identity(args.tokenizer), args.test_file, separator=args.separator,
                                  stride=args.stride, batch_size=args.batch_size, device=args.device,
                                  precision=_precision_arg(args), per_document=args.per_document,
                                  quiet=args.quiet)
@@ -138,7 +139,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_export(args) -> int:
     import export
-    out = export.export_hf(args.ckpt, args.tokenizer, args.out)
+    out = export.export_hf(args.ckpt, load_identity(args.tokenizer), args.out)
     log.info(f"load it with transformers: AutoModelForCausalLM.from_pretrained({str(out)!r}) "
              f"and AutoTokenizer.from_pretrained({str(out)!r})")
     return 0
@@ -296,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", formatter_class=fmt, help="train a model (presets small/medium/large or custom)",
                        description="Train a model; re-running the same command on the same --outdir continues "
                                    "the run (exact resume). Exit codes: 0 done (epochs, --max-steps, --time-budget, "
-                                   "--max-time, early stopping), 1 diverged, 2 bad input, 3 --outdir locked by another run, "
+                                   "--max-time, early stopping), 1 diverged, 2 bad input, 3 --outdir locked by "
+                                   "another run, "
                                    "130 SIGINT / 143 SIGTERM (after saving ckpt_last.pt).")
     unset = argparse.SUPPRESS
     p.add_argument("--tokenizer", required=True, default=unset, help="tokenizer.json from init-tokenizer")

@@ -433,11 +433,6 @@ def _strip_prefixes(state_dict: dict) -> dict:
     return out
 
 
-def _tokenizer_hash_and_vocab(tokenizer_path) -> tuple[str, int]:
-    from tokenizer import load_tokenizer, tokenizer_hash
-    return tokenizer_hash(tokenizer_path), load_tokenizer(tokenizer_path).get_vocab_size()
-
-
 def read_checkpoint(path, problem: str, hint: str):
     """torch.load(path, weights_only=True): the one place checkpoints are read. Pickled code never
     runs; a truncated, corrupt or foreign file raises UserError("<problem>: <why>; <hint>")."""
@@ -454,12 +449,13 @@ def read_checkpoint(path, problem: str, hint: str):
         raise UserError(f"{problem}: it is truncated, corrupt or not a mini-llm checkpoint ({reason}); {hint}")
 
 
-def load_model(ckpt_path, device="cpu", tokenizer_path=None):
+def load_model(ckpt_path, device="cpu", tokenizer=None):
     """Load a training checkpoint -> (GPT in eval mode on `device`, the checkpoint's meta dict).
 
     Loads with weights_only=True (never runs pickled code). Missing, truncated, corrupt or
-    foreign files raise UserError. With tokenizer_path, the tokenizer's hash and vocabulary
-    size must match the ones the model was trained with.
+    foreign files raise UserError. With `tokenizer` (a tokenizer.TokenizerIdentity: anything
+    with .path, .sha256 and .vocab_size), its hash and vocabulary size must match the ones the
+    model was trained with.
     """
     path = require_file(ckpt_path, "checkpoint")
     hint = "pass a ckpt_best.pt or ckpt_last.pt written by `main.py train`"
@@ -473,8 +469,8 @@ def load_model(ckpt_path, device="cpu", tokenizer_path=None):
         raise UserError(f"checkpoint {path} has a bad model config: {e}")
     meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
 
-    if tokenizer_path is not None:
-        tok_hash, tok_vocab = _tokenizer_hash_and_vocab(tokenizer_path)
+    if tokenizer is not None:
+        tokenizer_path, tok_hash, tok_vocab = tokenizer.path, tokenizer.sha256, tokenizer.vocab_size
         want_hash = meta.get("tokenizer_hash")
         if want_hash and want_hash != tok_hash:
             raise UserError(f"tokenizer {tokenizer_path} is not the one checkpoint {path} was trained with "

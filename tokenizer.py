@@ -198,6 +198,12 @@ class TokenizerIdentity:
     special: dict            # special_ids: {'sep': 0, 'eos': ..., 'pad': ...}
 
 
+def as_identity(tokenizer: "str | os.PathLike | TokenizerIdentity") -> TokenizerIdentity:
+    """`tokenizer` itself when it is already a TokenizerIdentity, else load_identity(tokenizer):
+    the CLI makes the identity once per command and every stage takes it (or a path)."""
+    return tokenizer if isinstance(tokenizer, TokenizerIdentity) else load_identity(tokenizer)
+
+
 def load_identity(path: str | os.PathLike) -> TokenizerIdentity:
     """Load the tokenizer.json at `path` and hash it; UserError (one line) as load_tokenizer."""
     tok = load_tokenizer(path)

@@ -149,11 +149,12 @@ def load_resume_checkpoint(path: Path, mcfg: ModelConfig, tokenizer_hash: str, c
 class Trainer:
     """One training run on one run folder. `train()` below is the entry point."""
 
-    def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig, *, tokenizer, tokenizer_path: Path,
+    def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig, *, identity: tokenizer_lib.TokenizerIdentity,
                  corpus_path: Path, preset: str, folder: RunFolder, separator: Optional[str],
                  quiet: bool, stop: StopSignals, on_step: Optional[Callable[["Trainer"], None]] = None):
         self.mcfg, self.cfg, self.preset = mcfg, tcfg, preset
-        self.tokenizer, self.tokenizer_path, self.corpus_path = tokenizer, tokenizer_path, corpus_path
+        self.identity, self.corpus_path = identity, corpus_path
+        self.tokenizer, self.tokenizer_path = identity.tokenizer, identity.path
         self.folder, self.separator, self.quiet, self.stop, self.on_step = folder, separator, quiet, stop, on_step
         self.t_start = time.monotonic()
         # progress state (all of it goes into the checkpoint)
@@ -211,7 +212,7 @@ class Trainer:
 
     def _setup_data(self) -> None:
         cfg, m = self.cfg, self.mcfg
-        store = dataset.load_or_build_token_store(self.corpus_path, self.tokenizer_path, self.folder.cache,
+        store = dataset.load_or_build_token_store(self.corpus_path, self.identity, self.folder.cache,
                                                   separator=self.separator, quiet=self.quiet)
         if store.vocab_size != m.vocab_size or store.sep_id != m.sep_token_id:
             raise UserError(f"token store {store.path} does not match the tokenizer (vocab {store.vocab_size} "
@@ -725,24 +726,24 @@ def _pow2_floor(n: int) -> int:
 
 # =========================================================================== entry point
 
-def train(tokenizer_path: str | os.PathLike, corpus_path: str | os.PathLike, outdir: str | os.PathLike,
+def train(tokenizer, corpus_path: str | os.PathLike, outdir: str | os.PathLike,
           preset: str = "small", overrides: Optional[dict] = None, *, separator: Optional[str] = None,
           resume: bool = False, force: bool = False, quiet: bool = False,
           on_step: Optional[Callable[[Trainer], None]] = None) -> dict:
     """Train (or continue training) a model in `outdir`; return the summary dict.
 
+    `tokenizer`: a tokenizer.TokenizerIdentity (made once by the CLI) or a tokenizer.json path.
     `overrides`: field -> value (None = not given) over the preset; see make_configs.
     Continues from outdir/ckpt_last.pt when it exists (`resume=True` requires it).
     `on_step(trainer)` runs after every optimizer step (tests, instrumentation).
     Raises UserError for bad input (code 2), a locked outdir (3) or a diverged run (1), and
     Interrupted for a signal received before the training loop.
     """
-    tokenizer_path = require_file(tokenizer_path, "tokenizer file")
+    identity = tokenizer_lib.as_identity(tokenizer)
     corpus_path = require_file(corpus_path, "corpus file")
-    tokenizer = tokenizer_lib.load_tokenizer(tokenizer_path)
-    sep_id = tokenizer_lib.special_ids(tokenizer, tokenizer_path)["sep"]
     try:
-        mcfg, tcfg = make_configs(preset, overrides, vocab_size=tokenizer.get_vocab_size(), sep_token_id=sep_id)
+        mcfg, tcfg = make_configs(preset, overrides, vocab_size=identity.vocab_size,
+                                  sep_token_id=identity.special["sep"])
     except ValueError as e:
         raise UserError(str(e))
     resolve_device(tcfg.device)                     # fail before touching the outdir
@@ -757,15 +758,14 @@ def train(tokenizer_path: str | os.PathLike, corpus_path: str | os.PathLike, out
         try:
             folder.remove_stale_temp_files()
             log.debug(f"train: {' '.join(sys.argv)}")
-            trainer = Trainer(mcfg, tcfg, tokenizer=tokenizer, tokenizer_path=tokenizer_path,
-                              corpus_path=corpus_path, preset=preset, folder=folder, separator=separator,
-                              quiet=quiet, stop=stop, on_step=on_step)
+            trainer = Trainer(mcfg, tcfg, identity=identity, corpus_path=corpus_path, preset=preset, folder=folder,
+                              separator=separator, quiet=quiet, stop=stop, on_step=on_step)
             ckpt = None
             if folder.ckpt_last.exists():
                 if not resume:
                     log.info(f"found {folder.ckpt_last}: continuing that run (use another --outdir to start over)")
-                ckpt = load_resume_checkpoint(folder.ckpt_last, mcfg, tokenizer_lib.tokenizer_hash(tokenizer_path),
-                                              file_sha256(corpus_path), force)
+                ckpt = load_resume_checkpoint(folder.ckpt_last, mcfg, identity.sha256, file_sha256(corpus_path),
+                                              force)
             elif resume:
                 raise UserError(f"--resume: nothing to resume, {folder.ckpt_last} does not exist; "
                                 f"drop --resume to start a new run")

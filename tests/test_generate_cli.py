@@ -14,6 +14,7 @@ import generation as G
 from common import file_sha256
 from conftest import ROOT, assert_user_error
 from model import load_model
+from tokenizer import load_identity
 from test_generation import load_tok, tokenizer_json, trained_state
 
 
@@ -44,7 +45,7 @@ def run(files, *args, **kw):
 
 def expected(files, prompts, **kw):
     _, tok_path, ckpt = files
-    model, _ = load_model(ckpt, "cpu", tok_path)
+    model, _ = load_model(ckpt, "cpu", load_identity(tok_path))
     return G.generate_texts(model, load_tok(), prompts, **kw)
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import model as M
 from common import UserError, file_sha256
+from tokenizer import load_identity
 
 SEP = 0
 
@@ -434,12 +435,12 @@ def test_load_model_checks_the_tokenizer(tmp_path):
     m = tiny_model(vocab_size=vocab)
     good = tmp_path / "good.pt"
     _save_ckpt(good, m, tokenizer_hash=file_sha256(tok_path))
-    M.load_model(good, tokenizer_path=tok_path)
+    M.load_model(good, tokenizer=load_identity(tok_path))
     other = tmp_path / "other.pt"
     _save_ckpt(other, m, tokenizer_hash="0" * 64)
     with pytest.raises(UserError, match="not the one"):
-        M.load_model(other, tokenizer_path=tok_path)
+        M.load_model(other, tokenizer=load_identity(tok_path))
     small = tmp_path / "small.pt"
     _save_ckpt(small, tiny_model(vocab_size=vocab - 1), tokenizer_hash=file_sha256(tok_path))
     with pytest.raises(UserError, match="tokens"):
-        M.load_model(small, tokenizer_path=tok_path)
+        M.load_model(small, tokenizer=load_identity(tok_path))

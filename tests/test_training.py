@@ -193,7 +193,7 @@ def test_checkpoint_format_loads_with_weights_only(data, tmp_path):
     assert ckpt["meta"]["vocab_size"] == 512
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
     assert isinstance(ckpt["rng"]["torch"], torch.Tensor) and isinstance(ckpt["rng"]["numpy"][1], list)
-    loaded, meta = M.load_model(out / "ckpt_best.pt", tokenizer_path=data["tok"])
+    loaded, meta = M.load_model(out / "ckpt_best.pt", tokenizer=tokenizer.load_identity(data["tok"]))
     assert meta["step"] == s["best_step"] and loaded.num_parameters() == s["params"]
     hist = json.loads((out / "history.json").read_text())
     assert [tuple(h) for h in hist] == [T.HISTORY_KEYS] * len(hist) and [h["step"] for h in hist] == [3, 6]
