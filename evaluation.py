@@ -301,7 +301,7 @@ def evaluate(ckpt_path, tokenizer, test_file, *, separator=DOC_SEPARATOR, stride
     <checkpoint folder>/cache, shared with training), and evaluate. UserError on bad input.
     `tokenizer`: a TokenizerIdentity or the path of the training tokenizer.json."""
     import dataset
-    from model import load_model
+    from checkpoint import load_model
     from tokenizer import as_identity
 
     test_file = require_file(test_file, "test file")

@@ -209,7 +209,7 @@ def export_hf(ckpt_path, tokenizer, out_dir) -> Path:
     """
     from safetensors.torch import save_file
 
-    import model as model_lib
+    from checkpoint import load_model
     from tokenizer import as_identity
 
     ckpt_path = require_file(ckpt_path, "checkpoint")
@@ -225,7 +225,7 @@ def export_hf(ckpt_path, tokenizer, out_dir) -> Path:
         if out.resolve() in p.resolve().parents:
             raise UserError(f"--out {out} contains the input {p}; choose another output folder")
 
-    model, meta = model_lib.load_model(ckpt_path, "cpu", tokenizer=identity)
+    model, meta = load_model(ckpt_path, "cpu", tokenizer=identity)
     cfg = model.cfg
     tok = identity.tokenizer
     special = _special_tokens(tok, cfg)

@@ -29,7 +29,7 @@ import torch
 from common import UserError, atomic_path, log, refuse_same_file, require_file, resolve_device
 from precision import log_choice, resolve_precision
 from tokenizer import as_identity, special_ids
-from model import load_model
+from checkpoint import load_model
 
 FINISH_LENGTH = "length"                    # max_new_tokens reached
 FINISH_STOP = "stop"                        # a stop string appeared; the text ends before it

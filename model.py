@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pickle
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from common import UserError, log, require_file
+from common import log
 
 
 # =========================================================================== config
@@ -420,76 +418,3 @@ class GPT(nn.Module):
 
 
 # =========================================================================== loading
-
-def _strip_prefixes(state_dict: dict) -> dict:
-    """Remove `_orig_mod.` (torch.compile) and `module.` (DDP) prefixes, defensively."""
-    out = {}
-    for k, v in state_dict.items():
-        for prefix in ("_orig_mod.", "module."):
-            while k.startswith(prefix):
-                k = k[len(prefix):]
-        k = k.replace("._orig_mod.", ".")
-        out[k] = v
-    return out
-
-
-def read_checkpoint(path, problem: str, hint: str):
-    """torch.load(path, weights_only=True): the one place checkpoints are read. Pickled code never
-    runs; a truncated, corrupt or foreign file raises UserError("<problem>: <why>; <hint>")."""
-    try:
-        with warnings.catch_warnings():  # torch warns about foreign pickle protocols; we report below
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle with forbidden globals, not a torch file, ...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if isinstance(e, pickle.UnpicklingError) or "weights_only" in reason:
-            reason = "not a plain-tensor checkpoint; it was not loaded, so no code in it ran"
-        elif len(reason) > 160:
-            reason = reason[:157] + "..."
-        raise UserError(f"{problem}: it is truncated, corrupt or not a mini-llm checkpoint ({reason}); {hint}")
-
-
-def load_model(ckpt_path, device="cpu", tokenizer=None):
-    """Load a training checkpoint -> (GPT in eval mode on `device`, the checkpoint's meta dict).
-
-    Loads with weights_only=True (never runs pickled code). Missing, truncated, corrupt or
-    foreign files raise UserError. With `tokenizer` (a tokenizer.TokenizerIdentity: anything
-    with .path, .sha256 and .vocab_size), its hash and vocabulary size must match the ones the
-    model was trained with.
-    """
-    path = require_file(ckpt_path, "checkpoint")
-    hint = "pass a ckpt_best.pt or ckpt_last.pt written by `main.py train`"
-    ckpt = read_checkpoint(path, f"checkpoint {path} cannot be loaded", hint)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
-            or not isinstance(ckpt.get("model_config"), dict):
-        raise UserError(f"{path} is not a mini-llm checkpoint (no 'model' / 'model_config' entries); {hint}")
-    try:
-        cfg = ModelConfig.from_dict(ckpt["model_config"])
-    except (TypeError, ValueError) as e:
-        raise UserError(f"checkpoint {path} has a bad model config: {e}")
-    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
-
-    if tokenizer is not None:
-        tokenizer_path, tok_hash, tok_vocab = tokenizer.path, tokenizer.sha256, tokenizer.vocab_size
-        want_hash = meta.get("tokenizer_hash")
-        if want_hash and want_hash != tok_hash:
-            raise UserError(f"tokenizer {tokenizer_path} is not the one checkpoint {path} was trained with "
-                            f"(hash {tok_hash[:12]} != {str(want_hash)[:12]}); pass the training tokenizer.json")
-        want_vocab = meta.get("vocab_size", cfg.vocab_size)
-        if tok_vocab != want_vocab or tok_vocab > cfg.vocab_size:
-            raise UserError(f"tokenizer {tokenizer_path} has {tok_vocab} tokens but checkpoint {path} expects "
-                            f"{want_vocab}; pass the training tokenizer.json")
-
-    state = _strip_prefixes(ckpt["model"])
-    if "lm_head.weight" not in state and "tok_emb.weight" in state:
-        state["lm_head.weight"] = state["tok_emb.weight"]  # tied; some writers drop the duplicate
-    model = GPT(cfg)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise UserError(f"checkpoint {path} weights do not fit its model config "
-                        f"({' '.join(first[:2])[:200]}); {hint}")
-    model.to(device)
-    model.eval()
-    return model, dict(meta)

@@ -47,12 +47,11 @@ import tokenizer as tokenizer_lib   # `tokenizer` is a local name in train()
 from common import (Progress, UserError, add_log_file, file_sha256, format_seconds, log, perplexity,
                     require_file, resolve_device, stderr_is_terminal)
 from config import TrainConfig, lr_at, make_configs, resolve_schedule
-from model import GPT, ModelConfig, read_checkpoint
+from checkpoint import TrainState, empty_window, load_resume_checkpoint, run_checkpoint, set_rng_state
+from model import GPT, ModelConfig
 from precision import Precision, log_choice, resolve_precision
 from runs import RunFolder, RunLock, StopSignals, versions
 
-SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "rope_base",
-                "norm_eps", "sep_token_id")   # must match on resume (dropout may change)
 
 HISTORY_KEYS = ("step", "epoch", "tokens_seen", "train_loss", "val_loss", "val_perplexity", "lr",
                 "grad_norm", "tokens_per_second", "elapsed_seconds", "sample")
@@ -66,33 +65,6 @@ BUDGET_RESERVE_S = 1.5                # seconds kept for the end: plot, last sav
 PROBE_STEPS = 3                       # optimizer steps timed by the probe (the first is untimed)
 MAX_NONFINITE_STEPS = 3               # non-finite losses in a row before the run stops
 EXIT_DIVERGED = 1
-CHECKPOINT_VERSION = 1
-
-
-# =========================================================================== RNG state (weights_only-safe)
-
-def rng_state() -> dict:
-    """Every RNG state as tensors / lists / ints (loadable with weights_only=True)."""
-    py = random.getstate()
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"python": [py[0], list(py[1]), py[2]],
-             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        cuda_states = list(state["cuda"])
-        if len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
 
 
 def seed_everything(seed: int) -> None:
@@ -116,34 +88,6 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
-# =========================================================================== resume checks
-
-def load_resume_checkpoint(path: Path, mcfg: ModelConfig, tokenizer_hash: str, corpus_hash: str,
-                           force: bool) -> dict:
-    """Load ckpt_last.pt for resuming (weights_only) before any heavy setup; refuse another model
-    shape, and another tokenizer or corpus (sha256) unless `force`."""
-    ckpt = read_checkpoint(path, f"cannot resume from {path}",
-                           "delete it to start over, or use another --outdir")
-    needed = ("model", "model_config", "meta", "optimizer", "step", "data_position", "rng")
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
-        raise UserError(f"cannot resume from {path}: not a full training checkpoint; use another --outdir")
-    old, new = ckpt["model_config"], mcfg.to_dict()
-    diff = [f"{k} {old.get(k)} -> {new[k]}" for k in SHAPE_FIELDS if old.get(k) != new[k]]
-    if diff:
-        raise UserError(f"cannot resume {path}: the model shape differs from the checkpoint's "
-                        f"({', '.join(diff)}); use the same --config and shape flags, or another --outdir")
-    meta = ckpt["meta"]
-    changed = [what for what, want, have in (("tokenizer", meta.get("tokenizer_hash"), tokenizer_hash),
-                                             ("corpus", meta.get("corpus_hash"), corpus_hash)) if want != have]
-    if changed and not force:
-        raise UserError(f"cannot resume {path}: the {' and '.join(changed)} differ from the ones this run "
-                        f"was trained with (sha256 mismatch); pass the original files, use another "
-                        f"--outdir, or add --force to continue anyway")
-    if changed:
-        log.warning(f"warning: --force: resuming with another {' and '.join(changed)}")
-    return ckpt
-
-
 # =========================================================================== trainer
 
 class Trainer:
@@ -157,31 +101,14 @@ class Trainer:
         self.tokenizer, self.tokenizer_path = identity.tokenizer, identity.path
         self.folder, self.separator, self.quiet, self.stop, self.on_step = folder, separator, quiet, stop, on_step
         self.t_start = time.monotonic()
-        # progress state (all of it goes into the checkpoint)
-        self.step = 0                  # optimizer steps done
-        self.epoch = 0                 # epoch in progress
-        self.batch_in_epoch = 0        # next micro-batch of that epoch
-        self.tokens_seen = 0           # target tokens trained on
-        self.elapsed_before = 0.0      # training seconds of earlier invocations
-        self.best_val = float("inf")
-        self.best_step = -1
-        self.patience_counter = 0
-        self.nonfinite_streak = 0
-        self.history: list[dict] = []
-        self.window = self._empty_window()   # train statistics since the last evaluation
-        self.last_eval_step = -1
+        self.state = TrainState(seed=tcfg.seed, batch_size=tcfg.batch_size)   # all the progress: checkpointed
         self.last_saved_step = -1
         self.last_norm = float("nan")
         # --time-budget (see plan_time_budget)
-        self.budget_fixed = False      # total_steps fixed for good (saved in the checkpoint)
         self.budget_costs: dict = {}   # probe: seconds per step and per evaluation
         self.budget_estimate = 0       # steps the budget holds, as estimated by the probe
         self.restored_warmup: Optional[int] = None   # warmup of the run being resumed
         self.step_seconds: list[float] = []   # wall time of each step (evaluations excluded)
-
-    @staticmethod
-    def _empty_window() -> dict:
-        return {"loss_sum": 0.0, "loss_n": 0, "norm_sum": 0.0, "norm_n": 0, "tokens": 0, "seconds": 0.0}
 
     # ----------------------------------------------------------------------- setup
 
@@ -238,6 +165,7 @@ class Trainer:
             log.warning("warning: no validation set (--val-fraction 0): no validation loss, no early "
                         "stopping; ckpt_best.pt is the latest evaluated checkpoint")
         self.train_ds = dataset.WindowDataset(store, train_w, m.block_size)
+        self.state.n_windows = len(self.train_ds)
         self.val_ds = dataset.WindowDataset(store, val_w, m.block_size)
         self.n_batches = dataset.ResumableSampler(len(self.train_ds), cfg.batch_size, cfg.seed).num_batches()
         self.steps_per_epoch = -(-self.n_batches // cfg.accumulation_steps)
@@ -284,34 +212,16 @@ class Trainer:
     # ----------------------------------------------------------------------- checkpoints
 
     def checkpoint_state(self) -> dict:
-        """The checkpoint dict (INTERFACES.md): tensors and primitives only."""
-        return {
-            "version": CHECKPOINT_VERSION,
-            "model": self.model.state_dict(),       # the uncompiled module: no _orig_mod. prefixes
-            "model_config": self.mcfg.to_dict(),
-            "meta": {"tokenizer_hash": self.store.tokenizer_hash, "vocab_size": self.mcfg.vocab_size,
-                     "corpus_hash": self.store.corpus_hash, "step": self.step},
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "step": self.step,
-            "epoch": self.epoch,
-            "data_position": {"epoch": self.epoch, "batch": self.batch_in_epoch,
-                              "n_windows": len(self.train_ds), "batch_size": self.cfg.batch_size,
-                              "seed": self.cfg.seed, "world_size": 1},
-            "rng": rng_state(),
-            "best_val": self.best_val,
-            "best_step": self.best_step,
-            "patience_counter": self.patience_counter,
-            "train_config": self.cfg.to_dict(),
-            "history": self.history,
-            "progress": {"tokens_seen": self.tokens_seen, "elapsed_seconds": self.elapsed(),
-                         "nonfinite_streak": self.nonfinite_streak, "window": dict(self.window),
-                         "last_eval_step": self.last_eval_step, "budget_fixed": self.budget_fixed},
-        }
+        """The checkpoint dict (checkpoint.run_checkpoint): tensors and primitives only."""
+        meta = {"tokenizer_hash": self.store.tokenizer_hash, "vocab_size": self.mcfg.vocab_size,
+                "corpus_hash": self.store.corpus_hash, "step": self.state.step}
+        state = dataclasses.replace(self.state, elapsed_seconds=self.elapsed())
+        return run_checkpoint(self.model, self.optimizer, self.scaler, state,  # the uncompiled module
+                              train_config=self.cfg.to_dict(), meta=meta)
 
     def save_last(self) -> None:
         self.folder.save_checkpoint(self.folder.ckpt_last, self.checkpoint_state())
-        self.last_saved_step = self.step
+        self.last_saved_step = self.state.step
 
     def restore(self, ckpt: dict, path: Path) -> None:
         """Continue from a checkpoint dict (already checked by load_resume_checkpoint)."""
@@ -323,42 +233,31 @@ class Trainer:
                 group["weight_decay"] = self.cfg.weight_decay
         if self.scaler.is_enabled() and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.step = int(ckpt["step"])
-        pos = ckpt["data_position"]
-        self.epoch, self.batch_in_epoch = int(pos["epoch"]), int(pos["batch"])
-        if (pos.get("n_windows") != len(self.train_ds) or pos.get("batch_size") != self.cfg.batch_size
-                or pos.get("seed") != self.cfg.seed):
+        st = self.state = TrainState.from_checkpoint(ckpt)
+        if (st.n_windows, st.batch_size, st.seed) != (len(self.train_ds), self.cfg.batch_size, self.cfg.seed):
             log.warning(f"warning: the training windows, batch size or seed changed since the checkpoint: "
-                        f"restarting epoch {self.epoch + 1} from its first batch")
-            self.batch_in_epoch = 0
-        self.best_val = float(ckpt.get("best_val", float("inf")))
-        self.best_step = int(ckpt.get("best_step", -1))
-        self.patience_counter = int(ckpt.get("patience_counter", 0))
-        self.history = list(ckpt.get("history", []))
-        prog = ckpt.get("progress", {})
-        self.tokens_seen = int(prog.get("tokens_seen", 0))
-        self.elapsed_before = float(prog.get("elapsed_seconds", 0.0))
-        self.nonfinite_streak = int(prog.get("nonfinite_streak", 0))
-        self.window = {**self._empty_window(), **prog.get("window", {})}
-        self.last_eval_step = int(prog.get("last_eval_step", -1))
+                        f"restarting epoch {st.epoch + 1} from its first batch")
+            st.batch_in_epoch = 0
+            st.n_windows, st.batch_size, st.seed = len(self.train_ds), self.cfg.batch_size, self.cfg.seed
         old_cfg = ckpt.get("train_config", {})
+        st.budget_fixed = st.budget_fixed and self.cfg.time_budget is not None
         if self.cfg.time_budget is not None and old_cfg.get("time_budget") is not None:
             # a budgeted run keeps its warmup, and once fixed its length and decay
             self.restored_warmup = int(old_cfg["warmup_steps"])
             self.cfg = dataclasses.replace(self.cfg, warmup_steps=self.restored_warmup)
-            self.budget_fixed = bool(prog.get("budget_fixed", False))
-            if self.budget_fixed:
+            if st.budget_fixed:
                 self.cfg = dataclasses.replace(self.cfg, total_steps=int(old_cfg["total_steps"]),
                                                decay_start=old_cfg.get("decay_start"))
-        self.last_saved_step = self.step
+        self.last_saved_step = self.state.step
         old_total = old_cfg.get("total_steps")
         if old_total not in (None, self.cfg.total_steps) and self.cfg.time_budget is None:
             log.info(f"note: the learning-rate schedule now ends at step {self.cfg.total_steps:,} "
                      f"(it ended at {old_total:,})")
-        set_rng_state(ckpt["rng"])
-        log.info(f"resumed from {path} at step {self.step:,} (epoch {self.epoch + 1}, batch "
-                 f"{self.batch_in_epoch}); best validation loss {self.best_val:.4f} at step {self.best_step}")
-        self.folder.write_history(self.history)
+        set_rng_state(st.rng)
+        log.info(f"resumed from {path} at step {self.state.step:,} (epoch {self.state.epoch + 1}, batch "
+                 f"{self.state.batch_in_epoch}); best validation loss {self.state.best_val:.4f} at step "
+                 f"{self.state.best_step}")
+        self.folder.write_history(self.state.history)
 
     # ----------------------------------------------------------------------- evaluation
 
@@ -396,44 +295,44 @@ class Trainer:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             val = self.validation_loss()
             sample = self.greedy_sample()
-        w = self.window
+        w = self.state.window
         entry = {
-            "step": self.step,
-            "epoch": round(self.epoch + self.batch_in_epoch / self.n_batches, 4),
-            "tokens_seen": self.tokens_seen,
+            "step": self.state.step,
+            "epoch": round(self.state.epoch + self.state.batch_in_epoch / self.n_batches, 4),
+            "tokens_seen": self.state.tokens_seen,
             "train_loss": _finite(w["loss_sum"] / w["loss_n"]) if w["loss_n"] else None,
             "val_loss": _finite(val),
             "val_perplexity": perplexity(val),
-            "lr": lr_at(max(0, self.step - 1), self.cfg),
+            "lr": lr_at(max(0, self.state.step - 1), self.cfg),
             "grad_norm": _finite(w["norm_sum"] / w["norm_n"]) if w["norm_n"] else None,
             "tokens_per_second": w["tokens"] / w["seconds"] if w["seconds"] > 0 else None,
             "elapsed_seconds": round(self.elapsed(), 3),
             "sample": sample,
         }
         assert tuple(entry) == HISTORY_KEYS
-        self.history.append(entry)
-        self.window = self._empty_window()
-        self.last_eval_step = self.step
+        self.state.history.append(entry)
+        self.state.window = empty_window()
+        self.state.last_eval_step = self.state.step
         if val is None:                            # no validation set: the latest is the best
             improved = True
         else:
-            improved = val < self.best_val         # NaN never improves
+            improved = val < self.state.best_val         # NaN never improves
         if improved:
             if val is not None:
-                self.best_val = val
-            self.best_step = self.step
-            self.patience_counter = 0
+                self.state.best_val = val
+            self.state.best_step = self.state.step
+            self.state.patience_counter = 0
             self.folder.save_checkpoint(self.folder.ckpt_best, self.checkpoint_state())
         else:
-            self.patience_counter += 1
+            self.state.patience_counter += 1
         self.save_last()
-        self.folder.write_history(self.history)
+        self.folder.write_history(self.state.history)
         ppl = entry["val_perplexity"]
         val_txt = "n/a" if val is None else f"{val:.4f} (perplexity {ppl:.2f})" if ppl else f"{val:.4f}"
         note = " (best)" if improved and val is not None else \
-            f" (no improvement {self.patience_counter}/{self.cfg.patience or 'inf'})" if not improved else ""
+            f" (no improvement {self.state.patience_counter}/{self.cfg.patience or 'inf'})" if not improved else ""
         train_txt = f"{entry['train_loss']:.4f}" if entry["train_loss"] is not None else "n/a"
-        log.info(f"eval step {self.step:,} epoch {entry['epoch']:.2f}: train loss {train_txt}, "
+        log.info(f"eval step {self.state.step:,} epoch {entry['epoch']:.2f}: train loss {train_txt}, "
                  f"val loss {val_txt}{note} [{time.monotonic() - t0:.1f}s]")
         log.info(f"  sample: {sample!r}")
 
@@ -460,7 +359,7 @@ class Trainer:
         costs = f"probe: {c['step']:.3f}s per step, {c['eval']:.2f}s per evaluation and save"
         if estimate >= cap:
             self.cfg = resolve_schedule(self.requested_cfg, self.steps_per_epoch)
-            self.budget_fixed = True
+            self.state.budget_fixed = True
             log.info(f"time budget {budget}: {costs}; it holds ~{estimate:,} steps, more than the "
                      f"{cap:,} of --epochs/--max-steps: cosine schedule of {cap:,} steps")
             return
@@ -477,7 +376,7 @@ class Trainer:
         --epochs/--max-steps cap is that close."""
         left = self.cfg.time_budget - self.elapsed() - self.budget_costs["eval"] - BUDGET_RESERVE_S
         return (left <= BUDGET_DECAY_FRACTION * self.cfg.time_budget
-                or self.step >= (1 - BUDGET_DECAY_FRACTION) * self.cfg.total_steps)
+                or self.state.step >= (1 - BUDGET_DECAY_FRACTION) * self.cfg.total_steps)
 
     def fix_time_budget(self) -> None:
         """Fix total_steps from the recent step time, and start the decay at this step."""
@@ -485,11 +384,11 @@ class Trainer:
         step_s = sum(recent) / len(recent) if recent else self.budget_costs["step"]
         cap = self.cfg.total_steps
         total = min(cap, self._budget_steps(step_s, self.cfg.time_budget - self.elapsed()))
-        self.cfg = dataclasses.replace(self.cfg, total_steps=total, decay_start=self.step)
-        self.budget_fixed = True
+        self.cfg = dataclasses.replace(self.cfg, total_steps=total, decay_start=self.state.step)
+        self.state.budget_fixed = True
         capped = " (capped by --epochs/--max-steps)" if total == cap else ""
         log.info(f"time budget: {step_s:.3f}s per step over the last {len(recent)} steps; schedule fixed at "
-                 f"{total:,} steps{capped}: lr decays from step {self.step:,} to {self.cfg.min_lr:g}")
+                 f"{total:,} steps{capped}: lr decays from step {self.state.step:,} to {self.cfg.min_lr:g}")
         self.folder.write_config(self.run_config())
 
     def _budget_steps(self, step_seconds: float, seconds_left: float) -> int:
@@ -498,11 +397,11 @@ class Trainer:
         cfg, eval_s = self.cfg, self.budget_costs["eval"]
         per_step = step_seconds + eval_s * (1 / cfg.eval_every + 1 / self.steps_per_epoch)
         left = seconds_left - eval_s - BUDGET_RESERVE_S
-        return self.step + max(1, int(BUDGET_SAFETY * left / max(per_step, 1e-9)))
+        return self.state.step + max(1, int(BUDGET_SAFETY * left / max(per_step, 1e-9)))
 
     def planned_steps(self) -> int:
         """The run's length as known now (an estimate until a time budget is fixed)."""
-        return self.budget_estimate if self.cfg.time_budget and not self.budget_fixed else self.cfg.total_steps
+        return self.budget_estimate if self.cfg.time_budget and not self.state.budget_fixed else self.cfg.total_steps
 
     def _probe_costs(self) -> dict:
         """Seconds per optimizer step and per evaluation (validation, sample, two checkpoint
@@ -534,7 +433,7 @@ class Trainer:
     # ----------------------------------------------------------------------- training
 
     def elapsed(self) -> float:
-        return self.elapsed_before + (time.monotonic() - self.t_start)
+        return self.state.elapsed_seconds + (time.monotonic() - self.t_start)
 
     def _epoch_batches(self, epoch: int, start_batch: int):
         sampler = dataset.ResumableSampler(len(self.train_ds), self.cfg.batch_size, self.cfg.seed,
@@ -551,74 +450,74 @@ class Trainer:
     def train_step(self, micro_batches: list) -> Optional[float]:
         """One optimizer step at the scheduled lr; the mean loss, or None if it was skipped."""
         loss, norm = optimizer_step(self.model, self.train_model, self.optimizer, self.scaler, micro_batches,
-                                    lr=lr_at(self.step, self.cfg), grad_clip=self.cfg.grad_clip,
+                                    lr=lr_at(self.state.step, self.cfg), grad_clip=self.cfg.grad_clip,
                                     device=self.device, autocast=self.autocast)
         self.last_norm = norm
         return loss
 
     def _stop_before_step(self) -> Optional[str]:
         cfg = self.cfg
-        if cfg.patience and self.patience_counter >= cfg.patience:
+        if cfg.patience and self.state.patience_counter >= cfg.patience:
             return "early_stopping"
-        if self.step >= cfg.total_steps or self.epoch >= cfg.epochs:
-            if cfg.max_steps is not None and self.step >= cfg.max_steps:
+        if self.state.step >= cfg.total_steps or self.state.epoch >= cfg.epochs:
+            if cfg.max_steps is not None and self.state.step >= cfg.max_steps:
                 return "max_steps"
-            budget_bound = cfg.time_budget is not None and self.step < cfg.epochs * self.steps_per_epoch
+            budget_bound = cfg.time_budget is not None and self.state.step < cfg.epochs * self.steps_per_epoch
             return "time_budget" if budget_bound else "completed"
         return None
 
     def fit(self) -> str:
         cfg = self.cfg
-        start_step, t_loop = self.step, time.monotonic()
+        start_step, t_loop = self.state.step, time.monotonic()
         batches = None
         reason = self._stop_before_step()
         if reason:
-            log.info(f"nothing to train: the run already stopped ({reason}) at step {self.step:,}; "
+            log.info(f"nothing to train: the run already stopped ({reason}) at step {self.state.step:,}; "
                      f"use another --outdir to start over")
         terminal = stderr_is_terminal()
         self.stop.armed = True
-        with Progress("training", total=max(0, self.planned_steps() - self.step), unit="step", quiet=self.quiet,
+        with Progress("training", total=max(0, self.planned_steps() - self.state.step), unit="step", quiet=self.quiet,
                       log_every_s=float("inf")) as progress:
             while reason is None:
                 t_step = time.monotonic()
                 if batches is None:
-                    batches = self._epoch_batches(self.epoch, self.batch_in_epoch)
-                n_micro = min(cfg.accumulation_steps, self.n_batches - self.batch_in_epoch)
+                    batches = self._epoch_batches(self.state.epoch, self.state.batch_in_epoch)
+                n_micro = min(cfg.accumulation_steps, self.n_batches - self.state.batch_in_epoch)
                 group = [next(batches) for _ in range(n_micro)]
                 tokens = sum(int((y != -1).sum()) for _, y in group)
                 t0 = time.monotonic()
                 loss = self.train_step(group)
                 seconds = time.monotonic() - t0
-                self.step += 1
-                self.batch_in_epoch += n_micro
-                self.tokens_seen += tokens
-                w = self.window
+                self.state.step += 1
+                self.state.batch_in_epoch += n_micro
+                self.state.tokens_seen += tokens
+                w = self.state.window
                 w["tokens"] += tokens
                 w["seconds"] += seconds
                 if loss is None:
-                    self.nonfinite_streak += 1
-                    log.warning(f"warning: step {self.step:,}: non-finite loss or gradients; step skipped, "
-                                f"no update ({self.nonfinite_streak}/{MAX_NONFINITE_STEPS} in a row)")
+                    self.state.nonfinite_streak += 1
+                    log.warning(f"warning: step {self.state.step:,}: non-finite loss or gradients; step skipped, "
+                                f"no update ({self.state.nonfinite_streak}/{MAX_NONFINITE_STEPS} in a row)")
                 else:
-                    self.nonfinite_streak = 0
+                    self.state.nonfinite_streak = 0
                     w["loss_sum"] += loss
                     w["loss_n"] += 1
                     if math.isfinite(self.last_norm):
                         w["norm_sum"] += self.last_norm
                         w["norm_n"] += 1
                 self._report(progress, loss, tokens, seconds, t_loop, start_step, terminal)
-                if self.cfg.time_budget is not None and not self.budget_fixed:
+                if self.cfg.time_budget is not None and not self.state.budget_fixed:
                     self.step_seconds.append(time.monotonic() - t_step)
                     if self.budget_decay_due():
                         self.fix_time_budget()
                         progress.set_total(self.cfg.total_steps - start_step)
-                end_of_epoch = self.batch_in_epoch >= self.n_batches
+                end_of_epoch = self.state.batch_in_epoch >= self.n_batches
                 if end_of_epoch:
-                    self.epoch, self.batch_in_epoch, batches = self.epoch + 1, 0, None
-                if self.nonfinite_streak >= MAX_NONFINITE_STEPS:
+                    self.state.epoch, self.state.batch_in_epoch, batches = self.state.epoch + 1, 0, None
+                if self.state.nonfinite_streak >= MAX_NONFINITE_STEPS:
                     reason = "diverged"
                     break
-                if (end_of_epoch or self.step % cfg.eval_every == 0) and self.nonfinite_streak == 0:
+                if (end_of_epoch or self.state.step % cfg.eval_every == 0) and self.state.nonfinite_streak == 0:
                     self.evaluate_and_save()       # (never saves weights right after a non-finite loss)
                 if self.on_step is not None:
                     self.on_step(self)
@@ -629,25 +528,26 @@ class Trainer:
         return reason
 
     def _report(self, progress, loss, tokens, seconds, t_loop, start_step, terminal) -> None:
-        lr = lr_at(self.step - 1, self.cfg)
-        done = self.step - start_step
+        lr = lr_at(self.state.step - 1, self.cfg)
+        done = self.state.step - start_step
         per_step = (time.monotonic() - t_loop) / max(1, done)
         planned = self.planned_steps()
-        eta = per_step * (planned - self.step)
+        eta = per_step * (planned - self.state.step)
         tok_s = tokens / seconds if seconds > 0 else 0.0
         loss_txt = f"{loss:.4f}" if loss is not None else "nan"
-        progress.update(1, step=f"{self.step}/{planned}", epoch=self.epoch + 1, loss=loss_txt,
+        progress.update(1, step=f"{self.state.step}/{planned}", epoch=self.state.epoch + 1, loss=loss_txt,
                         lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-        if self.step % self.cfg.log_every == 0 or done == 1:
-            line = (f"step {self.step:,}/{planned:,} epoch {self.epoch + 1}/{self.cfg.epochs} "
+        if self.state.step % self.cfg.log_every == 0 or done == 1:
+            line = (f"step {self.state.step:,}/{planned:,} epoch {self.state.epoch + 1}/{self.cfg.epochs} "
                     f"loss {loss_txt} lr {lr:.2e} grad_norm {self.last_norm:.3f} "
                     f"tok/s {tok_s:,.0f} eta {format_seconds(eta)}")
             (log.debug if terminal and not self.quiet else log.info)(line)
 
     def summary(self, reason: str) -> dict:
-        best = self.best_val if math.isfinite(self.best_val) else None
-        return {"best_val_loss": best, "best_val_perplexity": perplexity(best), "best_step": self.best_step,
-                "steps": self.step, "tokens_seen": self.tokens_seen, "elapsed_seconds": round(self.elapsed(), 3),
+        best = self.state.best_val if math.isfinite(self.state.best_val) else None
+        return {"best_val_loss": best, "best_val_perplexity": perplexity(best), "best_step": self.state.best_step,
+                "steps": self.state.step, "tokens_seen": self.state.tokens_seen,
+                "elapsed_seconds": round(self.elapsed(), 3),
                 "params": self.n_params, "outdir": str(self.folder.dir), "stopped_reason": reason}
 
     def run_config(self) -> dict:
@@ -774,14 +674,14 @@ def train(tokenizer, corpus_path: str | os.PathLike, outdir: str | os.PathLike,
                 if ckpt is not None:
                     trainer.restore(ckpt, folder.ckpt_last)
                     del ckpt
-                if trainer.cfg.time_budget is not None and not trainer.budget_fixed:
+                if trainer.cfg.time_budget is not None and not trainer.state.budget_fixed:
                     trainer.plan_time_budget()
                 folder.write_config(trainer.run_config())
                 reason = trainer.fit()
             except Exception as e:
                 if not _is_oom(e):
                     raise
-                where = f"at step {trainer.step + 1}" if hasattr(trainer, "optimizer") else "building the model"
+                where = f"at step {trainer.state.step + 1}" if hasattr(trainer, "optimizer") else "building the model"
                 raise UserError(f"out of memory {where} ({getattr(trainer, 'device', 'cpu')}): try a smaller "
                                 f"--batch-size with more --accumulation-steps, --gradient-checkpointing, or a "
                                 f"smaller model") from None
@@ -797,24 +697,24 @@ def train(tokenizer, corpus_path: str | os.PathLike, outdir: str | os.PathLike,
 def _finish(trainer: Trainer, reason: str) -> dict:
     folder = trainer.folder
     if reason == "diverged":
-        folder.write_plot(trainer.history)
-        kept = (f"{folder.ckpt_best.name} (step {trainer.best_step:,}) and {folder.ckpt_last.name} (step "
+        folder.write_plot(trainer.state.history)
+        kept = (f"{folder.ckpt_best.name} (step {trainer.state.best_step:,}) and {folder.ckpt_last.name} (step "
                 f"{trainer.last_saved_step:,}) are left as they were" if trainer.last_saved_step >= 0
                 else "no checkpoint was written")
         raise UserError(f"training diverged: the loss was not finite for {MAX_NONFINITE_STEPS} steps in a row "
-                        f"(at step {trainer.step:,}); lower --lr or raise --warmup-steps; {kept}",
+                        f"(at step {trainer.state.step:,}); lower --lr or raise --warmup-steps; {kept}",
                         code=EXIT_DIVERGED)
     if reason in ("interrupted", "terminated"):
-        if trainer.last_saved_step != trainer.step:
+        if trainer.last_saved_step != trainer.state.step:
             trainer.save_last()
-        log.warning(f"{reason}: saved {folder.ckpt_last} at step {trainer.step:,}; run the same command "
+        log.warning(f"{reason}: saved {folder.ckpt_last} at step {trainer.state.step:,}; run the same command "
                     f"again to continue")
     else:
-        if trainer.nonfinite_streak:
+        if trainer.state.nonfinite_streak:
             pass                                   # weights right after a non-finite loss: not saved
-        elif trainer.last_eval_step != trainer.step:
+        elif trainer.state.last_eval_step != trainer.state.step:
             trainer.evaluate_and_save()
-        elif trainer.last_saved_step != trainer.step:
+        elif trainer.last_saved_step != trainer.state.step:
             trainer.save_last()
         messages = {"completed": f"finished {trainer.cfg.epochs} epochs",
                     "max_steps": f"reached --max-steps {trainer.cfg.max_steps:,}" if trainer.cfg.max_steps else "",
@@ -823,8 +723,9 @@ def _finish(trainer: Trainer, reason: str) -> dict:
                                    f"of {format_seconds(trainer.cfg.time_budget or 0)} in "
                                    f"{format_seconds(trainer.elapsed())}",
                     "early_stopping": f"early stopping: no improvement in {trainer.cfg.patience} evaluations"}
-        log.info(f"{messages[reason]} at step {trainer.step:,}")
-    folder.write_plot(trainer.history)
-    best = f"{trainer.best_val:.4f} at step {trainer.best_step:,}" if math.isfinite(trainer.best_val) else "n/a"
+        log.info(f"{messages[reason]} at step {trainer.state.step:,}")
+    folder.write_plot(trainer.state.history)
+    st = trainer.state
+    best = f"{st.best_val:.4f} at step {st.best_step:,}" if math.isfinite(st.best_val) else "n/a"
     log.info(f"best validation loss {best}; outputs in {folder.dir}")
     return trainer.summary(reason)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import main
+from checkpoint import CHECKPOINT_VERSION, TrainState
 
 DATA = Path(__file__).resolve().parent / "data" / "checkpoint_v1"
 TRAIN_FLAGS = ["--config", "custom", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
@@ -26,6 +27,19 @@ def old(tmp_path):
 def test_the_fixture_is_a_version_1_checkpoint_at_step_4():
     ckpt = torch.load(DATA / "ckpt_last.pt", map_location="cpu", weights_only=True)
     assert ckpt["version"] == 1 and ckpt["step"] == 4 and "amp" in ckpt["train_config"]
+    state = TrainState.from_checkpoint(ckpt)              # its loose fields, read into a TrainState
+    assert (state.step, state.best_step, len(state.history)) == (4, 4, 2)
+    assert state.n_windows == ckpt["data_position"]["n_windows"] > 0
+
+
+def test_an_unknown_version_is_one_clear_line(tmp_path, capsys):
+    ckpt = torch.load(DATA / "ckpt_last.pt", map_location="cpu", weights_only=True)
+    ckpt["version"] = 99
+    torch.save(ckpt, tmp_path / "future.pt")
+    code = main.main(["generate", "--tokenizer", str(DATA / "tokenizer.json"), "--ckpt", str(tmp_path / "future.pt"),
+                      "--prompt", "El", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "format version 99" in err and "upgrade mini-llm" in err and "Traceback" not in err
 
 
 def test_generate_evaluate_export_load_it(old, capsys):
@@ -49,6 +63,6 @@ def test_resume_continues_it(old):
             "--outdir", str(run), *TRAIN_FLAGS, "--max-steps", "6", "--json"]
     assert main.main(argv) == 0
     after = torch.load(run / "ckpt_last.pt", map_location="cpu", weights_only=True)
-    assert after["step"] == 6
+    assert after["version"] == CHECKPOINT_VERSION and TrainState.from_checkpoint(after).step == 6
     history = json.loads((run / "history.json").read_text())
     assert [h["step"] for h in history] == [2, 4, 6]                       # the old history goes on

@@ -13,7 +13,7 @@ import torch
 import generation as G
 from common import file_sha256
 from conftest import ROOT, assert_user_error
-from model import load_model
+from checkpoint import load_model
 from tokenizer import load_identity
 from test_generation import load_tok, tokenizer_json, trained_state
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import checkpoint as CK
 import model as M
 from common import UserError, file_sha256
 from tokenizer import load_identity
@@ -371,7 +372,7 @@ def test_load_model_round_trip(tmp_path):
     m = tiny_model()
     path = tmp_path / "ckpt.pt"
     _save_ckpt(path, m, tokenizer_hash="abc")
-    loaded, meta = M.load_model(path)
+    loaded, meta = CK.load_model(path)
     assert not loaded.training and meta["step"] == 7 and meta["tokenizer_hash"] == "abc"
     idx = random_tokens(2, 12)
     assert torch.equal(loaded(idx)[0], m(idx)[0])
@@ -383,7 +384,7 @@ def test_load_model_strips_compile_prefix(tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"model": {"_orig_mod." + k: v for k, v in m.state_dict().items()},
                 "model_config": m.cfg.to_dict(), "meta": {}}, path)
-    loaded, _ = M.load_model(path)
+    loaded, _ = CK.load_model(path)
     idx = random_tokens(1, 5)
     assert torch.equal(loaded(idx)[0], m(idx)[0])
 
@@ -406,7 +407,7 @@ def test_load_model_bad_files(tmp_path):
                           (text, "cannot be loaded"), (foreign, "not a mini-llm checkpoint"),
                           (wrong_shape, "do not fit")]:
         with pytest.raises(UserError, match=fragment):
-            M.load_model(bad)
+            CK.load_model(bad)
 
 
 class _Evil:
@@ -418,7 +419,7 @@ def test_load_model_never_runs_pickled_code(tmp_path, capsys):
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "model_config": {}, "meta": _Evil()}, path)
     with pytest.raises(UserError, match="cannot be loaded"):
-        M.load_model(path)
+        CK.load_model(path)
     assert "pickle code ran" not in capsys.readouterr().out
 
 
@@ -435,12 +436,12 @@ def test_load_model_checks_the_tokenizer(tmp_path):
     m = tiny_model(vocab_size=vocab)
     good = tmp_path / "good.pt"
     _save_ckpt(good, m, tokenizer_hash=file_sha256(tok_path))
-    M.load_model(good, tokenizer=load_identity(tok_path))
+    CK.load_model(good, tokenizer=load_identity(tok_path))
     other = tmp_path / "other.pt"
     _save_ckpt(other, m, tokenizer_hash="0" * 64)
     with pytest.raises(UserError, match="not the one"):
-        M.load_model(other, tokenizer=load_identity(tok_path))
+        CK.load_model(other, tokenizer=load_identity(tok_path))
     small = tmp_path / "small.pt"
     _save_ckpt(small, tiny_model(vocab_size=vocab - 1), tokenizer_hash=file_sha256(tok_path))
     with pytest.raises(UserError, match="tokens"):
-        M.load_model(small, tokenizer=load_identity(tok_path))
+        CK.load_model(small, tokenizer=load_identity(tok_path))

@@ -146,7 +146,7 @@ def interrupt(data, out, min_step: int, sig) -> tuple[int, str]:
 
 
 def saved_step(out: Path) -> int:
-    return torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)["step"]
+    return torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)["state"]["step"]
 
 
 def test_sigterm_sigint_sigkill_then_resume_is_bit_identical(data, reference, tmp_path):

@@ -170,30 +170,36 @@ def test_early_stopping_stops_and_keeps_the_best(data, tmp_path):
     assert len(hist) - 1 - best == 2                      # stopped after exactly `patience` bad evals
     assert s["best_step"] == hist[best]["step"] and s["best_val_loss"] == pytest.approx(vals[best])
     best_ckpt = torch.load(out / "ckpt_best.pt", map_location="cpu", weights_only=True)
-    assert best_ckpt["step"] == s["best_step"] and best_ckpt["best_val"] == pytest.approx(vals[best])
-    assert torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)["step"] == s["steps"]
+    assert best_ckpt["state"]["step"] == s["best_step"]
+    assert best_ckpt["state"]["best_val"] == pytest.approx(vals[best])
+    assert torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)["state"]["step"] == s["steps"]
 
 
 # =========================================================================== checkpoints and resume
 
 def test_checkpoint_format_loads_with_weights_only(data, tmp_path):
-    import model as M
+    import checkpoint as CK
     out = tmp_path / "run"
     out.mkdir()
     (out / ".ckpt_last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")   # from a killed write
     s = run(data, out, overrides=dict(max_steps=6, eval_every=3))
     assert not list(out.glob(".*.tmp"))
     ckpt = torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)
-    for key in ("model", "model_config", "meta", "optimizer", "scaler", "step", "epoch", "data_position",
-                "rng", "best_val", "best_step", "patience_counter", "train_config"):
-        assert key in ckpt, key
-    assert ckpt["step"] == 6 and ckpt["meta"]["step"] == 6
+    assert set(ckpt) == {"version", "model", "model_config", "meta", "optimizer", "scaler", "train_config", "state"}
+    assert ckpt["version"] == CK.CHECKPOINT_VERSION == 2
+    assert ckpt["state"]["step"] == 6 and ckpt["meta"]["step"] == 6
+    state = CK.TrainState.from_checkpoint(ckpt)          # the round trip is exact
+    again = state.to_dict()
+    assert {k: v for k, v in again.items() if k != "rng"} == {k: v for k, v in ckpt["state"].items() if k != "rng"}
+    assert all(torch.equal(again["rng"]["torch"], ckpt["state"]["rng"]["torch"]) for _ in [0])
+    assert state.best_step == s["best_step"] and state.world_size == 1 and state.n_windows > 0
     assert ckpt["meta"]["tokenizer_hash"] == file_sha256(data["tok"])
     assert ckpt["meta"]["corpus_hash"] == file_sha256(data["corpus"])
     assert ckpt["meta"]["vocab_size"] == 512
     assert not any(k.startswith("_orig_mod") for k in ckpt["model"])
-    assert isinstance(ckpt["rng"]["torch"], torch.Tensor) and isinstance(ckpt["rng"]["numpy"][1], list)
-    loaded, meta = M.load_model(out / "ckpt_best.pt", tokenizer=tokenizer.load_identity(data["tok"]))
+    rng = ckpt["state"]["rng"]
+    assert isinstance(rng["torch"], torch.Tensor) and isinstance(rng["numpy"][1], list)
+    loaded, meta = CK.load_model(out / "ckpt_best.pt", tokenizer=tokenizer.load_identity(data["tok"]))
     assert meta["step"] == s["best_step"] and loaded.num_parameters() == s["params"]
     hist = json.loads((out / "history.json").read_text())
     assert [tuple(h) for h in hist] == [T.HISTORY_KEYS] * len(hist) and [h["step"] for h in hist] == [3, 6]
@@ -212,14 +218,14 @@ def test_resume_after_sigint_is_bit_identical(data, tmp_path):
     assert ref["stopped_reason"] == "max_steps"
 
     def interrupt_at_9(trainer):
-        if trainer.step == 9:
+        if trainer.state.step == 9:
             os.kill(os.getpid(), signal.SIGINT)      # a real signal through the real handler
 
     out = tmp_path / "resumed"
     first = run(data, out, overrides=over, on_step=interrupt_at_9)
     assert first["stopped_reason"] == "interrupted" and first["steps"] == 9
     assert R.exit_code(first["stopped_reason"]) == 130
-    assert torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)["step"] == 9
+    assert torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)["state"]["step"] == 9
     second = run(data, out, overrides=over)             # new objects, same command
     assert second["stopped_reason"] == "max_steps" and second["steps"] == 24
     a = torch.load(tmp_path / "ref" / "ckpt_last.pt", map_location="cpu", weights_only=True)
@@ -300,7 +306,7 @@ def test_time_budget_ends_on_time_with_the_lr_decayed(data, tmp_path):
     assert cfg["total_steps"] == s["steps"] and cfg["time_budget"] == 20.0
     assert 0 < cfg["warmup_steps"] < cfg["decay_start"] < cfg["total_steps"]
     ckpt = torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)
-    assert ckpt["train_config"]["total_steps"] == s["steps"] and ckpt["progress"]["budget_fixed"]
+    assert ckpt["train_config"]["total_steps"] == s["steps"] and ckpt["state"]["budget_fixed"]
 
 
 def test_time_budget_resume_after_the_steps_are_fixed_is_exact(data, tmp_path):
@@ -310,7 +316,7 @@ def test_time_budget_resume_after_the_steps_are_fixed_is_exact(data, tmp_path):
     over = dict(BUDGET, time_budget=6.0, dropout=0.1, eval_every=40)
 
     def interrupt_after_fix(trainer):
-        if trainer.budget_fixed and trainer.step == trainer.cfg.decay_start + 3:
+        if trainer.state.budget_fixed and trainer.state.step == trainer.cfg.decay_start + 3:
             os.kill(os.getpid(), signal.SIGINT)
 
     out = tmp_path / "budget"
@@ -343,7 +349,7 @@ def test_max_time_stops_cleanly_and_saves(data, tmp_path):
     assert s["stopped_reason"] == "max_time" and s["steps"] == 1 and R.exit_code("max_time") == 0
     hist = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in hist] == [1]                           # a final evaluation, then saved
-    assert torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)["step"] == 1
+    assert torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)["state"]["step"] == 1
 
 
 def test_sample_prompt_overrides_the_validation_document(data, tmp_path):

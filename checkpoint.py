@@ -1,0 +1,228 @@
+"""The checkpoint format: a run's progress (TrainState), saving and reading a whole run, loading
+a model for generate / evaluate / export, and the checks before resuming.
+
+A checkpoint is a plain dict of tensors and primitives, read only with
+`torch.load(..., weights_only=True)` (`read_checkpoint`, the one place checkpoints are read):
+    version        CHECKPOINT_VERSION (2); version 1 (before TrainState) is still read
+    model          the model's state_dict (no torch.compile / DDP prefixes)
+    model_config   ModelConfig as a dict
+    meta           tokenizer_hash, vocab_size, corpus_hash, step (what generate/evaluate check)
+    optimizer, scaler, train_config
+    state          TrainState as a dict (dataclasses.asdict), RNG states included
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import pickle
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from common import UserError, log, require_file
+from model import GPT, ModelConfig
+
+CHECKPOINT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "rope_base",
+                "norm_eps", "sep_token_id")   # must match on resume (dropout may change)
+
+
+def empty_window() -> dict:
+    """Training statistics accumulated since the last evaluation."""
+    return {"loss_sum": 0.0, "loss_n": 0, "norm_sum": 0.0, "norm_n": 0, "tokens": 0, "seconds": 0.0}
+
+
+@dataclass
+class TrainState:
+    """All the progress of a run: what a checkpoint needs, beyond weights and optimizer, to
+    continue exactly."""
+    step: int = 0                    # optimizer steps done
+    epoch: int = 0                   # epoch in progress
+    batch_in_epoch: int = 0          # next micro-batch of that epoch (the data position)
+    n_windows: int = 0               # training windows, batch size and seed of the epoch permutation
+    batch_size: int = 0              # (a change restarts the epoch from its first batch)
+    seed: int = 0
+    tokens_seen: int = 0             # target tokens trained on
+    elapsed_seconds: float = 0.0     # training seconds of all invocations before this one
+    best_val: float = math.inf       # best validation loss so far, and its step
+    best_step: int = -1
+    patience_counter: int = 0        # evaluations without improvement
+    nonfinite_streak: int = 0        # non-finite losses in a row
+    last_eval_step: int = -1
+    budget_fixed: bool = False       # --time-budget: the step count is fixed
+    world_size: int = 1
+    window: dict = field(default_factory=empty_window)
+    history: list = field(default_factory=list)
+    rng: Optional[dict] = None       # every RNG state (rng_state), taken when saved
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "TrainState":
+        """The TrainState of a checkpoint of any readable version."""
+        if ckpt.get("version", 1) >= 2:
+            known = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in ckpt["state"].items() if k in known})
+        pos, prog = ckpt["data_position"], ckpt.get("progress", {})     # version 1: loose fields
+        return cls(step=int(ckpt["step"]), epoch=int(pos["epoch"]), batch_in_epoch=int(pos["batch"]),
+                   n_windows=int(pos.get("n_windows", 0)), batch_size=int(pos.get("batch_size", 0)),
+                   seed=int(pos.get("seed", 0)), tokens_seen=int(prog.get("tokens_seen", 0)),
+                   elapsed_seconds=float(prog.get("elapsed_seconds", 0.0)),
+                   best_val=float(ckpt.get("best_val", math.inf)), best_step=int(ckpt.get("best_step", -1)),
+                   patience_counter=int(ckpt.get("patience_counter", 0)),
+                   nonfinite_streak=int(prog.get("nonfinite_streak", 0)),
+                   last_eval_step=int(prog.get("last_eval_step", -1)),
+                   budget_fixed=bool(prog.get("budget_fixed", False)),
+                   world_size=int(pos.get("world_size", 1)),
+                   window={**empty_window(), **prog.get("window", {})}, history=list(ckpt.get("history", [])),
+                   rng=ckpt["rng"])
+
+
+def run_checkpoint(model: GPT, optimizer, scaler, state: TrainState, *, train_config: dict, meta: dict) -> dict:
+    """The checkpoint dict of a run (see the module docstring); `state.rng` is taken now."""
+    return {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "model_config": model.cfg.to_dict(),
+            "meta": meta, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "train_config": train_config, "state": dataclasses.replace(state, rng=rng_state()).to_dict()}
+
+
+def check_version(ckpt: dict, path) -> None:
+    version = ckpt.get("version", 1)
+    if version not in READABLE_VERSIONS:
+        raise UserError(f"checkpoint {path} has format version {version}, which this mini-llm cannot read "
+                        f"(it reads {', '.join(map(str, READABLE_VERSIONS))}); upgrade mini-llm")
+
+
+def rng_state() -> dict:
+    """Every RNG state as tensors / lists / ints (loadable with weights_only=True)."""
+    py = random.getstate()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": [py[0], list(py[1]), py[2]],
+             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = list(state["cuda"])
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+
+
+def _strip_prefixes(state_dict: dict) -> dict:
+    """Remove `_orig_mod.` (torch.compile) and `module.` (DDP) prefixes, defensively."""
+    out = {}
+    for k, v in state_dict.items():
+        for prefix in ("_orig_mod.", "module."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        k = k.replace("._orig_mod.", ".")
+        out[k] = v
+    return out
+
+
+def read_checkpoint(path, problem: str, hint: str):
+    """torch.load(path, weights_only=True): the one place checkpoints are read. Pickled code never
+    runs; a truncated, corrupt or foreign file raises UserError("<problem>: <why>; <hint>")."""
+    try:
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols; we report below
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle with forbidden globals, not a torch file, ...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, pickle.UnpicklingError) or "weights_only" in reason:
+            reason = "not a plain-tensor checkpoint; it was not loaded, so no code in it ran"
+        elif len(reason) > 160:
+            reason = reason[:157] + "..."
+        raise UserError(f"{problem}: it is truncated, corrupt or not a mini-llm checkpoint ({reason}); {hint}")
+
+
+def load_model(ckpt_path, device="cpu", tokenizer=None):
+    """Load a training checkpoint -> (GPT in eval mode on `device`, the checkpoint's meta dict).
+
+    Loads with weights_only=True (never runs pickled code). Missing, truncated, corrupt or
+    foreign files raise UserError. With `tokenizer` (a tokenizer.TokenizerIdentity: anything
+    with .path, .sha256 and .vocab_size), its hash and vocabulary size must match the ones the
+    model was trained with.
+    """
+    path = require_file(ckpt_path, "checkpoint")
+    hint = "pass a ckpt_best.pt or ckpt_last.pt written by `main.py train`"
+    ckpt = read_checkpoint(path, f"checkpoint {path} cannot be loaded", hint)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
+            or not isinstance(ckpt.get("model_config"), dict):
+        raise UserError(f"{path} is not a mini-llm checkpoint (no 'model' / 'model_config' entries); {hint}")
+    check_version(ckpt, path)
+    try:
+        cfg = ModelConfig.from_dict(ckpt["model_config"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"checkpoint {path} has a bad model config: {e}")
+    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+
+    if tokenizer is not None:
+        tokenizer_path, tok_hash, tok_vocab = tokenizer.path, tokenizer.sha256, tokenizer.vocab_size
+        want_hash = meta.get("tokenizer_hash")
+        if want_hash and want_hash != tok_hash:
+            raise UserError(f"tokenizer {tokenizer_path} is not the one checkpoint {path} was trained with "
+                            f"(hash {tok_hash[:12]} != {str(want_hash)[:12]}); pass the training tokenizer.json")
+        want_vocab = meta.get("vocab_size", cfg.vocab_size)
+        if tok_vocab != want_vocab or tok_vocab > cfg.vocab_size:
+            raise UserError(f"tokenizer {tokenizer_path} has {tok_vocab} tokens but checkpoint {path} expects "
+                            f"{want_vocab}; pass the training tokenizer.json")
+
+    state = _strip_prefixes(ckpt["model"])
+    if "lm_head.weight" not in state and "tok_emb.weight" in state:
+        state["lm_head.weight"] = state["tok_emb.weight"]  # tied; some writers drop the duplicate
+    model = GPT(cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise UserError(f"checkpoint {path} weights do not fit its model config "
+                        f"({' '.join(first[:2])[:200]}); {hint}")
+    model.to(device)
+    model.eval()
+    return model, dict(meta)
+
+
+def load_resume_checkpoint(path: Path, mcfg: ModelConfig, tokenizer_hash: str, corpus_hash: str,
+                           force: bool) -> dict:
+    """Load ckpt_last.pt for resuming (weights_only) before any heavy setup; refuse another model
+    shape, and another tokenizer or corpus (sha256) unless `force`."""
+    ckpt = read_checkpoint(path, f"cannot resume from {path}",
+                           "delete it to start over, or use another --outdir")
+    if isinstance(ckpt, dict):
+        check_version(ckpt, path)
+    v2 = isinstance(ckpt, dict) and ckpt.get("version", 1) >= 2
+    progress = ("state",) if v2 else ("step", "data_position", "rng")
+    needed = ("model", "model_config", "meta", "optimizer", *progress)
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
+        raise UserError(f"cannot resume from {path}: not a full training checkpoint; use another --outdir")
+    old, new = ckpt["model_config"], mcfg.to_dict()
+    diff = [f"{k} {old.get(k)} -> {new[k]}" for k in SHAPE_FIELDS if old.get(k) != new[k]]
+    if diff:
+        raise UserError(f"cannot resume {path}: the model shape differs from the checkpoint's "
+                        f"({', '.join(diff)}); use the same --config and shape flags, or another --outdir")
+    meta = ckpt["meta"]
+    changed = [what for what, want, have in (("tokenizer", meta.get("tokenizer_hash"), tokenizer_hash),
+                                             ("corpus", meta.get("corpus_hash"), corpus_hash)) if want != have]
+    if changed and not force:
+        raise UserError(f"cannot resume {path}: the {' and '.join(changed)} differ from the ones this run "
+                        f"was trained with (sha256 mismatch); pass the original files, use another "
+                        f"--outdir, or add --force to continue anyway")
+    if changed:
+        log.warning(f"warning: --force: resuming with another {' and '.join(changed)}")
+    return ckpt
