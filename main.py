@@ -157,7 +157,8 @@ def cmd_report(args) -> int:
 
 def cmd_quickstart(args) -> int:
     import quickstart
-    return quickstart.run(args.corpus, args.outdir, args.time_budget, args.max_time, quiet=args.quiet)
+    return quickstart.run(build_parser(), args.corpus, args.outdir, args.time_budget, args.max_time,
+                          quiet=args.quiet)
 
 
 # =========================================================================== parser

@@ -85,18 +85,19 @@ def split_test_documents(corpus: Path, train_out: Path, test_out: Path, fraction
     return len(docs) - n_test, n_test
 
 
-def run_stage(argv: list[str], quiet: bool) -> None:
-    """Run one stage exactly as `python main.py <argv>` would, printing the command first."""
-    from main import build_parser
+def run_stage(parser, argv: list[str], quiet: bool) -> None:
+    """Run one stage exactly as `python main.py <argv>` would (`parser` is main.py's), printing
+    the command first."""
     print(f"\n$ python main.py {shlex.join(argv)}", file=sys.stderr, flush=True)
-    args = build_parser().parse_args(argv + (["--quiet"] if quiet else []))
+    args = parser.parse_args(argv + (["--quiet"] if quiet else []))
     code = args.func(args) or 0
     if code:
         raise UserError(f"stage '{argv[0]}' failed with exit code {code}", code=code)
 
 
-def run(corpus: str | None, outdir: str, time_budget: str, max_time: str | None = None,
+def run(parser, corpus: str | None, outdir: str, time_budget: str, max_time: str | None = None,
         quiet: bool = False) -> int:
+    """The whole pipeline; `parser` is main.py's argument parser (so this module imports no CLI)."""
     start = time.monotonic()
     out = Path(outdir)
     raw = Path(corpus) if corpus else fetch_demo_corpus(quiet)
@@ -105,20 +106,20 @@ def run(corpus: str | None, outdir: str, time_budget: str, max_time: str | None 
     clean, train_txt, test_txt = out / "corpus.txt", out / "train.txt", out / "test.txt"
     tokenizer, model_dir = out / "tokenizer.json", out / "model"
 
-    run_stage(["prepare-corpus", "--input", str(raw), "--output", str(clean), "--preserve-case"], quiet)
+    run_stage(parser, ["prepare-corpus", "--input", str(raw), "--output", str(clean), "--preserve-case"], quiet)
     n_train, n_test = split_test_documents(clean, train_txt, test_txt, TEST_FRACTION)
     print(f"held out {n_test} of {n_train + n_test} documents as {test_txt}", file=sys.stderr)
-    run_stage(["analyze-corpus", "--corpus", str(train_txt)], quiet)
-    run_stage(["init-tokenizer", "--files", str(train_txt), "--vocab-size", str(VOCAB_SIZE),
+    run_stage(parser, ["analyze-corpus", "--corpus", str(train_txt)], quiet)
+    run_stage(parser, ["init-tokenizer", "--files", str(train_txt), "--vocab-size", str(VOCAB_SIZE),
                "--out", str(tokenizer)], quiet)
-    run_stage(["train", "--tokenizer", str(tokenizer), "--corpus", str(train_txt),
+    run_stage(parser, ["train", "--tokenizer", str(tokenizer), "--corpus", str(train_txt),
                "--outdir", str(model_dir), *TRAIN_FLAGS, "--time-budget", time_budget,
                *(["--max-time", max_time] if max_time else [])], quiet)
     ckpt = model_dir / "ckpt_best.pt"
-    run_stage(["evaluate", "--tokenizer", str(tokenizer), "--ckpt", str(ckpt), "--test-file", str(test_txt)],
+    run_stage(parser, ["evaluate", "--tokenizer", str(tokenizer), "--ckpt", str(ckpt), "--test-file", str(test_txt)],
               quiet)
     for prompt in PROMPTS:
-        run_stage(["generate", "--tokenizer", str(tokenizer), "--ckpt", str(ckpt), "--prompt", prompt,
+        run_stage(parser, ["generate", "--tokenizer", str(tokenizer), "--ckpt", str(ckpt), "--prompt", prompt,
                    "--max-tokens", "60", "--temperature", "0.7", "--no-repeat-ngram", "3", "--seed", "0"], quiet)
     elapsed = time.monotonic() - start
     print(f"\nquickstart finished in {elapsed / 60:.1f} min; everything is in {out}/", file=sys.stderr)
