@@ -19,6 +19,7 @@ cache.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import platform
@@ -81,12 +82,14 @@ class Precision:
 
 # =========================================================================== CPU capabilities
 
-def _cpu_flags() -> tuple[str, set[str]]:
-    """(CPU model name, feature flags) from /proc/cpuinfo (x86 "flags", ARM "Features")."""
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> tuple[str, frozenset[str]]:
+    """(CPU model name, feature flags) from /proc/cpuinfo (x86 "flags", ARM "Features"); read
+    once per process (the capability check and the cache key both need it)."""
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return platform.processor() or platform.machine(), set()
+        return platform.processor() or platform.machine(), frozenset()
     model, flags = "", set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
@@ -95,7 +98,7 @@ def _cpu_flags() -> tuple[str, set[str]]:
             model = value.strip()
         elif key in ("flags", "features") and not flags:
             flags = set(value.split())
-    return model or platform.machine(), flags
+    return model or platform.machine(), frozenset(flags)
 
 
 def _macos_has(feature: str) -> bool:
