@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from common import Progress, UserError, require_file
+from config import PRESETS, preset_parameters
 from dataset import (ENCODE_BATCH_CHARS, _batch_encoder, _separator_line, _specials_as_text, _text_pieces,
                      tokenizer_parallelism)
 from tokenizer import DOC_SEPARATOR, load_tokenizer
@@ -46,8 +47,7 @@ CHARS_PER_TOKEN = 4.7
 TOKENS_METHOD_ESTIMATE = (f"estimated: characters / {CHARS_PER_TOKEN} (calibrated on Spanish prose against "
                           "32k byte-level BPE tokenizers, within ~11%); pass --tokenizer for exact counts")
 
-# Model presets of the train stage (issue 3): parameters at a 32k vocabulary.
-PRESET_PARAMS = {"small": 10_000_000, "medium": 30_000_000, "large": 70_000_000}
+PRESET_PARAMS = {name: preset_parameters(name) for name in PRESETS}   # at a 32k vocabulary
 TOKENS_PER_PARAM = 20           # Chinchilla (Hoffmann et al. 2022): compute-optimal tokens per parameter
 MAX_USEFUL_EPOCHS = 4           # Muennighoff et al. 2023: up to ~4 repetitions are nearly as good as new data
 MAX_RECOMMENDED_EPOCHS = 30     # the small preset's default; more only feeds overfitting

@@ -1,26 +1,132 @@
-"""Training configuration: the presets, TrainConfig, and the learning-rate schedule.
+"""Configuration: ModelConfig, TrainConfig, the presets, the train flags, the learning-rate schedule.
 
-Owns `PRESETS` (model shape + training defaults by exact name), `TrainConfig` (validated in
-`__post_init__`), `make_configs` (preset + overrides -> ModelConfig, TrainConfig), the
-data-dependent defaults (`resolve_schedule`) and `lr_at`, the learning rate of every step
-(cosine, or warmup-stable-decay for --time-budget runs). Pure: no files, no devices.
+Owns `ModelConfig` (the network's shape) and `TrainConfig` (the run's settings), both validated
+in `__post_init__`; `PRESETS` (model shape + training defaults by exact name); `make_configs`
+(preset + overrides -> ModelConfig, TrainConfig); `train_flags`, the `train` command's flags,
+their help and preset values, derived from the fields (a field with `flag=` metadata is a flag;
+add a field there and it is on the command line); the data-dependent defaults
+(`resolve_schedule`) and `lr_at`, the learning rate of every step (cosine, or
+warmup-stable-decay for --time-budget runs). Pure: no torch, no files, no devices.
 
 Defaults that are not in the presets:
 - stride = block_size: training windows do not overlap, so one epoch reads each token once.
-- val_fraction = dataset.DEFAULT_VAL_FRACTION (5% of the documents, at least one).
+- val_fraction = DEFAULT_VAL_FRACTION (5% of the documents, at least one).
 - warmup_steps = 5% of the schedule, at most 500 steps; min_lr = lr / 10.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
-import dataset
 from common import DEVICES
-from model import ModelConfig
 from precision import AMP, PRECISIONS
+
+DEFAULT_VAL_FRACTION = 0.05     # of documents; at least one document when > 0 (dataset.split_documents)
+
+# =========================================================================== fields that are flags
+
+def _flag(default, kind: str, help: str, *, default_text: Optional[str] = None, choices: tuple = ()):
+    """A config field that is also a `train` flag, --name-with-dashes. `kind` names its parser in
+    main.py: int>=1, int>=0, int, float, fraction, bool, duration, choice, text or precision. The
+    help gets "(preset: ...)" when a preset sets the field, else "(default: <default_text or the
+    field's default>)"; flags without a value keep the preset's or the field's default."""
+    return field(default=default, metadata={"flag": dict(kind=kind, help=help, default_text=default_text,
+                                                         choices=choices)})
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str            # config field = argparse dest
+    kind: str
+    help: str            # with the default or each preset's value
+    choices: tuple = ()
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+# =========================================================================== model config
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 32000
+    block_size: int = _flag(256, "int>=1", "context length in tokens")
+    n_layer: int = _flag(4, "int>=1", "transformer blocks")
+    n_head: int = _flag(4, "int>=1", "attention heads")
+    n_embd: int = _flag(256, "int>=1", "model width")
+    dropout: float = _flag(0.0, "float", "dropout probability")
+    bias: bool = True              # biases in Linear and LayerNorm layers
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    sep_token_id: int | None = 0   # document-aware attention + RoPE restart at this token
+
+    def __post_init__(self):
+        problems = []
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            v = getattr(self, name)
+            if not is_int(v) or v <= 0:
+                problems.append(f"{name}={v!r} must be a positive whole number")
+        sizes_ok = all(is_int(getattr(self, n)) and getattr(self, n) > 0 for n in ("n_embd", "n_head"))
+        if sizes_ok and self.n_embd % self.n_head != 0:
+            problems.append(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        elif sizes_ok and (self.n_embd // self.n_head) % 2 != 0:
+            problems.append(f"head dim n_embd/n_head={self.n_embd // self.n_head} must be even for RoPE "
+                            f"(n_embd={self.n_embd}, n_head={self.n_head})")
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) \
+                or not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout={self.dropout!r} must be in [0, 1)")
+        if not isinstance(self.bias, bool):
+            problems.append(f"bias={self.bias!r} must be true or false")
+        if not isinstance(self.rope_base, (int, float)) or isinstance(self.rope_base, bool) \
+                or not self.rope_base > 0:
+            problems.append(f"rope_base={self.rope_base!r} must be a positive number")
+        if not isinstance(self.norm_eps, (int, float)) or isinstance(self.norm_eps, bool) \
+                or not self.norm_eps > 0:
+            problems.append(f"norm_eps={self.norm_eps!r} must be a positive number")
+        if self.sep_token_id is not None:
+            if not is_int(self.sep_token_id) or self.sep_token_id < 0:
+                problems.append(f"sep_token_id={self.sep_token_id!r} must be a token id >= 0 or None")
+            elif is_int(self.vocab_size) and self.sep_token_id >= self.vocab_size:
+                problems.append(f"sep_token_id={self.sep_token_id} must be < vocab_size={self.vocab_size}")
+        if problems:
+            raise ValueError("invalid model config: " + "; ".join(problems))
+        self.dropout = float(self.dropout)
+        self.rope_base = float(self.rope_base)
+        self.norm_eps = float(self.norm_eps)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def num_parameters(self) -> int:
+        """Trainable parameters of model.GPT with this shape, without building it: tied embedding,
+        per block two norms, qkv, attention output and the 4x MLP, a final norm (test_config checks
+        it against GPT.num_parameters)."""
+        C, b = self.n_embd, int(self.bias)
+        norm = C * (1 + b)
+        block = 2 * norm + (C * 3 * C + 3 * C * b) + (C * C + C * b) + (C * 4 * C + 4 * C * b) + (4 * C * C + C * b)
+        return self.vocab_size * C + self.n_layer * block + norm
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"model config must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
 
 # =========================================================================== presets and configs
 
@@ -37,13 +143,6 @@ PRESETS: dict[str, dict] = {
 }
 CUSTOM_BASE = "small"
 CUSTOM_REQUIRED = ("n_layer", "n_head", "n_embd")
-MODEL_FIELDS = ("block_size", "n_layer", "n_head", "n_embd", "dropout")
-# train flags (argparse dest names) that override preset / TrainConfig fields; None = not given
-CLI_OVERRIDES = ("block_size", "n_embd", "n_layer", "n_head", "dropout", "batch_size", "accumulation_steps",
-                 "epochs", "max_steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
-                 "patience", "eval_every", "eval_batches", "stride", "val_fraction", "device", "precision",
-                 "time_budget", "compile", "gradient_checkpointing", "flash_attention", "num_workers", "seed",
-                 "log_every", "sample_prompt")
 WARMUP_FRACTION = 0.05                # default warmup: 5% of the schedule ...
 WARMUP_MAX = 500                      # ... at most this many steps
 MIN_LR_RATIO = 0.1                    # default min_lr = lr * MIN_LR_RATIO
@@ -51,34 +150,48 @@ MIN_LR_RATIO = 0.1                    # default min_lr = lr * MIN_LR_RATIO
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 32                 # windows per micro-batch
-    accumulation_steps: int = 1          # micro-batches per optimizer step
-    epochs: int = 30
-    max_steps: Optional[int] = None      # cap on optimizer steps (the schedule ends there)
-    max_time: Optional[float] = None     # wall-clock cap on one invocation, seconds
-    time_budget: Optional[float] = None  # wall-clock budget of the whole run, seconds: fits total_steps
-    lr: float = 5e-4                     # peak learning rate
-    min_lr: Optional[float] = None       # end of the cosine decay; None = lr * MIN_LR_RATIO
-    warmup_steps: Optional[int] = None   # None = WARMUP_FRACTION of the schedule, <= WARMUP_MAX
-    weight_decay: float = 0.1            # AdamW, matrices only
+    batch_size: int = _flag(32, "int>=1", "windows per micro-batch")
+    accumulation_steps: int = _flag(1, "int>=1", "micro-batches per optimizer step")
+    epochs: int = _flag(30, "int>=1", "passes over the training windows")
+    max_steps: Optional[int] = _flag(None, "int>=1", "cap on optimizer steps; the learning-rate schedule ends "
+                                     "there", default_text="no cap")
+    max_time: Optional[float] = _flag(
+        None, "duration", "wall-clock cap on this invocation, e.g. 2h, 90m, 1h30m: stop at the next step "
+        "boundary past it, evaluate, save and exit 0 (re-run to continue)", default_text="no cap")
+    time_budget: Optional[float] = _flag(
+        None, "duration", "wall-clock budget of the whole run, e.g. 10m, 2h: the number of steps (and so the "
+        "learning-rate schedule) is fitted to it from the measured step time, so the run ends on time with a "
+        "fully decayed learning rate; --epochs and --max-steps still cap it. Once fixed, the step count is "
+        "kept in the checkpoint (resume is exact)", default_text="none")
+    lr: float = _flag(5e-4, "float", "peak learning rate")
+    min_lr: Optional[float] = _flag(None, "float", "learning rate at the last step of the decay",
+                                    default_text=f"lr x {MIN_LR_RATIO}")
+    warmup_steps: Optional[int] = _flag(None, "int>=0", "linear warmup in optimizer steps",
+                                        default_text=f"{WARMUP_FRACTION:.0%} of the schedule, at most "
+                                                     f"{WARMUP_MAX}")
+    weight_decay: float = _flag(0.1, "float", "AdamW weight decay, matrices only")
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0               # max global gradient norm; 0 = no clipping
-    patience: int = 5                    # evaluations without improvement before stopping; 0 = never
-    eval_every: int = 250                # optimizer steps between evaluations (also at each epoch end)
-    eval_batches: int = 20               # fixed validation batches per evaluation
-    stride: Optional[int] = None         # window stride in long documents; None = block_size
-    val_fraction: float = dataset.DEFAULT_VAL_FRACTION
-    device: str = "auto"
-    precision: str = "auto"              # auto | fp32 | bf16 | fp16 | amp (--amp); see precision.py
-    compile: bool = False
-    gradient_checkpointing: bool = False
-    flash_attention: bool = False
-    num_workers: int = 0
-    seed: int = 1337
-    log_every: int = 10                  # steps per log line when stderr is not a terminal
-    sample_prompt: Optional[str] = None  # prompt of the greedy sample at each evaluation; None = the
-                                         # first words of a validation document
+    grad_clip: float = _flag(1.0, "float", "clip the global gradient norm (0 = off)")
+    patience: int = _flag(5, "int>=0", "stop after this many evaluations without improvement (0 = never)")
+    eval_every: int = _flag(250, "int>=1", "evaluate every N optimizer steps, and at the end of every epoch")
+    eval_batches: int = _flag(20, "int>=1", "fixed validation batches per evaluation")
+    stride: Optional[int] = _flag(None, "int>=1", "window stride inside long documents, in tokens",
+                                  default_text="the block size, so windows do not overlap")
+    val_fraction: float = _flag(DEFAULT_VAL_FRACTION, "fraction",
+                                "fraction of documents held out for validation (0 = none)")
+    device: str = _flag("auto", "choice", "device", choices=DEVICES)
+    precision: str = _flag("auto", "precision", "numeric precision")  # main.py adds --amp and the help
+    compile: bool = _flag(False, "bool", "torch.compile the model")
+    gradient_checkpointing: bool = _flag(False, "bool", "recompute activations per block to save memory")
+    flash_attention: bool = _flag(False, "bool", "use the flash-attn package when installed on a supported "
+                                  "GPU (else SDPA)")
+    num_workers: int = _flag(0, "int>=0", "data loader worker processes")
+    seed: int = _flag(1337, "int", "random seed (weights, data order, dropout)")
+    log_every: int = _flag(10, "int>=1", "when stderr is not a terminal, one log line every N steps")
+    sample_prompt: Optional[str] = _flag(
+        None, "text", "prompt of the greedy sample logged and kept in history.json at each evaluation",
+        default_text="the first words of a validation document")
     total_steps: Optional[int] = None    # schedule length; resolved from the data (resolve_schedule)
     decay_start: Optional[int] = None    # set: warmup-stable-decay, linear decay from this step (lr_at)
 
@@ -134,6 +247,42 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _flag_fields(cls) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if "flag" in f.metadata]
+
+
+def _shown(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return {True: "on", False: "off", None: "none"}[v]
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def train_flags() -> list[Flag]:
+    """The `train` flags that override a preset or config field: model shape first, then training,
+    in field order, each help ending with its default or every preset's value."""
+    flags = []
+    for cls in (ModelConfig, TrainConfig):
+        for f in _flag_fields(cls):
+            meta = f.metadata["flag"]
+            if any(f.name in values for values in PRESETS.values()):
+                default = "preset: " + ", ".join(f"{name} {_shown(values.get(f.name, f.default))}"
+                                                 for name, values in PRESETS.items())
+            else:
+                default = "default: " + (meta["default_text"] or _shown(f.default))
+            flags.append(Flag(f.name, meta["kind"], f"{meta['help']} ({default})", meta["choices"]))
+    return flags
+
+
+MODEL_FIELDS = tuple(f.name for f in _flag_fields(ModelConfig))     # set by presets and flags
+CLI_OVERRIDES = tuple(f.name for f in _flag_fields(ModelConfig) + _flag_fields(TrainConfig))
+
+
+def preset_parameters(preset: str, vocab_size: int = 32000) -> int:
+    """Trainable parameters of a preset's model at `vocab_size` (ModelConfig.num_parameters)."""
+    shape = {k: v for k, v in PRESETS[preset].items() if k in MODEL_FIELDS}
+    return ModelConfig(vocab_size=vocab_size, **shape).num_parameters()
 
 
 def make_configs(preset: str, overrides: Optional[dict] = None, *, vocab_size: int,

@@ -18,11 +18,10 @@ from typing import Iterator, Optional
 import numpy as np
 
 from common import Progress, UserError, atomic_path, file_sha256, log, require_file
+from config import DEFAULT_VAL_FRACTION
 from tokenizer import DOC_SEPARATOR, as_identity, special_ids, tokenizer_separator
 
 # ============================================================================ reading, token store, windows
-
-DEFAULT_VAL_FRACTION = 0.05              # of documents; at least one document when > 0 (see split_documents)
 
 # Long documents are cut into pieces of about this many characters (at safe line breaks) so that
 # batch encoding spreads one big document over all cores; see _text_pieces for why the tokens are

@@ -13,6 +13,7 @@ import sys
 
 from common import (DEVICES, EXIT_INTERRUPTED, UserError, log, parse_duration, refuse_same_file, require_file,
                     setup_logging)
+from config import PRESETS, preset_parameters, train_flags
 from tokenizer import DOC_SEPARATOR, load_identity  # the tokenizer is loaded and hashed once per command
 
 
@@ -71,12 +72,12 @@ def cmd_train(args) -> int:
     import runs
     import training
     overrides = {name: getattr(args, name, None) for name in config.CLI_OVERRIDES}
-    for name in ("max_time", "time_budget"):
-        if getattr(args, name, None) is not None:
+    for flag in config.train_flags():
+        if flag.kind == "duration" and overrides[flag.name] is not None:
             try:
-                overrides[name] = parse_duration(getattr(args, name))
+                overrides[flag.name] = parse_duration(overrides[flag.name])
             except ValueError as e:
-                raise UserError(f"--{name.replace('_', '-')}: {e}")
+                raise UserError(f"{flag.option}: {e}")
     overrides["precision"] = _precision_arg(args)
     try:
         summary = training.train(load_identity(args.tokenizer), args.corpus, args.outdir, args.config, overrides,
@@ -234,6 +235,15 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _escape(help_text: str) -> str:
+    return help_text.replace("%", "%%")   # argparse formats help with %
+
+
+# config.Flag.kind -> argparse type (durations are parsed by cmd_train, bools are --x / --no-x)
+FLAG_TYPES = {"int>=1": _positive_int, "int>=0": _nonneg_int, "int": _int, "float": _float, "fraction": _fraction,
+              "duration": str, "choice": str, "text": str}
+
+
 def _common(p: argparse.ArgumentParser, json_flag: bool = False) -> None:
     p.add_argument("--quiet", action="store_true", help="only warnings and errors on stderr")
     if json_flag:
@@ -305,70 +315,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True, default=unset, help="tokenizer.json from init-tokenizer")
     p.add_argument("--corpus", required=True, default=unset, help="cleaned corpus file")
     p.add_argument("--outdir", required=True, default=unset, help="run folder (checkpoints, history, logs)")
-    p.add_argument("--config", choices=["small", "medium", "large", "custom"], default="small",
-                   help="preset (small ~10M, medium ~30M, large ~70M parameters at a 32k vocabulary); any "
-                        "model/training flag below overrides that field only. custom: small's training "
-                        "defaults with --n-layer, --n-head and --n-embd required")
+    p.add_argument("--config", choices=[*PRESETS, "custom"], default="small",
+                   help="preset (" + ", ".join(f"{name} ~{preset_parameters(name) / 1e6:.0f}M" for name in PRESETS)
+                        + " parameters at a 32k vocabulary); any model/training flag below overrides that "
+                          "field only. custom: small's training defaults with --n-layer, --n-head and --n-embd "
+                          "required")
     p.add_argument("--separator", default=DOC_SEPARATOR, help="document separator line in the corpus")
-    p.add_argument("--block-size", type=_positive_int, default=unset,
-                   help="context length in tokens (preset: 256 / 512 / 1024)")
-    p.add_argument("--n-embd", type=_positive_int, default=unset, help="model width (preset: 256 / 384 / 640)")
-    p.add_argument("--n-layer", type=_positive_int, default=unset, help="transformer blocks (preset: 4 / 10 / 10)")
-    p.add_argument("--n-head", type=_positive_int, default=unset, help="attention heads (preset: 4 / 6 / 10)")
-    p.add_argument("--dropout", type=_float, default=unset, help="dropout probability (default: 0.0)")
-    p.add_argument("--batch-size", type=_positive_int, default=unset,
-                   help="windows per micro-batch (preset: 32 / 16 / 8)")
-    p.add_argument("--accumulation-steps", type=_positive_int, default=unset,
-                   help="micro-batches per optimizer step (default: 1)")
-    p.add_argument("--epochs", type=_positive_int, default=unset,
-                   help="passes over the training windows (preset: 30 / 20 / 15)")
-    p.add_argument("--max-steps", type=_positive_int, default=unset,
-                   help="cap on optimizer steps; the learning-rate schedule ends there (default: no cap)")
-    p.add_argument("--max-time", default=unset,
-                   help="wall-clock cap on this invocation, e.g. 2h, 90m, 1h30m: stop at the next step "
-                        "boundary past it, evaluate, save and exit 0 (re-run to continue)")
-    p.add_argument("--time-budget", default=unset,
-                   help="wall-clock budget of the whole run, e.g. 10m, 2h: the number of steps (and so the "
-                        "learning-rate schedule) is fitted to it from the measured step time, so the run "
-                        "ends on time with a fully decayed learning rate; --epochs and --max-steps still cap "
-                        "it. Once fixed, the step count is kept in the checkpoint (resume is exact)")
-    p.add_argument("--lr", type=_float, default=unset, help="peak learning rate (preset: 5e-4 / 3e-4 / 2e-4)")
-    p.add_argument("--min-lr", type=_float, default=unset,
-                   help="learning rate at the last step of the cosine decay (default: lr / 10)")
-    p.add_argument("--warmup-steps", type=_nonneg_int, default=unset,
-                   help="linear warmup in optimizer steps (default: 5%% of the schedule, at most 500)")
-    p.add_argument("--weight-decay", type=_float, default=unset,
-                   help="AdamW weight decay, matrices only (default: 0.1)")
-    p.add_argument("--grad-clip", type=_float, default=unset, help="clip the gradient norm (0 = off; default: 1.0)")
-    p.add_argument("--patience", type=_nonneg_int, default=unset,
-                   help="stop after this many evaluations without improvement (0 = never; default: 5)")
-    p.add_argument("--eval-every", type=_positive_int, default=unset,
-                   help="evaluate every N optimizer steps, and at the end of every epoch (default: 250)")
-    p.add_argument("--eval-batches", type=_positive_int, default=unset,
-                   help="fixed validation batches per evaluation (default: 20)")
-    p.add_argument("--stride", type=_positive_int, default=unset,
-                   help="window stride inside long documents, in tokens (default: the block size, so "
-                        "windows do not overlap)")
-    p.add_argument("--val-fraction", type=_fraction, default=unset,
-                   help="fraction of documents held out for validation (default: 0.05; 0 = none)")
-    p.add_argument("--device", choices=DEVICES, default="auto", help="device")
-    _precision_flags(p, "training")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=unset,
-                   help="recompute activations per block to save memory (preset: on for large)")
-    p.add_argument("--flash-attention", action="store_true",
-                   help="use the flash-attn package when installed on a supported GPU (else SDPA)")
-    p.add_argument("--num-workers", type=_nonneg_int, default=0, help="data loader worker processes")
-    p.add_argument("--seed", type=int, default=1337, help="random seed (weights, data order, dropout)")
+    for flag in train_flags():   # one per config field (config.py): the preset or the field gives the default
+        if flag.kind == "precision":
+            _precision_flags(p, "training")
+        elif flag.kind == "bool":
+            p.add_argument(flag.option, action=argparse.BooleanOptionalAction, default=unset,
+                           help=_escape(flag.help))
+        else:
+            p.add_argument(flag.option, type=FLAG_TYPES[flag.kind], choices=flag.choices or None, default=unset,
+                           metavar="DURATION" if flag.kind == "duration" else None, help=_escape(flag.help))
     p.add_argument("--resume", action="store_true",
                    help="require ckpt_last.pt in --outdir and continue from it (re-running the same "
                         "command on that folder continues anyway)")
     p.add_argument("--force", action="store_true", help="resume even if the corpus or tokenizer changed")
-    p.add_argument("--sample-prompt", default=unset,
-                   help="prompt of the greedy sample logged and kept in history.json at each evaluation "
-                        "(default: the first words of a validation document)")
-    p.add_argument("--log-every", type=_positive_int, default=unset,
-                   help="when stderr is not a terminal, one log line every N steps (default: 10)")
     _common(p, json_flag=True)
     p.set_defaults(func=cmd_train)
 

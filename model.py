@@ -1,4 +1,4 @@
-"""The transformer: config, RoPE, attention (SDPA / flash-attn / reference), blocks, KV cache.
+"""The transformer: RoPE, attention (SDPA / flash-attn / reference), blocks, KV cache.
 
 Architecture (matches Hugging Face GPT-NeoX with `use_parallel_residual=False` and
 `rotary_pct=1.0` exactly, so `export.py` is a renaming of weights):
@@ -23,9 +23,7 @@ H heads, D head dim (C // H), V vocabulary.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -33,77 +31,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from common import log
-
-
-# =========================================================================== config
-
-@dataclass
-class ModelConfig:
-    vocab_size: int = 32000
-    block_size: int = 256          # longest sequence (tokens) the model is trained on
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 256
-    dropout: float = 0.0
-    bias: bool = True              # biases in Linear and LayerNorm layers
-    rope_base: float = 10000.0
-    norm_eps: float = 1e-5
-    sep_token_id: int | None = 0   # document-aware attention + RoPE restart at this token
-
-    def __post_init__(self):
-        problems = []
-
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            v = getattr(self, name)
-            if not is_int(v) or v <= 0:
-                problems.append(f"{name}={v!r} must be a positive whole number")
-        sizes_ok = all(is_int(getattr(self, n)) and getattr(self, n) > 0 for n in ("n_embd", "n_head"))
-        if sizes_ok and self.n_embd % self.n_head != 0:
-            problems.append(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        elif sizes_ok and (self.n_embd // self.n_head) % 2 != 0:
-            problems.append(f"head dim n_embd/n_head={self.n_embd // self.n_head} must be even for RoPE "
-                            f"(n_embd={self.n_embd}, n_head={self.n_head})")
-        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) \
-                or not 0.0 <= self.dropout < 1.0:
-            problems.append(f"dropout={self.dropout!r} must be in [0, 1)")
-        if not isinstance(self.bias, bool):
-            problems.append(f"bias={self.bias!r} must be true or false")
-        if not isinstance(self.rope_base, (int, float)) or isinstance(self.rope_base, bool) \
-                or not self.rope_base > 0:
-            problems.append(f"rope_base={self.rope_base!r} must be a positive number")
-        if not isinstance(self.norm_eps, (int, float)) or isinstance(self.norm_eps, bool) \
-                or not self.norm_eps > 0:
-            problems.append(f"norm_eps={self.norm_eps!r} must be a positive number")
-        if self.sep_token_id is not None:
-            if not is_int(self.sep_token_id) or self.sep_token_id < 0:
-                problems.append(f"sep_token_id={self.sep_token_id!r} must be a token id >= 0 or None")
-            elif is_int(self.vocab_size) and self.sep_token_id >= self.vocab_size:
-                problems.append(f"sep_token_id={self.sep_token_id} must be < vocab_size={self.vocab_size}")
-        if problems:
-            raise ValueError("invalid model config: " + "; ".join(problems))
-        self.dropout = float(self.dropout)
-        self.rope_base = float(self.rope_base)
-        self.norm_eps = float(self.norm_eps)
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"model config must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
+from config import ModelConfig
 
 
 # =========================================================================== RoPE

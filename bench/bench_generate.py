@@ -24,10 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import generation as G  # noqa: E402
+from config import MODEL_FIELDS, PRESETS  # noqa: E402
 from model import GPT, ModelConfig  # noqa: E402
 from precision import resolve_precision  # noqa: E402
 
-SMALL = dict(vocab_size=32000, n_layer=4, n_head=4, n_embd=256, block_size=256)  # config.PRESETS["small"]
+SMALL = dict(vocab_size=32000, **{k: v for k, v in PRESETS["small"].items() if k in MODEL_FIELDS})
 
 
 def timed(fn, repeats: int) -> float:

@@ -145,6 +145,52 @@ def test_config_errors_are_collected():
                                   "stride": 64}, vocab_size=100)
 
 
+def _train_help() -> str:
+    import main
+    parser = main.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "stage")
+    return " ".join(sub.choices["train"].format_help().split())   # unwrapped
+
+
+def test_train_help_is_derived_from_presets_and_fields():
+    text = _train_help()
+    configs = {name: C.make_configs(name, {}, vocab_size=100) for name in C.PRESETS}
+    for field in sorted({k for values in C.PRESETS.values() for k in values}):
+        # the value each preset really gives the field, in the flag's help: (preset: small 256, medium 512, ...)
+        shown = ", ".join(f"{name} {C._shown(getattr(m if field in C.MODEL_FIELDS else t, field))}"
+                          for name, (m, t) in configs.items())
+        assert f"--{field.replace('_', '-')}" in text and f"(preset: {shown})" in text, field
+    for name in C.PRESETS:
+        assert f"{name} ~{C.preset_parameters(name) / 1e6:.0f}M" in text
+    assert "(default: 1337)" in text and "(default: 5% of the schedule, at most 500)" in text
+
+
+def test_every_flag_field_reaches_its_config(data):
+    """A field with flag metadata is a train flag; its value lands in that field of the configs."""
+    import main
+    samples = {"int>=1": ("3", 3), "int>=0": ("0", 0), "int": ("7", 7), "float": ("0.25", 0.25),
+               "fraction": ("0.2", 0.2), "duration": ("2m", "2m"), "choice": ("cpu", "cpu"),
+               "text": ("Hola", "Hola"), "bool": (None, True), "precision": ("fp32", "fp32")}
+    for flag in C.train_flags():
+        text, value = samples[flag.kind]
+        argv = ["train", "--tokenizer", "t", "--corpus", "c", "--outdir", "o", flag.option] + ([text] if text else [])
+        args = main.build_parser().parse_args(argv)
+        assert getattr(args, flag.name) == value, flag.name
+        assert flag.name in C.CLI_OVERRIDES
+    m, t = C.make_configs("small", {"n_embd": 64, "n_head": 2, "eval_batches": 3, "compile": True},
+                          vocab_size=100)
+    assert (m.n_embd, m.n_head, t.eval_batches, t.compile) == (64, 2, 3, True)
+
+
+def test_model_config_counts_the_parameters_of_the_network():
+    from model import GPT
+    for preset in C.PRESETS:
+        for bias in (True, False):
+            shape = {k: v for k, v in C.PRESETS[preset].items() if k in C.MODEL_FIELDS}
+            cfg = C.ModelConfig(vocab_size=300, bias=bias, **shape)
+            assert cfg.num_parameters() == GPT(cfg).num_parameters(), (preset, bias)
+
+
 # =========================================================================== learning
 
 def test_tiny_model_overfits_tiny_corpus(data, tmp_path):
