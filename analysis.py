@@ -19,9 +19,9 @@ import numpy as np
 
 from common import Progress, UserError, require_file
 from config import PRESETS, preset_parameters
-from dataset import (ENCODE_BATCH_CHARS, _batch_encoder, _separator_line, _specials_as_text, _text_pieces,
-                     tokenizer_parallelism)
-from tokenizer import DOC_SEPARATOR, load_tokenizer
+from corpus import DOC_SEPARATOR, _separator_line, _text_pieces
+from dataset import ENCODE_BATCH_CHARS, _batch_encoder, _specials_as_text, tokenizer_parallelism
+from tokenizer import load_tokenizer
 
 # ============================================================================ corpus analysis (analyze-corpus)
 # (owned by the cleaning helper)

@@ -325,7 +325,7 @@ def resolve_schedule(cfg: TrainConfig, steps_per_epoch: int, budget_steps: Optio
     """Fill in the data-dependent defaults: total_steps, warmup_steps and min_lr.
 
     total_steps is epochs x steps_per_epoch, capped by max_steps and by `budget_steps` (the steps
-    that fit the --time-budget, see Trainer.plan_time_budget)."""
+    that fit the --time-budget, see budget.TimeBudget)."""
     total = cfg.epochs * steps_per_epoch
     for cap in (cfg.max_steps, budget_steps):
         if cap is not None:

@@ -1,7 +1,8 @@
-"""Corpus reading, the memory-mapped token store, train/val split and document-aware windows.
+"""The memory-mapped token store of a corpus, the train/val split and document-aware windows.
 
-The tokenizer (training, loading, special tokens) is in tokenizer.py; corpus analysis
-(analyze-corpus) is in analysis.py. Both use the reading helpers of this module.
+Reading corpus files is corpus.py's; the tokenizer (training, loading, special tokens) is in
+tokenizer.py; corpus analysis (analyze-corpus) is in analysis.py, which uses this module's batch
+encoder.
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import itertools
 import json
 import math
 import os
-import re
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -19,103 +19,12 @@ import numpy as np
 
 from common import Progress, UserError, atomic_path, file_sha256, log, require_file
 from config import DEFAULT_VAL_FRACTION
-from tokenizer import DOC_SEPARATOR, as_identity, special_ids, tokenizer_separator
+from corpus import _document_bytes, _text_pieces, read_documents
+from tokenizer import as_identity, special_ids, tokenizer_separator
 
 # ============================================================================ reading, token store, windows
 
-# Long documents are cut into pieces of about this many characters (at safe line breaks) so that
-# batch encoding spreads one big document over all cores; see _text_pieces for why the tokens are
-# unchanged by the cut.
-PIECE_CHARS = 16_000
 ENCODE_BATCH_CHARS = 4_000_000           # characters handed to one encode_batch call
-
-
-# ---------------------------------------------------------------------------------------- reading
-
-def read_documents(path: str | os.PathLike, separator: str = DOC_SEPARATOR) -> Iterator[str]:
-    """Stream the documents of a corpus file: text between lines holding only `separator`.
-
-    UTF-8 (a BOM is dropped). The newline before a separator line is not part of the document;
-    documents that are empty or whitespace only are skipped. A file without separator lines is
-    one document. Raises UserError for text that is not UTF-8 or looks binary (NUL bytes).
-    """
-    path = Path(path)
-    sep = _separator_line(separator, "separator")
-    lines: list[str] = []
-    lineno = 0
-    try:
-        with open(path, encoding="utf-8-sig", newline=None) as f:
-            for lineno, line in enumerate(f, 1):
-                # cheap test first: a separator line is short
-                if len(line) <= len(sep) + 4 and line.strip() == sep:
-                    doc = _finish_document(lines, path)
-                    lines = []
-                    if doc is not None:
-                        yield doc
-                else:
-                    lines.append(line)
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not valid UTF-8 text (bad byte after line {lineno}: {e.reason}); "
-                        f"clean it with 'python main.py prepare-corpus' first")
-    doc = _finish_document(lines, path)
-    if doc is not None:
-        yield doc
-
-
-def _separator_line(separator: str, what: str) -> str:
-    """The separator line's text (`separator` stripped); UserError naming `what` if it is empty or multi-line."""
-    sep = separator.strip()
-    if not sep or "\n" in sep:
-        raise UserError(f"{what} {separator!r} must be a non-empty single line")
-    return sep
-
-
-def _document_bytes(doc: str, separator: str) -> int:
-    """Corpus bytes taken by `doc` and its separator line (for progress in bytes)."""
-    return len(doc.encode("utf-8")) + len(separator) + 2
-
-
-def _finish_document(lines: list[str], path: Path) -> Optional[str]:
-    if not lines:
-        return None
-    text = "".join(lines)
-    if text.endswith("\n"):
-        text = text[:-1]
-    if "\x00" in text:
-        raise UserError(f"{path} contains NUL bytes (binary data?); pass a text corpus "
-                        f"made by 'python main.py prepare-corpus'")
-    if not text.strip():
-        return None
-    return text
-
-
-# A maximal run of ASCII whitespace between two non-space characters (Python's \S excludes every
-# character that the tokenizer's regex counts as whitespace, so the run is maximal there too).
-_SAFE_CUT = re.compile(r"(?<=\S)[ \t\n\r\f\v]+(?=\S)")
-
-
-def _text_pieces(text: str, piece_chars: int = PIECE_CHARS) -> Iterator[str]:
-    """Cut `text` into pieces of about `piece_chars` characters without changing its tokens:
-    encoding the pieces and concatenating the ids gives exactly the ids of the whole text.
-
-    Why: the byte-level pre-tokenizer (GPT-2 regex, no prefix space) splits a whitespace run W
-    that sits between non-space characters as W[:-1] | W[-1] + following word (a space joins the
-    word, a newline stands alone), and BPE merges never cross pre-tokens. Cutting just before
-    W[-1] is therefore a pre-token boundary, and the regex finds the same pre-tokens on both
-    sides of the cut (W[:-1] at the end of a piece still matches as one run). So even a document
-    that is one 10 MB line is cut (at spaces) and encoded on all cores. tests/test_dataset.py
-    checks pieces == whole on real text. A text without such a run stays whole.
-    """
-    n = len(text)
-    start = 0
-    while n - start > piece_chars:
-        m = _SAFE_CUT.search(text, start + piece_chars)
-        if m is None:
-            break
-        cut = m.end() - 1
-        yield text[start:cut]
-        start = cut
-    yield text[start:]
 
 
 # ---------------------------------------------------------------------------------------- token store

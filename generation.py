@@ -1,9 +1,9 @@
-"""Sampling and generation: a pure `sample()`, KV-cached decoding (single prompts, left-padded
+"""Generation: KV-cached decoding (single prompts, left-padded
 batches, a sliding context), incremental UTF-8-safe decoding with stop strings, and the
 `generate` stage's text-level driver.
 
 Layers, bottom up:
-  - `filter_logits` / `sample`: pure functions of a (B, V) logits tensor.
+  - `filter_logits` / `sample` (sampling.py): pure functions of a (B, V) logits tensor.
   - `generate_batch`: KV-cached decoding of B prompts (token ids) -> one list of B new ids per
     step; `generate_tokens` is its single-prompt, streaming form (nanochat style: streaming is
     iterating it).
@@ -16,20 +16,19 @@ Notation: B batch (rows), T time (tokens fed this step), S cache slots, V vocabu
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-import numpy as np
 import torch
 
 from common import UserError, atomic_path, log, refuse_same_file, require_file, resolve_device
 from precision import log_choice, resolve_precision
 from tokenizer import as_identity, special_ids
 from checkpoint import load_model
+from sampling import SamplingConfig, _NgramBlocker, apply_repetition_penalty, sample
 
 FINISH_LENGTH = "length"                    # max_new_tokens reached
 FINISH_STOP = "stop"                        # a stop string appeared; the text ends before it
@@ -39,218 +38,6 @@ FINISH_END_OF_DOCUMENT = "end_of_document"  # the model produced <|doc|> or <|en
 # most recent `SLIDE_KEEP_FRACTION * block_size` tokens (re-prefilled at positions 0..). Half the
 # block keeps plenty of context while a re-prefill happens only every block_size / 2 tokens.
 SLIDE_KEEP_FRACTION = 0.5
-
-
-# =========================================================================== configuration
-
-@dataclass
-class SamplingConfig:
-    temperature: float = 0.8        # 0 = greedy (argmax)
-    top_k: int = 50                 # keep the k most likely tokens (0 = off)
-    top_p: float = 0.9              # nucleus: smallest set with this much mass (1.0 = off)
-    min_p: float = 0.0              # drop tokens below min_p * p(top token) (0 = off)
-    repetition_penalty: float = 1.0  # > 1 penalises tokens already in the prompt or output
-    no_repeat_ngram: int = 0        # forbid repeating any n-gram of this size (0 = off)
-
-    def __post_init__(self):
-        problems = []
-
-        def number(name, v):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                problems.append(f"{name}={v!r} must be a finite number")
-                return False
-            return True
-
-        def whole(name, v):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                problems.append(f"{name}={v!r} must be a whole number >= 0")
-
-        if number("temperature", self.temperature) and self.temperature < 0:
-            problems.append(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
-        whole("top_k", self.top_k)
-        if number("top_p", self.top_p) and not 0.0 < self.top_p <= 1.0:
-            problems.append(f"top_p={self.top_p} must be in (0, 1] (1 = off)")
-        if number("min_p", self.min_p) and not 0.0 <= self.min_p < 1.0:
-            problems.append(f"min_p={self.min_p} must be in [0, 1) (0 = off)")
-        if number("repetition_penalty", self.repetition_penalty) and self.repetition_penalty <= 0:
-            problems.append(f"repetition_penalty={self.repetition_penalty} must be > 0 (1 = off)")
-        whole("no_repeat_ngram", self.no_repeat_ngram)
-        if problems:
-            raise ValueError("invalid sampling settings: " + "; ".join(problems))
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-
-# =========================================================================== pure sampling
-
-# top_p without top_k first tries the most likely tokens: the nucleus nearly always lies in the
-# first few hundred, and a topk of those is far cheaper than sorting a 32k vocabulary per step.
-NUCLEUS_PREFIX = 256
-
-
-def _canonical(source: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """source's values at ids (B, K), ordered by value descending, ties by lower id."""
-    ids = ids.sort(dim=-1).values  # ascending ids...
-    cand, order = source.gather(-1, ids).sort(dim=-1, descending=True, stable=True)  # ...then by value
-    return cand, ids.gather(-1, order)
-
-
-def _top_k_candidates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exactly k candidates per row -> (logits (B, k), ids (B, k)), ordered by logit descending,
-    ties by lower token id. Ties at the cut keep the lowest ids, so no extra token slips in.
-
-    One topk of k + 1 finds the set; only when the (k+1)-th value equals the k-th (a tie across
-    the cut, rare with real logits; checked with one (B,)-sized host read) does a slower exact
-    pass push the tied tokens beyond the `k - (number strictly above)` lowest ids to -inf.
-    """
-    V = logits.shape[-1]
-    vals, ids = torch.topk(logits, min(k + 1, V), dim=-1)  # (B, k+1) sorted descending
-    if k < V and bool((vals[:, k] == vals[:, k - 1]).any()):
-        kth = vals[:, k - 1:k]  # (B, 1)
-        tied = logits == kth  # (B, V)
-        n_above = (logits > kth).sum(-1, keepdim=True)  # (B, 1)
-        surplus = tied & (tied.cumsum(-1) > k - n_above)  # tied tokens past the cut, by id
-        ids = torch.topk(logits.masked_fill(surplus, float("-inf")), k, dim=-1).indices  # (B, k)
-    return _canonical(logits, ids[:, :k])
-
-
-def _nucleus_candidates(scaled: torch.Tensor, log_z: torch.Tensor, top_p: float
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidates (B, K) for top_p alone, in canonical order: the first NUCLEUS_PREFIX tokens when
-    those strictly above the next one already hold top_p of the mass (then the nucleus is among
-    them, whatever the order of ties), else the whole sorted vocabulary."""
-    V = scaled.shape[-1]
-    k = NUCLEUS_PREFIX
-    if k < V:
-        vals, ids = torch.topk(scaled, k + 1, dim=-1)  # (B, k+1)
-        above = vals[:, :k] > vals[:, k:]  # (B, k): ahead of every token outside, in any order
-        mass = torch.exp(vals[:, :k] - log_z).masked_fill(~above, 0.0).sum(-1)
-        if bool((mass >= top_p).all()):
-            cand, ids = _canonical(scaled, ids[:, :k])
-            return cand.masked_fill(cand <= vals[:, k:], float("-inf")), ids
-    return torch.sort(scaled, dim=-1, descending=True, stable=True)  # ties by lower id
-
-
-def _support(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, min_p: float
-             ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The candidates of a draw: logits at `temperature` (B, K) with dropped tokens at -inf, and
-    their token ids (B, K), or None when K == V and candidate i is token i. Never writes into
-    `logits`. Filters apply in the usual order, each on the survivors of the previous one:
-      top_k: exactly k tokens (ties at the cut go to the lower token id), taken on the raw logits
-             (dividing by a positive temperature keeps their order);
-      top_p: the smallest set, in order of probability (ties by lower id), whose mass reaches
-             top_p (at least the top token); after top_k, of the renormalised top-k distribution;
-      min_p: tokens with p >= min_p * p(top token).
-    """
-    V = logits.shape[-1]
-    log_z = None  # log normaliser of the top_p mass (None: the candidates' own softmax)
-    if 0 < top_k < V:
-        cand, ids = _top_k_candidates(logits, top_k)  # sorted
-        cand = cand / temperature
-    elif top_p < 1.0:
-        scaled = logits / temperature
-        log_z = torch.logsumexp(scaled, dim=-1, keepdim=True)  # (B, 1) over the whole vocabulary
-        cand, ids = _nucleus_candidates(scaled, log_z, top_p)
-    else:
-        cand, ids = logits / temperature, None
-    if top_p < 1.0:  # cand is sorted: keep each token whose preceding mass is < top_p
-        probs = torch.softmax(cand, dim=-1) if log_z is None else torch.exp(cand - log_z)
-        mass_before = probs.cumsum(-1) - probs
-        cand = cand.masked_fill(mass_before >= top_p, float("-inf"))  # the top token always stays
-    if min_p > 0.0:  # p >= min_p * p_max  <=>  logit >= max logit + log(min_p)
-        threshold = cand.max(dim=-1, keepdim=True).values + math.log(min_p)
-        cand = cand.masked_fill(cand < threshold, float("-inf"))
-    return cand, ids
-
-
-def filter_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
-    """A new (B, V) tensor: logits / temperature, with -inf at every token that `sample` with the
-    same settings cannot draw (its support; see `_support` for the filters). temperature 0 keeps
-    only the argmax. The caller's tensor is never modified."""
-    assert logits.dim() == 2, "logits must be (B, V)"
-    if temperature == 0:
-        top = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
-        return torch.full_like(logits, float("-inf")).scatter_(-1, top, logits.gather(-1, top))
-    cand, ids = _support(logits, temperature, top_k, top_p, min_p)
-    if ids is None:
-        return cand
-    return torch.full_like(cand[:, :1].expand_as(logits), float("-inf")).scatter_(-1, ids, cand)
-
-
-def _argmax(logits: torch.Tensor) -> torch.Tensor:
-    """(B, V) -> (B,) index of the first maximum. On the CPU through NumPy, whose vectorised
-    argmax is ~10x faster than torch's for a 32k vocabulary (a sizeable part of a greedy step)."""
-    if logits.device.type == "cpu" and logits.dtype in (torch.float32, torch.float64):
-        return torch.from_numpy(logits.numpy().argmax(axis=-1).astype(np.int64, copy=False))
-    return logits.argmax(dim=-1)
-
-
-def sample(logits: torch.Tensor, *, temperature: float, top_k: int = 0, top_p: float = 1.0,
-           min_p: float = 0.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Draw one token id per row from (B, V) logits -> LongTensor (B,). Pure: `logits` is not
-    modified. temperature 0 = argmax (the lowest id among equal maxima; filters are moot).
-
-    The draw inverts the cumulative distribution of the candidates of `_support` at one uniform
-    number per row: no host sync, one random number per row.
-    """
-    assert logits.dim() == 2, "logits must be (B, V)"
-    if temperature == 0:
-        return _argmax(logits)
-    cand, ids = _support(logits, temperature, top_k, top_p, min_p)
-    cdf = torch.softmax(cand, dim=-1).cumsum(dim=-1)  # (B, K)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype)  # [0, 1)
-    u = (1.0 - u) * cdf[:, -1:]  # (0, total]: the first cdf >= u is a token with p > 0
-    choice = torch.searchsorted(cdf, u).squeeze(-1)  # (B,) position among the candidates
-    return choice if ids is None else ids.gather(-1, choice[:, None]).squeeze(-1)
-
-
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """New (B, V) logits where every token already seen is penalised: a positive logit is divided
-    by `penalty`, a negative one multiplied (so > 1 always lowers the probability). `seen` is
-    either token ids (B, N) long (repeats count once) or a (B, V) bool mask. Pure; `penalty == 1`
-    returns `logits` itself."""
-    if penalty == 1.0 or seen.numel() == 0:
-        return logits
-    if seen.dtype == torch.bool:
-        penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-        return torch.where(seen, penalised, logits)
-    old = logits.gather(-1, seen)  # (B, N)
-    return logits.scatter(-1, seen, torch.where(old > 0, old / penalty, old * penalty))
-
-
-def banned_ngram_tokens(tokens: Sequence[int], n: int) -> set[int]:
-    """Tokens that would complete an n-gram already present in `tokens` (reference form of
-    `_NgramBlocker`; n == 1 bans every token seen)."""
-    if n <= 0 or len(tokens) < n - 1:
-        return set()
-    prefix = tuple(tokens[len(tokens) - (n - 1):]) if n > 1 else ()
-    return {tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tuple(tokens[i:i + n - 1]) == prefix}
-
-
-class _NgramBlocker:
-    """Incremental no-repeat-ngram state of one row: (n-1)-gram -> tokens that followed it."""
-
-    def __init__(self, n: int, tokens: Sequence[int]):
-        self.n = n
-        self.follow: dict[tuple, set] = {}
-        self.tokens: list[int] = []
-        for t in tokens:
-            self.add(t)
-
-    def add(self, token: int) -> None:
-        self.tokens.append(token)
-        if len(self.tokens) >= self.n:
-            key = tuple(self.tokens[len(self.tokens) - self.n:-1])
-            self.follow.setdefault(key, set()).add(token)
-
-    def banned(self) -> set:
-        if len(self.tokens) < self.n - 1:
-            return set()
-        key = tuple(self.tokens[len(self.tokens) - (self.n - 1):]) if self.n > 1 else ()
-        return self.follow.get(key, set())
 
 
 # =========================================================================== KV-cached decoding
@@ -289,6 +76,43 @@ def _prefill(model, contexts, S, slots, device, pad_id) -> tuple[_Batch, torch.T
     return batch, logits[:, -1]  # (B, V)
 
 
+class _Penalties:
+    """--repetition-penalty and --no-repeat-ngram on a batch's logits, with the tokens each row
+    has seen (prompt and output; not the SEP/BOS or another stop id: they are markers, not text)."""
+
+    def __init__(self, cfg: SamplingConfig, history: list[list[int]], stop: set, vocab_size: int, device):
+        self.penalty, self.device = cfg.repetition_penalty, device
+        self.seen = None
+        if self.penalty != 1.0:
+            self.seen = torch.zeros(len(history), vocab_size, dtype=torch.bool, device=device)  # (B, V)
+            for i, h in enumerate(history):
+                self.seen[i, [t for t in h if t not in stop]] = True
+            self.rows = torch.arange(len(history), device=device)
+        self.blockers = [_NgramBlocker(cfg.no_repeat_ngram, h) for h in history] if cfg.no_repeat_ngram else None
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:  # (B, V) -> (B, V)
+        if self.seen is not None:
+            logits = apply_repetition_penalty(logits, self.seen, self.penalty)
+        if self.blockers is not None:
+            rows, cols = [], []
+            for i, b in enumerate(self.blockers):
+                ban = b.banned()
+                rows += [i] * len(ban)
+                cols += list(ban)
+            if rows:
+                index = (torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device))
+                logits = logits.index_put(index, torch.tensor(float("-inf"), device=self.device))
+        return logits
+
+    def add(self, new: torch.Tensor, tokens: list[int]) -> None:
+        """The ids sampled this step: `new` (B,) on the device and the same as a host list."""
+        if self.seen is not None:
+            self.seen[self.rows, new] = True
+        if self.blockers is not None:
+            for b, t in zip(self.blockers, tokens):
+                b.add(t)
+
+
 @torch.inference_mode()
 def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: SamplingConfig, *,
                    generator: Optional[torch.Generator] = None, stop_ids: Sequence[int] = (0, 1),
@@ -321,29 +145,10 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
     stop = set(stop_ids)
     finished = [False] * B
 
-    # repetition penalty: which tokens each row has seen, prompt and output (not the SEP/BOS or
-    # another stop id: they are markers, not text)
-    penalise = cfg.repetition_penalty != 1.0
-    if penalise:
-        seen = torch.zeros(B, model.cfg.vocab_size, dtype=torch.bool, device=device)  # (B, V)
-        for i, h in enumerate(history):
-            seen[i, [t for t in h if t not in stop]] = True
-        rows = torch.arange(B, device=device)
-    blockers = [_NgramBlocker(cfg.no_repeat_ngram, h) for h in history] if cfg.no_repeat_ngram else None
+    processor = _Penalties(cfg, history, stop, model.cfg.vocab_size, device)
 
     def next_ids(logits: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()  # (B, V); bf16/fp16 under autocast: sample in fp32
-        if penalise:
-            logits = apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
-        if blockers is not None:
-            rows, cols = [], []
-            for i, b in enumerate(blockers):
-                ban = b.banned()
-                rows += [i] * len(ban)
-                cols += list(ban)
-            if rows:
-                logits = logits.index_put((torch.tensor(rows, device=device), torch.tensor(cols, device=device)),
-                                          torch.tensor(float("-inf"), device=device))
+        logits = processor(logits.float())  # (B, V); bf16/fp16 under autocast: sample in fp32
         return sample(logits, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                       min_p=cfg.min_p, generator=generator)
 
@@ -363,11 +168,7 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                 else:
                     out.append(t)
                     finished[i] = t in stop
-            if penalise:
-                seen[rows, new] = True
-            if blockers is not None:
-                for b, t in zip(blockers, tokens):
-                    b.add(t)
+            processor.add(new, tokens)
             yield out
             if all(finished) or step == max_new_tokens - 1:
                 return
@@ -625,6 +426,20 @@ def _plain_parts(prompt: str, prompt_no: int, n_prompts: int, sample: int, num_s
     return f"{title} ===\n{prompt}\n--- output ---\n", "\n\n"
 
 
+def _write_results(output, results: list[Generation], n_prompts: int, num_samples: int) -> None:
+    """--output: JSON Lines (.jsonl) or plain text with a header per result, written atomically."""
+    jsonl = str(output).lower().endswith(".jsonl")
+    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for r, g in enumerate(results):
+            if jsonl:
+                f.write(json.dumps(g.to_dict(), ensure_ascii=False) + "\n")
+            else:
+                header, footer = _plain_parts(g.prompt, r // num_samples, n_prompts, g.sample, num_samples,
+                                              single=False)
+                f.write(header + g.text + footer)
+    log.info(f"wrote {len(results)} result(s) to {output}")
+
+
 def _utf8_stdout():
     if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8":
         sys.stdout.reconfigure(encoding="utf-8")
@@ -667,23 +482,22 @@ def run_generate(*, tokenizer, ckpt_path, prompts: Sequence[str], max_new_tokens
                             r % num_samples, num_samples, single)
 
     out = _utf8_stdout() if stream or output is None else None
-    on_start = on_text = None
-    if stream:
-        def on_start(r: int) -> None:
-            if r > 0:
-                out.write(parts(r - 1)[1])
-            out.write(parts(r)[0])
-            out.flush()
 
-        def on_text(r: int, piece: str) -> None:
-            out.write(piece)
-            out.flush()
+    def on_start(r: int) -> None:            # streaming: a result begins (the previous one ends)
+        if r > 0:
+            out.write(parts(r - 1)[1])
+        out.write(parts(r)[0])
+        out.flush()
+
+    def on_text(r: int, piece: str) -> None:  # streaming: text that is final
+        out.write(piece)
+        out.flush()
 
     start = time.perf_counter()
     with prec.autocast():
         results = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, cfg=cfg,
                                  stop_strings=stop_strings, num_samples=num_samples, batch_size=batch_size,
-                                 generator=generator, on_start=on_start, on_text=on_text)
+                                 generator=generator, **(dict(on_start=on_start, on_text=on_text) if stream else {}))
     elapsed = time.perf_counter() - start
     if stream:
         out.write(parts(n_results - 1)[1])
@@ -694,16 +508,7 @@ def run_generate(*, tokenizer, ckpt_path, prompts: Sequence[str], max_new_tokens
             out.write(header + g.text + footer)
         out.flush()
     if output is not None:
-        jsonl = str(output).lower().endswith(".jsonl")
-        with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            for r, g in enumerate(results):
-                if jsonl:
-                    f.write(json.dumps(g.to_dict(), ensure_ascii=False) + "\n")
-                else:
-                    header, footer = _plain_parts(g.prompt, r // num_samples, len(prompts), g.sample,
-                                                  num_samples, single=False)
-                    f.write(header + g.text + footer)
-        log.info(f"wrote {len(results)} result(s) to {output}")
+        _write_results(output, results, len(prompts), num_samples)
     n_tokens = sum(g.tokens for g in results)
     log.info(f"generated {n_tokens} tokens in {elapsed:.2f}s ({n_tokens / max(elapsed, 1e-9):.1f} tokens/s"
              f"{f', batches of {batch_size}' if batch_size > 1 else ''}, {dev.type}, {prec.name})")

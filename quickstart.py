@@ -73,7 +73,7 @@ def fetch_demo_corpus(quiet: bool = False) -> Path:
 
 def split_test_documents(corpus: Path, train_out: Path, test_out: Path, fraction: float, seed: int = 0):
     """Hold out a fixed random `fraction` of the documents as the test file."""
-    from dataset import read_documents
+    from corpus import read_documents
     docs = list(read_documents(corpus, SEPARATOR))
     if len(docs) < 2:
         raise UserError(f"{corpus} holds {len(docs)} document(s); the quick start needs at least 2 "

@@ -23,11 +23,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from common import UserError, format_seconds, log, perplexity, read_json, write_text
+from common import UserError, atomic_path, format_seconds, log, perplexity, read_json, write_text
 
-# Numeric fields of a history entry; any may be absent or null (e.g. no validation set).
-NUMERIC_FIELDS = ("epoch", "tokens_seen", "train_loss", "val_loss", "val_perplexity", "lr",
-                  "grad_norm", "tokens_per_second", "elapsed_seconds")
+# history.json of a run folder: one entry per evaluation with these keys, in this order
+# (written by training.Trainer.evaluate_and_save). The numeric ones may be null (e.g. no
+# validation set), and older runs may lack some.
+HISTORY_KEYS = ("step", "epoch", "tokens_seen", "train_loss", "val_loss", "val_perplexity", "lr",
+                "grad_norm", "tokens_per_second", "elapsed_seconds", "sample")
+NUMERIC_FIELDS = tuple(k for k in HISTORY_KEYS if k not in ("step", "sample"))
+LOSS_PNG_PLOTS = ("loss", "perplexity")   # the figures of a run folder's loss.png (write_loss_png)
 
 # One figure per metric: (id, title, y label, [(history key, series label, line style)], y scale).
 # Series label None = the run name alone. "auto" scale goes logarithmic when the data spans
@@ -165,10 +169,10 @@ def load_runs(folders) -> list[Run]:
 
 # =========================================================================== plots
 
-def plot_svg(runs: list[Run], spec) -> str | None:
-    """One figure as an inline <svg> element, or None when no run has data for it."""
-    fig_id, title, ylabel, series, scale = spec
-    lines = []                                   # (run, label, style, xs, ys)
+def _lines(runs: list[Run], spec) -> list[tuple]:
+    """The curves of one figure: (run, label, style, xs, ys) for every run and series with data."""
+    _, _, _, series, scale = spec
+    lines = []
     for run in runs:
         for key, label, style in series:
             points = [(e["tokens_seen"], e[key]) for e in run.history
@@ -177,16 +181,15 @@ def plot_svg(runs: list[Run], spec) -> str | None:
                 points = [(x, y) for x, y in points if y > 0]
             if points:
                 xs, ys = zip(*points)
-                lines.append((run, run.name if label is None else f"{run.name} ({label})", style, xs, ys))
-    if not lines:
-        return None
+                name = label if not run.name else run.name if label is None else f"{run.name} ({label})"
+                lines.append((run, name, style, xs, ys))
+    return lines
 
-    from matplotlib import rc_context
-    from matplotlib.figure import Figure   # no pyplot: no display, no global figure state
+
+def _draw(fig, ax, lines: list[tuple], spec) -> None:
+    """One figure's curves, scale, labels and legend on `ax`."""
     from matplotlib.ticker import EngFormatter
-
-    fig = Figure(figsize=(6.4, 3.4), layout="constrained")
-    ax = fig.add_subplot()
+    _, title, ylabel, _, scale = spec
     for run, label, style, xs, ys in lines:
         ax.plot(xs, ys, style, color=run.colour, linewidth=1.6,
                 marker="o" if len(xs) <= MARKERS_UP_TO else None, markersize=3, label=label)
@@ -207,9 +210,21 @@ def plot_svg(runs: list[Run], spec) -> str | None:
     else:                                        # many runs: beside the axes, not over the curves
         fig.legend(loc="outside right upper", fontsize=7, frameon=False)
 
+
+def plot_svg(runs: list[Run], spec) -> str | None:
+    """One figure as an inline <svg> element, or None when no run has data for it."""
+    lines = _lines(runs, spec)
+    if not lines:
+        return None
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure   # no pyplot: no display, no global figure state
+
+    fig = Figure(figsize=(6.4, 3.4), layout="constrained")
+    _draw(fig, fig.add_subplot(), lines, spec)
     buf = io.StringIO()
     # Text stays text (small, selectable); a salt per figure keeps the clip-path ids of
     # several inline SVGs in one page from colliding, and makes the output reproducible.
+    fig_id = spec[0]
     with rc_context({"svg.fonttype": "none", "svg.hashsalt": f"mini-llm-{fig_id}"}):
         fig.savefig(buf, format="svg", metadata={"Date": None})
     svg = buf.getvalue()
@@ -219,6 +234,21 @@ def plot_svg(runs: list[Run], spec) -> str | None:
     # references to them) so that the ids stay unique in a page holding several SVGs.
     svg = re.sub(r'(\bid="|href="#|url\(#)', rf"\g<1>{fig_id}-", svg)
     return svg
+
+
+def write_loss_png(history: list[dict], path: Path) -> None:
+    """A run folder's loss.png: the report's loss and perplexity figures for that one run,
+    side by side (headless, written atomically)."""
+    from matplotlib.figure import Figure
+    run = Run(path=path.parent, name="", config={}, history=_check_history(history, path))
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    specs = [spec for spec in PLOTS if spec[0] in LOSS_PNG_PLOTS]
+    for ax, spec in zip(fig.subplots(1, len(specs)), specs):
+        lines = _lines([run], spec)
+        if lines:
+            _draw(fig, ax, lines, spec)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
 
 
 # =========================================================================== tables

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 
 from common import EXIT_INTERRUPTED, EXIT_LOCKED, EXIT_TERMINATED, UserError, atomic_path, log, write_json
 
@@ -189,6 +188,7 @@ class RunFolder:
 
     def save_checkpoint(self, path: Path, state: dict) -> None:
         if self.enabled:
+            import torch
             with atomic_path(path) as tmp:
                 torch.save(state, tmp)
 
@@ -202,41 +202,12 @@ class RunFolder:
 
     def write_plot(self, history: list[dict]) -> None:
         if self.enabled and history:
-            plot_history(history, self.plot)
-
-
-def plot_history(history: list[dict], path: Path) -> None:
-    """loss.png: train/validation loss and validation perplexity against tokens seen (headless)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    def series(key):
-        pts = [(h["tokens_seen"], h[key]) for h in history if h.get(key) is not None]
-        return [p[0] for p in pts], [p[1] for p in pts]
-
-    fig = Figure(figsize=(11, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2)
-    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-        x, y = series(key)
-        if x:
-            ax1.plot(x, y, marker="o", markersize=3, label=label)
-    ax1.set(xlabel="tokens seen", ylabel="loss (nats / token)", title="loss")
-    ax1.legend()
-    x, y = series("val_perplexity")
-    if x:
-        ax2.plot(x, y, marker="o", markersize=3, color="tab:orange")
-        if max(y) / max(min(y), 1e-9) > 20:
-            ax2.set_yscale("log")
-    ax2.set(xlabel="tokens seen", ylabel="perplexity", title="validation perplexity")
-    for ax in (ax1, ax2):
-        ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+            from report import write_loss_png   # matplotlib: only when a plot is drawn
+            write_loss_png(history, self.plot)
 
 
 def versions() -> dict:
     import tokenizers
+    import torch
     return {"python": platform.python_version(), "torch": torch.__version__,
             "tokenizers": tokenizers.__version__, "numpy": np.__version__, "platform": platform.platform()}

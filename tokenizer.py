@@ -3,8 +3,7 @@ report, and loading, checking and hashing a tokenizer.json.
 
 Special-token ids are fixed: the document separator (`<|doc|>` unless init-tokenizer was given
 another --separator) is id 0, `<|endoftext|>` 1, `<|pad|>` 2. Checkpoints and token stores record
-the sha256 of the tokenizer file (tokenizer_hash). Corpus reading lives in dataset.py; the training
-functions import it when they run (dataset.py imports this module, not the other way round).
+the sha256 of the tokenizer file (tokenizer_hash). Corpus reading is corpus.py's.
 """
 from __future__ import annotations
 
@@ -16,11 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from common import Progress, UserError, atomic_path, file_sha256, log, require_file
+from corpus import DOC_SEPARATOR, _document_bytes, _text_pieces, read_documents
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-DOC_SEPARATOR = "<|doc|>"
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 BYTE_ALPHABET = 256                      # byte-level BPE starts from every byte value
@@ -72,7 +71,6 @@ def tokenizer_separator(tok) -> str:
 
 
 def _iter_training_texts(files: Sequence[Path], separator: str, progress: Progress) -> Iterator[str]:
-    from dataset import _document_bytes, _text_pieces, read_documents
     for path in files:
         for doc in read_documents(path, separator):
             progress.update(_document_bytes(doc, separator))
@@ -93,7 +91,6 @@ def train_tokenizer(files: Sequence[str | os.PathLike], vocab_size: int = 32000,
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from dataset import read_documents
 
     if vocab_size < MIN_VOCAB_SIZE:
         raise UserError(f"--vocab-size {vocab_size} is too small: byte-level BPE needs at least "
@@ -141,7 +138,6 @@ def train_tokenizer(files: Sequence[str | os.PathLike], vocab_size: int = 32000,
 
 def _fitness_sample(paths: Sequence[Path], separator: str) -> str:
     """The first documents of each file, FITNESS_SAMPLE_CHARS characters in all."""
-    from dataset import read_documents
     budget = max(1, FITNESS_SAMPLE_CHARS // len(paths))
     parts = []
     for p in paths:
@@ -157,7 +153,6 @@ def _fitness_sample(paths: Sequence[Path], separator: str) -> str:
 def tokenizer_fitness(tok, text: str, n_words: int = 10) -> dict:
     """How well `tok` fits `text`: tokens per word, bytes per token, and how the most frequent
     long words (>= 8 characters) split."""
-    from dataset import _text_pieces
     pieces = list(_text_pieces(text))
     n_tokens = sum(len(e.ids) for e in tok.encode_batch(pieces, add_special_tokens=False))
     n_words_total = len(text.split())

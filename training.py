@@ -4,7 +4,7 @@ The configuration and schedule live in config.py, the run folder (lock, signals,
 runs.py. A run folder (`--outdir`) holds:
     ckpt_best.pt   the checkpoint with the lowest validation loss so far
     ckpt_last.pt   the latest checkpoint: written at every evaluation, at the end and on SIGINT/SIGTERM
-    history.json   one entry per evaluation (keys in HISTORY_KEYS)
+    history.json   one entry per evaluation (keys in report.HISTORY_KEYS)
     config.json    model and training config, precision, tokenizer and corpus (path, sha256), versions
     train.log      every log line of every run on this folder, with timestamps
     loss.png       train/validation loss and validation perplexity against tokens seen
@@ -51,17 +51,12 @@ from checkpoint import TrainState, empty_window, load_resume_checkpoint, run_che
 from model import GPT, ModelConfig
 from precision import Precision, log_choice, resolve_precision
 from runs import RunFolder, RunLock, StopSignals, versions
+from budget import TimeBudget
+from report import HISTORY_KEYS
 
-
-HISTORY_KEYS = ("step", "epoch", "tokens_seen", "train_loss", "val_loss", "val_perplexity", "lr",
-                "grad_norm", "tokens_per_second", "elapsed_seconds", "sample")
 
 SAMPLE_PROMPT_WORDS = 3               # the greedy sample at each evaluation continues the first
 SAMPLE_TOKENS = 32                    # words of a validation document (or --sample-prompt)
-BUDGET_DECAY_FRACTION = 0.2          # --time-budget: the lr decays over the last 20% of the budget
-BUDGET_STEP_WINDOW = 50               # recent steps whose mean time fixes the decay's length
-BUDGET_SAFETY = 0.98                  # fraction of the remaining time planned for steps
-BUDGET_RESERVE_S = 1.5                # seconds kept for the end: plot, last save, exit
 PROBE_STEPS = 3                       # optimizer steps timed by the probe (the first is untimed)
 MAX_NONFINITE_STEPS = 3               # non-finite losses in a row before the run stops
 EXIT_DIVERGED = 1
@@ -104,11 +99,8 @@ class Trainer:
         self.state = TrainState(seed=tcfg.seed, batch_size=tcfg.batch_size)   # all the progress: checkpointed
         self.last_saved_step = -1
         self.last_norm = float("nan")
-        # --time-budget (see plan_time_budget)
-        self.budget_costs: dict = {}   # probe: seconds per step and per evaluation
-        self.budget_estimate = 0       # steps the budget holds, as estimated by the probe
-        self.restored_warmup: Optional[int] = None   # warmup of the run being resumed
-        self.step_seconds: list[float] = []   # wall time of each step (evaluations excluded)
+        self.budget: Optional[TimeBudget] = None    # --time-budget (plan_time_budget)
+        self._batches = None                        # the epoch's batch iterator (_next_micro_batches)
 
     # ----------------------------------------------------------------------- setup
 
@@ -243,8 +235,9 @@ class Trainer:
         st.budget_fixed = st.budget_fixed and self.cfg.time_budget is not None
         if self.cfg.time_budget is not None and old_cfg.get("time_budget") is not None:
             # a budgeted run keeps its warmup, and once fixed its length and decay
-            self.restored_warmup = int(old_cfg["warmup_steps"])
-            self.cfg = dataclasses.replace(self.cfg, warmup_steps=self.restored_warmup)
+            kept = {"warmup_steps": int(old_cfg["warmup_steps"])}
+            self.requested_cfg = dataclasses.replace(self.requested_cfg, **kept)
+            self.cfg = dataclasses.replace(self.cfg, **kept)
             if st.budget_fixed:
                 self.cfg = dataclasses.replace(self.cfg, total_steps=int(old_cfg["total_steps"]),
                                                decay_start=old_cfg.get("decay_start"))
@@ -339,69 +332,24 @@ class Trainer:
     # ----------------------------------------------------------------------- time budget
 
     def plan_time_budget(self) -> None:
-        """--time-budget: warmup-stable-decay fitted to the clock, fixed once.
+        """--time-budget: probe the step and evaluation costs, then plan the schedule (budget.py)."""
+        self.budget = TimeBudget(self.requested_cfg, self.steps_per_epoch, self._probe_costs())
+        self.cfg, self.state.budget_fixed = self.budget.plan(self.state.step, self.elapsed())
 
-        A probe (`_probe_costs`, which changes nothing but the clock) estimates the steps the
-        budget holds; that fixes warmup_steps (unless given). The lr then stays at its peak,
-        whatever the step count will be, until the time left reaches BUDGET_DECAY_FRACTION of
-        the budget: `fix_time_budget` then sets total_steps from the recent step time and the
-        lr decays linearly to min_lr at that step. From there on the schedule is an ordinary
-        fixed one, stored in the checkpoint (resume is exact). An estimate that is off by x%
-        moves the end by x% of the decay only. When --epochs / --max-steps end the run before
-        the budget would, the usual cosine schedule of that many steps is used instead.
-        """
-        self.budget_costs = self._probe_costs()
-        cap = self.requested_cfg.epochs * self.steps_per_epoch
-        if self.requested_cfg.max_steps is not None:
-            cap = min(cap, self.requested_cfg.max_steps)
-        estimate = self._budget_steps(self.budget_costs["step"], self.cfg.time_budget - self.elapsed())
-        c, budget = self.budget_costs, format_seconds(self.cfg.time_budget)
-        costs = f"probe: {c['step']:.3f}s per step, {c['eval']:.2f}s per evaluation and save"
-        if estimate >= cap:
-            self.cfg = resolve_schedule(self.requested_cfg, self.steps_per_epoch)
-            self.state.budget_fixed = True
-            log.info(f"time budget {budget}: {costs}; it holds ~{estimate:,} steps, more than the "
-                     f"{cap:,} of --epochs/--max-steps: cosine schedule of {cap:,} steps")
+    def _budget_tick(self, seconds: float, progress: Progress, start_step: int) -> None:
+        """After each step of a budgeted run: fix the schedule once the decay is due."""
+        if self.budget is None or self.state.budget_fixed:
             return
-        warmup = self.cfg.warmup_steps if self.restored_warmup is not None else \
-            resolve_schedule(self.requested_cfg, self.steps_per_epoch, budget_steps=estimate).warmup_steps
-        self.cfg = dataclasses.replace(self.cfg, warmup_steps=warmup, total_steps=cap, decay_start=cap)
-        self.budget_estimate = estimate
-        log.info(f"time budget {budget}: {costs}; ~{estimate:,} steps: warmup {warmup}, lr {self.cfg.lr:g} "
-                 f"until {100 * BUDGET_DECAY_FRACTION:.0f}% of the budget is left, then a linear decay to "
-                 f"{self.cfg.min_lr:g} ending on time")
-
-    def budget_decay_due(self) -> bool:
-        """Time to fix the schedule: the decay's share of the budget is all that is left, or the
-        --epochs/--max-steps cap is that close."""
-        left = self.cfg.time_budget - self.elapsed() - self.budget_costs["eval"] - BUDGET_RESERVE_S
-        return (left <= BUDGET_DECAY_FRACTION * self.cfg.time_budget
-                or self.state.step >= (1 - BUDGET_DECAY_FRACTION) * self.cfg.total_steps)
-
-    def fix_time_budget(self) -> None:
-        """Fix total_steps from the recent step time, and start the decay at this step."""
-        recent = self.step_seconds[-BUDGET_STEP_WINDOW:]
-        step_s = sum(recent) / len(recent) if recent else self.budget_costs["step"]
-        cap = self.cfg.total_steps
-        total = min(cap, self._budget_steps(step_s, self.cfg.time_budget - self.elapsed()))
-        self.cfg = dataclasses.replace(self.cfg, total_steps=total, decay_start=self.state.step)
-        self.state.budget_fixed = True
-        capped = " (capped by --epochs/--max-steps)" if total == cap else ""
-        log.info(f"time budget: {step_s:.3f}s per step over the last {len(recent)} steps; schedule fixed at "
-                 f"{total:,} steps{capped}: lr decays from step {self.state.step:,} to {self.cfg.min_lr:g}")
-        self.folder.write_config(self.run_config())
-
-    def _budget_steps(self, step_seconds: float, seconds_left: float) -> int:
-        """The step at which a run must end to use `seconds_left`, at `step_seconds` per step plus
-        the evaluations (every eval_every steps and at each epoch end) and the final one."""
-        cfg, eval_s = self.cfg, self.budget_costs["eval"]
-        per_step = step_seconds + eval_s * (1 / cfg.eval_every + 1 / self.steps_per_epoch)
-        left = seconds_left - eval_s - BUDGET_RESERVE_S
-        return self.state.step + max(1, int(BUDGET_SAFETY * left / max(per_step, 1e-9)))
+        self.budget.record(seconds)
+        if self.budget.decay_due(self.cfg, self.state.step, self.elapsed()):
+            self.cfg = self.budget.fix(self.cfg, self.state.step, self.elapsed())
+            self.state.budget_fixed = True
+            self.folder.write_config(self.run_config())
+            progress.set_total(self.cfg.total_steps - start_step)
 
     def planned_steps(self) -> int:
         """The run's length as known now (an estimate until a time budget is fixed)."""
-        return self.budget_estimate if self.cfg.time_budget and not self.state.budget_fixed else self.cfg.total_steps
+        return self.budget.estimate if self.budget and not self.state.budget_fixed else self.cfg.total_steps
 
     def _probe_costs(self) -> dict:
         """Seconds per optimizer step and per evaluation (validation, sample, two checkpoint
@@ -447,14 +395,6 @@ class Trainer:
             return iter(loader)
         return (_collate([self.train_ds[i] for i in idx], pin) for idx in sampler)
 
-    def train_step(self, micro_batches: list) -> Optional[float]:
-        """One optimizer step at the scheduled lr; the mean loss, or None if it was skipped."""
-        loss, norm = optimizer_step(self.model, self.train_model, self.optimizer, self.scaler, micro_batches,
-                                    lr=lr_at(self.state.step, self.cfg), grad_clip=self.cfg.grad_clip,
-                                    device=self.device, autocast=self.autocast)
-        self.last_norm = norm
-        return loss
-
     def _stop_before_step(self) -> Optional[str]:
         cfg = self.cfg
         if cfg.patience and self.state.patience_counter >= cfg.patience:
@@ -467,65 +407,74 @@ class Trainer:
         return None
 
     def fit(self) -> str:
-        cfg = self.cfg
-        start_step, t_loop = self.state.step, time.monotonic()
-        batches = None
+        """The training loop, in nanoGPT's order: data -> lr -> micro-steps, clip and step
+        (optimizer_step) -> bookkeeping -> evaluate and save -> stop checks. Returns why it stopped."""
         reason = self._stop_before_step()
         if reason:
             log.info(f"nothing to train: the run already stopped ({reason}) at step {self.state.step:,}; "
                      f"use another --outdir to start over")
-        terminal = stderr_is_terminal()
+        start_step, t_loop, terminal = self.state.step, time.monotonic(), stderr_is_terminal()
         self.stop.armed = True
         with Progress("training", total=max(0, self.planned_steps() - self.state.step), unit="step", quiet=self.quiet,
                       log_every_s=float("inf")) as progress:
             while reason is None:
                 t_step = time.monotonic()
-                if batches is None:
-                    batches = self._epoch_batches(self.state.epoch, self.state.batch_in_epoch)
-                n_micro = min(cfg.accumulation_steps, self.n_batches - self.state.batch_in_epoch)
-                group = [next(batches) for _ in range(n_micro)]
+                group = self._next_micro_batches()
                 tokens = sum(int((y != -1).sum()) for _, y in group)
+                lr = lr_at(self.state.step, self.cfg)
                 t0 = time.monotonic()
-                loss = self.train_step(group)
+                loss, self.last_norm = optimizer_step(self.model, self.train_model, self.optimizer, self.scaler,
+                                                      group, lr=lr, grad_clip=self.cfg.grad_clip,
+                                                      device=self.device, autocast=self.autocast)
                 seconds = time.monotonic() - t0
-                self.state.step += 1
-                self.state.batch_in_epoch += n_micro
-                self.state.tokens_seen += tokens
-                w = self.state.window
-                w["tokens"] += tokens
-                w["seconds"] += seconds
-                if loss is None:
-                    self.state.nonfinite_streak += 1
-                    log.warning(f"warning: step {self.state.step:,}: non-finite loss or gradients; step skipped, "
-                                f"no update ({self.state.nonfinite_streak}/{MAX_NONFINITE_STEPS} in a row)")
-                else:
-                    self.state.nonfinite_streak = 0
-                    w["loss_sum"] += loss
-                    w["loss_n"] += 1
-                    if math.isfinite(self.last_norm):
-                        w["norm_sum"] += self.last_norm
-                        w["norm_n"] += 1
+                end_of_epoch = self._advance(len(group), tokens, loss, seconds)
                 self._report(progress, loss, tokens, seconds, t_loop, start_step, terminal)
-                if self.cfg.time_budget is not None and not self.state.budget_fixed:
-                    self.step_seconds.append(time.monotonic() - t_step)
-                    if self.budget_decay_due():
-                        self.fix_time_budget()
-                        progress.set_total(self.cfg.total_steps - start_step)
-                end_of_epoch = self.state.batch_in_epoch >= self.n_batches
-                if end_of_epoch:
-                    self.state.epoch, self.state.batch_in_epoch, batches = self.state.epoch + 1, 0, None
+                self._budget_tick(time.monotonic() - t_step, progress, start_step)
                 if self.state.nonfinite_streak >= MAX_NONFINITE_STEPS:
                     reason = "diverged"
                     break
-                if (end_of_epoch or self.state.step % cfg.eval_every == 0) and self.state.nonfinite_streak == 0:
+                if (end_of_epoch or self.state.step % self.cfg.eval_every == 0) and self.state.nonfinite_streak == 0:
                     self.evaluate_and_save()       # (never saves weights right after a non-finite loss)
                 if self.on_step is not None:
                     self.on_step(self)
-                reason = (self.stop.reason or self._stop_before_step()
-                          or ("max_time" if cfg.max_time and time.monotonic() - self.t_start >= cfg.max_time
-                              else None))
+                reason = self.stop.reason or self._stop_before_step() or self._max_time_reached()
         self.stop.armed = False
         return reason
+
+    def _next_micro_batches(self) -> list:
+        """The next accumulation_steps micro-batches of the epoch (fewer at its end)."""
+        if self._batches is None:
+            self._batches = self._epoch_batches(self.state.epoch, self.state.batch_in_epoch)
+        n = min(self.cfg.accumulation_steps, self.n_batches - self.state.batch_in_epoch)
+        return [next(self._batches) for _ in range(n)]
+
+    def _advance(self, n_micro: int, tokens: int, loss: Optional[float], seconds: float) -> bool:
+        """Count a finished step in the state (loss None: skipped, non-finite); True at the end of an epoch."""
+        st, w = self.state, self.state.window
+        st.step += 1
+        st.batch_in_epoch += n_micro
+        st.tokens_seen += tokens
+        w["tokens"] += tokens
+        w["seconds"] += seconds
+        if loss is None:
+            st.nonfinite_streak += 1
+            log.warning(f"warning: step {st.step:,}: non-finite loss or gradients; step skipped, "
+                        f"no update ({st.nonfinite_streak}/{MAX_NONFINITE_STEPS} in a row)")
+        else:
+            st.nonfinite_streak = 0
+            w["loss_sum"] += loss
+            w["loss_n"] += 1
+            if math.isfinite(self.last_norm):
+                w["norm_sum"] += self.last_norm
+                w["norm_n"] += 1
+        if st.batch_in_epoch < self.n_batches:
+            return False
+        st.epoch, st.batch_in_epoch, self._batches = st.epoch + 1, 0, None
+        return True
+
+    def _max_time_reached(self) -> Optional[str]:
+        max_time = self.cfg.max_time
+        return "max_time" if max_time and time.monotonic() - self.t_start >= max_time else None
 
     def _report(self, progress, loss, tokens, seconds, t_loop, start_step, terminal) -> None:
         lr = lr_at(self.state.step - 1, self.cfg)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import corpus
 import dataset
 import tokenizer
 from common import UserError
@@ -61,31 +62,31 @@ def test_read_documents_separators(tmp_path):
     p = tmp_path / "c.txt"
     p.write_text("uno\nlínea 2\n<|doc|>\n\n<|doc|>\n  \n<|doc|>\ndos\n\n<|doc|>\ntres<|doc|>x\n<|doc|>\n",
                  encoding="utf-8")
-    assert list(dataset.read_documents(p)) == ["uno\nlínea 2", "dos\n", "tres<|doc|>x"]
+    assert list(corpus.read_documents(p)) == ["uno\nlínea 2", "dos\n", "tres<|doc|>x"]
 
 
 def test_read_documents_no_separator_bom_crlf(tmp_path):
     p = tmp_path / "c.txt"
     p.write_bytes("\ufeffprimera\r\nsegunda\r\n".encode("utf-8"))
-    assert list(dataset.read_documents(p)) == ["primera\nsegunda"]
+    assert list(corpus.read_documents(p)) == ["primera\nsegunda"]
     p.write_bytes(b"a\r\n<|doc|>\r\nb")
-    assert list(dataset.read_documents(p)) == ["a", "b"]
+    assert list(corpus.read_documents(p)) == ["a", "b"]
 
 
 def test_read_documents_custom_separator(tmp_path):
     p = tmp_path / "c.txt"
     p.write_text("a\n###\nb\n<|doc|>\nc\n", encoding="utf-8")
-    assert list(dataset.read_documents(p, "###")) == ["a", "b\n<|doc|>\nc"]
+    assert list(corpus.read_documents(p, "###")) == ["a", "b\n<|doc|>\nc"]
 
 
 def test_read_documents_bad_bytes(tmp_path):
     p = tmp_path / "c.txt"
     p.write_bytes(b"bien\n" + "mal: ñ".encode("latin-1") + b"\n")
     with pytest.raises(UserError, match="UTF-8"):
-        list(dataset.read_documents(p))
+        list(corpus.read_documents(p))
     p.write_bytes(b"a\x00b\n")
     with pytest.raises(UserError, match="NUL"):
-        list(dataset.read_documents(p))
+        list(corpus.read_documents(p))
 
 
 def test_read_documents_matches_real_corpus():
@@ -96,7 +97,7 @@ def test_read_documents_matches_real_corpus():
         p = os.path.join(d, "c.txt")
         with open(p, "w", encoding="utf-8") as f:
             f.write(text)
-        docs = list(dataset.read_documents(p))
+        docs = list(corpus.read_documents(p))
     assert len(docs) == n + 1
     assert docs[0] == text.split("\n<|doc|>\n")[0]
 
@@ -108,7 +109,7 @@ def test_text_pieces_give_the_same_tokens(tok):
     tricky = ("fin.\n\n  Sangría\tfinal \n \n'sí' \n\t\nx 'll\n\n\n\n123\n 45\n\u00a0\nﬁn\n  \n" * 400)
     one_line = text[:100_000].replace("\n", " ")
     for t in (text, tricky, text[:50_000] + tricky + text[50_000:100_000], one_line):
-        pieces = list(dataset._text_pieces(t, piece_chars=997))
+        pieces = list(corpus._text_pieces(t, piece_chars=997))
         assert len(pieces) > 10
         assert "".join(pieces) == t
         whole = tok.encode(t, add_special_tokens=False).ids
@@ -124,7 +125,7 @@ def test_text_pieces_fuzz(tok):
     rng = random.Random(0)
     for _ in range(500):
         t = "".join(rng.choice(alpha) for _ in range(rng.randint(1, 200)))
-        pieces = list(dataset._text_pieces(t, piece_chars=rng.randint(1, 20)))
+        pieces = list(corpus._text_pieces(t, piece_chars=rng.randint(1, 20)))
         assert "".join(pieces) == t
         joined = [i for e in tok.encode_batch(pieces, add_special_tokens=False) for i in e.ids]
         assert joined == tok.encode(t, add_special_tokens=False).ids, repr(t)
@@ -132,7 +133,7 @@ def test_text_pieces_fuzz(tok):
 
 def test_text_pieces_without_safe_cut_stay_whole():
     t = "x" * 50_000
-    assert list(dataset._text_pieces(t, piece_chars=1000)) == [t]
+    assert list(corpus._text_pieces(t, piece_chars=1000)) == [t]
 
 
 # ------------------------------------------------------------------------------------------ token store

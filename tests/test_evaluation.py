@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import corpus
 import dataset
 import evaluation
 import tokenizer
@@ -238,7 +239,7 @@ def test_document_bytes_match_the_text_through_the_token_store(workdir, tok, mon
     store = dataset.load_or_build_token_store(workdir / "test.txt", workdir / "tokenizer.json",
                                               workdir / "store-cache", quiet=True)
     n_bytes = evaluation.document_bytes(store.tokens, store.doc_starts, evaluation.token_byte_lengths(tok))
-    texts = list(dataset.read_documents(workdir / "test.txt"))
+    texts = list(corpus.read_documents(workdir / "test.txt"))
     assert n_bytes.tolist() == [len(t.encode("utf-8")) for t in texts]
 
 
@@ -272,7 +273,7 @@ def test_cli_json_per_document_and_cache_reuse(cli, workdir):
         assert key in r
     assert r["documents"] == 12 and r["block_size"] == BLOCK and r["stride"] == BLOCK // 2
     assert r["perplexity"] == pytest.approx(math.exp(r["loss"]))
-    texts = list(dataset.read_documents(workdir / "test.txt"))
+    texts = list(corpus.read_documents(workdir / "test.txt"))
     assert r["bytes"] == sum(len(t.encode("utf-8")) for t in texts)
     assert len(r["per_document"]) == 12 and len(r["worst_documents"]) == 5
     assert all(w["first_words"] for w in r["worst_documents"])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import generation as G
+import sampling as S
 from conftest import corpus_slice
 from model import GPT, ModelConfig
 
@@ -131,19 +132,19 @@ def test_sampling_config_collects_all_problems():
 # --------------------------------------------------------------------------- pure sampling
 
 def support(logits, **kw):
-    return set(torch.isfinite(G.filter_logits(logits, **kw)[0]).nonzero().flatten().tolist())
+    return set(torch.isfinite(S.filter_logits(logits, **kw)[0]).nonzero().flatten().tolist())
 
 
 def drawn(logits, n=4000, seed=0, **kw):
     """Tokens drawn in n independent draws (one batched call)."""
     g = torch.Generator().manual_seed(seed)
-    ids = G.sample(logits.expand(n, -1), generator=g, **kw)
+    ids = S.sample(logits.expand(n, -1), generator=g, **kw)
     return ids
 
 
 def test_temperature_zero_is_argmax_with_lowest_id_on_ties():
     logits = torch.tensor([[0.1, 2.0, -1.0, 2.0], [5.0, 1.0, 1.0, 0.0]])
-    assert G.sample(logits, temperature=0.0, top_k=1, top_p=0.5).tolist() == [1, 0]
+    assert S.sample(logits, temperature=0.0, top_k=1, top_p=0.5).tolist() == [1, 0]
     assert support(logits[:1], temperature=0.0) == {1}
 
 
@@ -153,9 +154,9 @@ def test_sample_never_modifies_callers_logits():
     before = logits.clone()
     for kw in [dict(temperature=0.7, top_k=5, top_p=0.8, min_p=0.05), dict(temperature=1.3, top_k=0, top_p=0.6),
                dict(temperature=0.9, top_k=0, top_p=1.0, min_p=0.2), dict(temperature=0.0)]:
-        G.sample(logits, generator=torch.Generator().manual_seed(1), **kw)
-        G.filter_logits(logits, **{k: v for k, v in kw.items()})
-    G.apply_repetition_penalty(logits, torch.tensor([[1, 2], [3, 3], [0, 49]]), 1.5)
+        S.sample(logits, generator=torch.Generator().manual_seed(1), **kw)
+        S.filter_logits(logits, **{k: v for k, v in kw.items()})
+    S.apply_repetition_penalty(logits, torch.tensor([[1, 2], [3, 3], [0, 49]]), 1.5)
     assert torch.equal(logits, before)
 
 
@@ -176,7 +177,7 @@ def test_top_k_ties_at_the_cut_keep_exactly_k_lowest_ids():
     # batched rows with different tie patterns, and the candidates' order (for top_p): by id
     rows = torch.tensor([[1.0, 1.0, 1.0, 1.0], [2.0, 1.0, 2.0, 2.0]])
     assert [set(torch.isfinite(r).nonzero().flatten().tolist())
-            for r in G.filter_logits(rows, top_k=2)] == [{0, 1}, {0, 2}]
+            for r in S.filter_logits(rows, top_k=2)] == [{0, 1}, {0, 2}]
     # equal probabilities: top_p keeps the first in id order among the tied ones
     assert support(rows[:1], top_k=3, top_p=0.3) == {0}
 
@@ -184,8 +185,8 @@ def test_top_k_ties_at_the_cut_keep_exactly_k_lowest_ids():
 def test_top_k_larger_than_vocab_is_a_no_op():
     torch.manual_seed(2)
     logits = torch.randn(2, 10)
-    assert torch.equal(G.filter_logits(logits, top_k=1000), logits)
-    ids = G.sample(logits, temperature=1.0, top_k=1000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(S.filter_logits(logits, top_k=1000), logits)
+    ids = S.sample(logits, temperature=1.0, top_k=1000, generator=torch.Generator().manual_seed(0))
     assert ids.shape == (2,) and ids.dtype == torch.long
 
 
@@ -215,7 +216,7 @@ def test_top_p_keeps_the_smallest_set_reaching_the_mass():
         p = float(torch.rand(()) * 0.9 + 0.05)
         assert support(row, top_p=p) == nucleus_reference(torch.softmax(row[0], -1).tolist(), p)
         # top_p applies to the top-k survivors (renormalised), at the given temperature
-        k_logits = G.filter_logits(row, top_k=10)
+        k_logits = S.filter_logits(row, top_k=10)
         want = nucleus_reference(torch.softmax(k_logits[0] / 0.7, -1).tolist(), p)
         assert support(row, temperature=0.7, top_k=10, top_p=p) == want
 
@@ -224,7 +225,7 @@ def test_top_p_keeps_the_smallest_set_reaching_the_mass():
 def test_top_p_alone_prefix_path_matches_the_full_sort(prefix, monkeypatch):
     """top_p without top_k first looks at the NUCLEUS_PREFIX most likely tokens; exact anyway,
     ties across the prefix boundary included (integer logits: many ties)."""
-    monkeypatch.setattr(G, "NUCLEUS_PREFIX", prefix)
+    monkeypatch.setattr(S, "NUCLEUS_PREFIX", prefix)
     g = torch.Generator().manual_seed(6)
     for _ in range(40):
         row = torch.randint(-3, 4, (1, 60), generator=g).float() * 1.5
@@ -262,19 +263,19 @@ def test_seeds_reproduce_and_differ():
 
 def test_repetition_penalty_arithmetic():
     logits = torch.tensor([[2.0, -2.0, 1.0, 0.5, 0.0]])
-    out = G.apply_repetition_penalty(logits, torch.tensor([[0, 1, 1, 4]]), 2.0)
+    out = S.apply_repetition_penalty(logits, torch.tensor([[0, 1, 1, 4]]), 2.0)
     assert out.tolist() == [[1.0, -4.0, 1.0, 0.5, 0.0]]
     mask = torch.tensor([[True, True, False, False, True]])
-    assert torch.equal(G.apply_repetition_penalty(logits, mask, 2.0), out)  # (B, V) mask form
-    assert G.apply_repetition_penalty(logits, torch.tensor([[0]]), 1.0) is logits
+    assert torch.equal(S.apply_repetition_penalty(logits, mask, 2.0), out)  # (B, V) mask form
+    assert S.apply_repetition_penalty(logits, torch.tensor([[0]]), 1.0) is logits
     assert logits.tolist() == [[2.0, -2.0, 1.0, 0.5, 0.0]]
 
 
 def test_banned_ngram_tokens_reference():
-    assert G.banned_ngram_tokens([5, 6, 7, 5, 6], 3) == {7}
-    assert G.banned_ngram_tokens([5, 6, 7, 5, 9], 3) == set()
-    assert G.banned_ngram_tokens([1, 2, 1, 3, 1], 2) == {2, 3}
-    assert G.banned_ngram_tokens([4, 4, 2], 1) == {2, 4}
+    assert S.banned_ngram_tokens([5, 6, 7, 5, 6], 3) == {7}
+    assert S.banned_ngram_tokens([5, 6, 7, 5, 9], 3) == set()
+    assert S.banned_ngram_tokens([1, 2, 1, 3, 1], 2) == {2, 3}
+    assert S.banned_ngram_tokens([4, 4, 2], 1) == {2, 4}
 
 
 # --------------------------------------------------------------------------- KV-cached decoding
@@ -319,7 +320,7 @@ def test_no_repeat_ngram_and_repetition_penalty_in_generation():
         seq, ref = list(prompt), []
         for _ in range(15):
             logits = model(torch.tensor([seq]))[0][:, -1]
-            logits = G.apply_repetition_penalty(logits, torch.tensor([[t for t in seq if t != 0]]), 50.0)
+            logits = S.apply_repetition_penalty(logits, torch.tensor([[t for t in seq if t != 0]]), 50.0)
             if int(logits.argmax()) in (0, 1):
                 break
             ref.append(int(logits.argmax()))
