@@ -64,14 +64,43 @@ class TrainState:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def check(self) -> None:
+        """ValueError naming the fields whose values cannot be a run's progress (a damaged checkpoint)."""
+        bad = []
+        for f in dataclasses.fields(self):
+            v, want = getattr(self, f.name), type(f.default) if f.default is not dataclasses.MISSING else None
+            if want is int:
+                ok = isinstance(v, int) and not isinstance(v, bool) and v >= (-1 if f.name.endswith("_step") else 0)
+            elif want is float:
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v) and v >= 0
+            elif want is bool:
+                ok = isinstance(v, bool)
+            elif f.name == "window":
+                ok = isinstance(v, dict) and set(v) == set(empty_window()) and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v.values())
+            elif f.name == "history":
+                ok = isinstance(v, list) and all(isinstance(e, dict) for e in v)
+            else:   # rng
+                ok = v is None or (isinstance(v, dict) and {"python", "numpy", "torch"} <= set(v))
+            if not ok:
+                bad.append(f.name)
+        if self.world_size < 1:
+            bad.append("world_size")
+        if bad:
+            raise ValueError(f"bad values for {', '.join(bad)}")
+
     @classmethod
     def from_checkpoint(cls, ckpt: dict) -> "TrainState":
-        """The TrainState of a checkpoint of any readable version."""
+        """The TrainState of a checkpoint of any readable version (ValueError if it is damaged)."""
         if ckpt.get("version", 1) >= 2:
+            if not isinstance(ckpt["state"], dict):
+                raise ValueError("the state is not a mapping")
             known = {f.name for f in dataclasses.fields(cls)}
-            return cls(**{k: v for k, v in ckpt["state"].items() if k in known})
+            state = cls(**{k: v for k, v in ckpt["state"].items() if k in known})
+            state.check()
+            return state
         pos, prog = ckpt["data_position"], ckpt.get("progress", {})     # version 1: loose fields
-        return cls(step=int(ckpt["step"]), epoch=int(pos["epoch"]), batch_in_epoch=int(pos["batch"]),
+        state = cls(step=int(ckpt["step"]), epoch=int(pos["epoch"]), batch_in_epoch=int(pos["batch"]),
                    n_windows=int(pos.get("n_windows", 0)), batch_size=int(pos.get("batch_size", 0)),
                    seed=int(pos.get("seed", 0)), tokens_seen=int(prog.get("tokens_seen", 0)),
                    elapsed_seconds=float(prog.get("elapsed_seconds", 0.0)),
@@ -83,6 +112,8 @@ class TrainState:
                    world_size=int(pos.get("world_size", 1)),
                    window={**empty_window(), **prog.get("window", {})}, history=list(ckpt.get("history", [])),
                    rng=ckpt["rng"])
+        state.check()
+        return state
 
 
 def run_checkpoint(model: GPT, optimizer, scaler, state: TrainState, *, train_config: dict, meta: dict) -> dict:
@@ -151,6 +182,28 @@ def read_checkpoint(path, problem: str, hint: str):
         raise UserError(f"{problem}: it is truncated, corrupt or not a mini-llm checkpoint ({reason}); {hint}")
 
 
+def check_weights(weights: dict, cfg: ModelConfig, path, hint: str) -> dict:
+    """The state dict of a checkpoint, checked before a model is built for it: names are strings,
+    values finite float tensors, and their sizes add up to the parameters of `cfg` (so a damaged
+    config never makes us allocate a model of another size). Prefixes of torch.compile / DDP are
+    removed; a dropped tied lm_head is restored. UserError naming the problem otherwise."""
+    if not all(isinstance(k, str) for k in weights) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise UserError(f"checkpoint {path} is damaged: its weights are not a mapping of names to tensors; {hint}")
+    state = _strip_prefixes(weights)
+    if "lm_head.weight" not in state and "tok_emb.weight" in state:
+        state["lm_head.weight"] = state["tok_emb.weight"]  # tied; some writers drop the duplicate
+    n = sum(v.numel() for k, v in state.items() if k != "lm_head.weight")
+    if n != cfg.num_parameters():
+        raise UserError(f"checkpoint {path} is damaged: its weights hold {n:,} numbers but its model config "
+                        f"describes {cfg.num_parameters():,}; {hint}")
+    for k, v in state.items():
+        if not v.is_floating_point():
+            raise UserError(f"checkpoint {path} is damaged: weight {k} is not a float tensor ({v.dtype}); {hint}")
+        if not bool(torch.isfinite(v).all()):
+            raise UserError(f"checkpoint {path} is damaged: weight {k} holds NaN or infinite values; {hint}")
+    return state
+
+
 def load_model(ckpt_path, device="cpu", tokenizer=None):
     """Load a training checkpoint -> (GPT in eval mode on `device`, the checkpoint's meta dict).
 
@@ -183,9 +236,7 @@ def load_model(ckpt_path, device="cpu", tokenizer=None):
             raise UserError(f"tokenizer {tokenizer_path} has {tok_vocab} tokens but checkpoint {path} expects "
                             f"{want_vocab}; pass the training tokenizer.json")
 
-    state = _strip_prefixes(ckpt["model"])
-    if "lm_head.weight" not in state and "tok_emb.weight" in state:
-        state["lm_head.weight"] = state["tok_emb.weight"]  # tied; some writers drop the duplicate
+    state = check_weights(ckpt["model"], cfg, path, hint)
     model = GPT(cfg)
     try:
         model.load_state_dict(state, strict=True)
@@ -212,10 +263,20 @@ def load_resume_checkpoint(path: Path, mcfg: ModelConfig, tokenizer_hash: str, c
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
         raise UserError(f"cannot resume from {path}: not a full training checkpoint; use another --outdir")
     old, new = ckpt["model_config"], mcfg.to_dict()
+    if not isinstance(old, dict):
+        raise UserError(f"cannot resume from {path}: its model config is damaged; use another --outdir")
     diff = [f"{k} {old.get(k)} -> {new[k]}" for k in SHAPE_FIELDS if old.get(k) != new[k]]
     if diff:
         raise UserError(f"cannot resume {path}: the model shape differs from the checkpoint's "
                         f"({', '.join(diff)}); use the same --config and shape flags, or another --outdir")
+    hint = "delete it to start over (ckpt_best.pt, if there is one, still holds the best model), or use another --outdir"
+    try:
+        check_weights(ckpt["model"], ModelConfig.from_dict(old), path, hint)
+        TrainState.from_checkpoint(ckpt)
+        if not isinstance(ckpt["meta"], dict) or not isinstance(ckpt["optimizer"], dict):
+            raise ValueError("its meta or optimizer section is not a mapping")
+    except (ValueError, TypeError, KeyError) as e:
+        raise UserError(f"cannot resume from {path}: its resume section is damaged ({e}); {hint}")
     meta = ckpt["meta"]
     changed = [what for what, want, have in (("tokenizer", meta.get("tokenizer_hash"), tokenizer_hash),
                                              ("corpus", meta.get("corpus_hash"), corpus_hash)) if want != have]

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -55,28 +56,74 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     The temporary file lives in the same folder (same filesystem) so `os.replace`
     is atomic. On any exception, KeyboardInterrupt included, the temporary file is
-    removed and an existing `path` is left untouched.
+    removed and an existing `path` is left untouched. A write that the system refuses (disk
+    full, file too large, no permission, a folder where the file should be, a parent that is
+    a file) becomes a UserError naming the file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual permissions
+    tmp_path = None
     try:
+        _check_output_path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp creates 0600; outputs get the usual permissions
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
+    except BaseException as e:
+        if tmp_path is not None:
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+        if isinstance(e, OSError) or is_write_failure(e):
+            raise UserError(f"cannot write {path}: {write_failure_reason(e)}; the previous file (if any) is "
+                            f"intact") from None
         raise
 
 
+def _check_output_path(path: Path) -> None:
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: a folder is in the way; move it or choose another output path")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"cannot write {path}: {parent} is a file, not a folder; choose another "
+                                f"output path")
+            break
+
+
+def is_write_failure(e: BaseException) -> bool:
+    """An OSError, or how libraries report one: torch's C++ zip writer ("PytorchStreamWriter failed
+    writing file", "[enforce fail at inline_container.cc] unexpected pos"), the Rust `tokenizers` and `safetensors` ("... (os error 28)")."""
+    if isinstance(e, OSError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, Exception) and ("failed writing" in text or "file write failed" in text
+                                         or "inline_container" in text      # torch's zip writer
+                                         or re.search(r"\(os error \d+\)", text) is not None)
+
+
+def write_failure_reason(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        import errno
+        advice = {errno.ENOSPC: "the disk is full; free some space and run again",
+                  errno.EDQUOT: "the disk quota is exceeded; free some space and run again",
+                  errno.EFBIG: "the file is larger than this system allows",
+                  errno.EACCES: "permission denied; choose a folder you can write to",
+                  errno.EROFS: "the file system is read-only; choose another folder"}.get(e.errno)
+        return advice or (e.strerror or str(e))
+    code = re.search(r"\(os error (\d+)\)", str(e))
+    if code:
+        return write_failure_reason(OSError(int(code.group(1)), os.strerror(int(code.group(1)))))
+    return "the write failed (disk full?); free some space and run again"
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
+    """UTF-8; characters that cannot be UTF-8 (a path's non-UTF-8 bytes) are written escaped."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -166,6 +213,8 @@ def setup_logging(quiet: bool = False, logfile: Optional[str | os.PathLike] = No
     log.handlers.clear()
     log.setLevel(logging.DEBUG)
     log.propagate = False
+    if hasattr(sys.stderr, "reconfigure"):
+        sys.stderr.reconfigure(errors="backslashreplace")   # a path with non-UTF-8 bytes still prints
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING if quiet else logging.INFO)
     console.setFormatter(logging.Formatter("%(message)s"))
@@ -176,7 +225,7 @@ def setup_logging(quiet: bool = False, logfile: Optional[str | os.PathLike] = No
 
 def add_log_file(path: str | os.PathLike) -> None:
     """Append every log record, with a timestamp, to `path` (e.g. runs/x/train.log)."""
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     log.addHandler(handler)

@@ -50,6 +50,10 @@ class Flag:
 
 # =========================================================================== model config
 
+# Far above any model this tool trains; a config beyond them (a damaged or foreign checkpoint)
+# is refused before anything is allocated.
+MODEL_LIMITS = {"vocab_size": 1 << 21, "block_size": 1 << 17, "n_layer": 512, "n_head": 1024, "n_embd": 1 << 19}
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 32000
@@ -73,6 +77,8 @@ class ModelConfig:
             v = getattr(self, name)
             if not is_int(v) or v <= 0:
                 problems.append(f"{name}={v!r} must be a positive whole number")
+            elif v > MODEL_LIMITS[name]:
+                problems.append(f"{name}={v:,} is beyond what mini-llm builds (at most {MODEL_LIMITS[name]:,})")
         sizes_ok = all(is_int(getattr(self, n)) and getattr(self, n) > 0 for n in ("n_embd", "n_head"))
         if sizes_ok and self.n_embd % self.n_head != 0:
             problems.append(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
@@ -236,7 +242,8 @@ class TrainConfig:
         check(self.device in DEVICES, f"device={self.device!r} must be one of {', '.join(DEVICES)}")
         check(self.precision in PRECISIONS + (AMP,),
               f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
-        check(is_int(self.seed), f"seed={self.seed!r} must be a whole number")
+        check(is_int(self.seed) and 0 <= self.seed < 2**63, f"seed={self.seed!r} must be a whole number in "
+                                                             f"0..2**63-1")
         check(self.sample_prompt is None or (isinstance(self.sample_prompt, str) and self.sample_prompt.strip()),
               f"sample_prompt={self.sample_prompt!r} must be a non-empty text")
         if problems:

@@ -22,7 +22,6 @@ Differences a user of the export should know:
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from common import UserError, log, require_file
+from common import UserError, is_write_failure, log, require_file, write_failure_reason
 from tokenizer import DOC_SEPARATOR, EOS_TOKEN as EOT_TOKEN, PAD_TOKEN
 
 _MARKER = "mini-llm export"  # in README.md: marks a folder that a new export may replace
@@ -188,15 +187,30 @@ so give one document per sequence.
 """
 
 
-def _is_replaceable(out: Path) -> bool:
-    """True for an empty folder or a folder written by an earlier export."""
-    entries = list(out.iterdir())
+# What an export folder holds; a folder with anything else in it is never replaced.
+EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                "tokenizer_config.json", "special_tokens_map.json", "README.md")
+
+
+def _check_replaceable(out: Path) -> None:
+    """An existing --out may be replaced only when it is empty or an earlier export with nothing
+    added: UserError naming what would be lost otherwise."""
+    entries = sorted(p.name for p in out.iterdir())
     if not entries:
-        return True
+        return
     card = out / "README.md"
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        return (out / "config.json").is_file() and _MARKER in card.read_text(encoding="utf-8")
-    return False
+    try:
+        earlier = (out / "config.json").is_file() and _MARKER in card.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        earlier = False
+    if not earlier:
+        raise UserError(f"--out {out} is a folder with other files in it; pass a new or empty folder "
+                        f"(an earlier export there would be replaced)")
+    added = [name for name in entries if name not in EXPORT_FILES]
+    if added:
+        raise UserError(f"--out {out} is an earlier export with files added to it ({', '.join(added[:5])}"
+                        f"{', ...' if len(added) > 5 else ''}); replacing it would delete them: move them "
+                        f"out, or pass another --out")
 
 
 def export_hf(ckpt_path, tokenizer, out_dir) -> Path:
@@ -218,9 +232,8 @@ def export_hf(ckpt_path, tokenizer, out_dir) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder; pass a folder path")
-    if out.is_dir() and not _is_replaceable(out):
-        raise UserError(f"--out {out} is a folder with other files in it; pass a new or empty folder "
-                        f"(an earlier export there would be replaced)")
+    if out.is_dir():
+        _check_replaceable(out)
     for p in (ckpt_path, tokenizer_path):
         if out.resolve() in p.resolve().parents:
             raise UserError(f"--out {out} contains the input {p}; choose another output folder")
@@ -260,8 +273,11 @@ def export_hf(ckpt_path, tokenizer, out_dir) -> Path:
                 os.fsync(fh.fileno())
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         _swap_into_place(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_write_failure(e):
+            raise UserError(f"cannot write the export {out}: {write_failure_reason(e)}; an earlier export there "
+                            f"(if any) is intact") from None
         raise
     log.info(f"exported {model.num_parameters():,} parameters as GPT-NeoX to {out}")
     return out

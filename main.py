@@ -8,18 +8,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
-from common import (DEVICES, EXIT_INTERRUPTED, UserError, log, parse_duration, refuse_same_file, require_file,
-                    setup_logging)
+from common import (DEVICES, EXIT_INTERRUPTED, EXIT_USAGE, UserError, log, parse_duration, refuse_same_file,
+                    require_file, setup_logging)
 from config import PRESETS, preset_parameters, train_flags
 from tokenizer import DOC_SEPARATOR, load_identity  # the tokenizer is loaded and hashed once per command
 
 
-def emit_json(obj) -> None:
-    """The one JSON object that --json prints on stdout."""
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+def emit_json(obj: dict) -> None:
+    """The one JSON object that --json prints on stdout: always valid JSON. A number that is not
+    finite (NaN, inf) becomes null, and `undefined` says which and why ({"loss": "nan"})."""
+    undefined = {}
+
+    def clean(x, where: str):
+        if isinstance(x, float) and not math.isfinite(x):
+            undefined[where] = "nan" if math.isnan(x) else "inf" if x > 0 else "-inf"
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v, f"{where}[{i}]") for i, v in enumerate(x)]
+        return x
+
+    out = clean(obj, "")
+    if undefined:
+        out["undefined"] = undefined
+    text = json.dumps(out, ensure_ascii=False, allow_nan=False) + "\n"
+    sys.stdout.write(text)
     sys.stdout.flush()
 
 
@@ -333,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="require ckpt_last.pt in --outdir and continue from it (re-running the same "
                         "command on that folder continues anyway)")
-    p.add_argument("--force", action="store_true", help="resume even if the corpus or tokenizer changed")
+    p.add_argument("--force", action="store_true",
+                   help="resume even if the corpus or tokenizer changed; start a new run over the files of an "
+                        "earlier one (or a config.json no run wrote) in --outdir")
     _common(p, json_flag=True)
     p.set_defaults(func=cmd_train)
 
@@ -408,14 +428,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error_line(message: str) -> None:
+    """One `error:` line on stderr, whatever the characters in it (a path with non-UTF-8 bytes)."""
+    data = f"error: {message}\n".encode("utf-8", "backslashreplace")
+    buffer = getattr(sys.stderr, "buffer", None)
+    sys.stderr.flush()
+    if buffer is None:
+        sys.stderr.write(data.decode("utf-8"))
+    else:
+        buffer.write(data)
+        buffer.flush()
+
+
+# Arguments that are text for the model (not paths): they must be valid UTF-8.
+TEXT_ARGS = ("prompt", "separator", "prompt_separator", "sample_prompt", "stop")
+
+
+def _check_text_args(args) -> None:
+    for name in TEXT_ARGS:
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UserError(f"--{name.replace('_', '-')} holds bytes that are not UTF-8 text; pass it "
+                                    f"in UTF-8 (or put it in a UTF-8 file)")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")   # a path with non-UTF-8 bytes in --json output
     setup_logging(quiet=getattr(args, "quiet", False))
     try:
+        _check_text_args(args)
         return args.func(args) or 0
     except UserError as e:
-        sys.stderr.write(f"error: {e}\n")
+        _error_line(str(e))
         return e.code
+    except OSError as e:   # the file system refused something no check foresaw: still one line
+        where = f" {e.filename}" if e.filename else ""
+        _error_line(f"cannot access{where}: {e.strerror or e}")
+        return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         return EXIT_INTERRUPTED

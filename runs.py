@@ -174,13 +174,14 @@ class RunFolder:
         self.config = self.dir / "config.json"
         self.log = self.dir / "train.log"
         self.plot = self.dir / "loss.png"
+        self.divergence = self.dir / "diverged.json"     # written when a run diverges, read by the next
         self.cache = self.dir / "cache"
 
     def remove_stale_temp_files(self) -> None:
         """Temp files of a run that was killed mid-write (call while holding the run lock)."""
         if not self.enabled:
             return
-        for target in (self.ckpt_last, self.ckpt_best, self.history, self.config, self.plot):
+        for target in self.outputs():
             for tmp in self.dir.glob(f".{target.name}.*.tmp"):
                 with contextlib.suppress(OSError):
                     tmp.unlink()
@@ -200,10 +201,57 @@ class RunFolder:
         if self.enabled:
             write_json(self.config, config)
 
+    def write_divergence(self, note: dict) -> None:
+        if self.enabled:
+            write_json(self.divergence, note)
+
+    def read_divergence(self) -> Optional[dict]:
+        """The note of a run on this folder that diverged, if the run since has saved nothing."""
+        with contextlib.suppress(OSError, ValueError):
+            note = json.loads(self.divergence.read_text(encoding="utf-8"))
+            return note if isinstance(note, dict) else None
+        return None
+
+    def clear_divergence(self) -> None:
+        if self.enabled:
+            with contextlib.suppress(FileNotFoundError):
+                self.divergence.unlink()
+
+    def outputs(self) -> tuple[Path, ...]:
+        """Every file a run writes here (train.lock and cache/ aside)."""
+        return (self.ckpt_last, self.ckpt_best, self.history, self.config, self.log, self.plot, self.divergence)
+
+    def check_writable(self) -> None:
+        """A folder (or anything but a file) where a run writes a file: one clear line now, not a
+        traceback at the first save."""
+        for p in self.outputs():
+            if p.exists() and not p.is_file():
+                raise UserError(f"{p} is not a file (a folder?); a run writes a file there: move it away "
+                                f"or use another --outdir")
+
+    def check_new_run(self, force: bool) -> None:
+        """Before a new run (no ckpt_last.pt to continue): refuse to overwrite the checkpoint or
+        history of an earlier run, or a config.json that no run wrote, unless `force`."""
+        theirs = [p for p in (self.ckpt_best, self.history) if p.exists()]
+        if self.config.exists() and not _is_run_config(self.config):
+            theirs.append(self.config)
+        if theirs and not force:
+            raise UserError(f"--outdir {self.dir} already holds {', '.join(p.name for p in theirs)} and no "
+                            f"{self.ckpt_last.name} to continue from; use another --outdir, or add --force "
+                            f"to overwrite them")
+
     def write_plot(self, history: list[dict]) -> None:
         if self.enabled and history:
             from report import write_loss_png   # matplotlib: only when a plot is drawn
             write_loss_png(history, self.plot)
+
+
+def _is_run_config(path: Path) -> bool:
+    """config.json as train writes it (a run that stopped before its first checkpoint)."""
+    with contextlib.suppress(OSError, ValueError):
+        config = json.loads(path.read_text(encoding="utf-8"))
+        return isinstance(config, dict) and {"model", "train", "tokenizer", "corpus"} <= set(config)
+    return False
 
 
 def versions() -> dict:

@@ -214,6 +214,12 @@ class Trainer:
     def save_last(self) -> None:
         self.folder.save_checkpoint(self.folder.ckpt_last, self.checkpoint_state())
         self.last_saved_step = self.state.step
+        self.folder.clear_divergence()
+
+    def weights_finite(self) -> bool:
+        """Every parameter finite: checked before any checkpoint is written (exploded weights
+        never replace a good checkpoint)."""
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
 
     def restore(self, ckpt: dict, path: Path) -> None:
         """Continue from a checkpoint dict (already checked by load_resume_checkpoint)."""
@@ -281,12 +287,19 @@ class Trainer:
         return self.sample_prompt + generation.complete(self.model, self.tokenizer, self.sample_prompt,
                                                         max_new_tokens=SAMPLE_TOKENS, temperature=0.0)
 
-    def evaluate_and_save(self) -> None:
+    def evaluate_and_save(self) -> bool:
         """Validation loss + sample -> history; ckpt_best.pt on improvement, then ckpt_last.pt and
-        history.json. Evaluation never touches the training RNG streams."""
+        history.json. Evaluation never touches the training RNG streams. False, with nothing
+        written, when the weights or the validation loss are not finite (the run diverged)."""
         t0 = time.monotonic()
+        if not self.weights_finite():
+            log.error(f"step {self.state.step:,}: the weights are not finite after the update; not saved")
+            return False
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             val = self.validation_loss()
+            if val is not None and not math.isfinite(val):
+                log.error(f"step {self.state.step:,}: the validation loss is {val}; the weights are not saved")
+                return False
             sample = self.greedy_sample()
         w = self.state.window
         entry = {
@@ -328,6 +341,7 @@ class Trainer:
         log.info(f"eval step {self.state.step:,} epoch {entry['epoch']:.2f}: train loss {train_txt}, "
                  f"val loss {val_txt}{note} [{time.monotonic() - t0:.1f}s]")
         log.info(f"  sample: {sample!r}")
+        return True
 
     # ----------------------------------------------------------------------- time budget
 
@@ -434,7 +448,9 @@ class Trainer:
                     reason = "diverged"
                     break
                 if (end_of_epoch or self.state.step % self.cfg.eval_every == 0) and self.state.nonfinite_streak == 0:
-                    self.evaluate_and_save()       # (never saves weights right after a non-finite loss)
+                    if not self.evaluate_and_save():   # (never right after a non-finite loss)
+                        reason = "diverged"
+                        break
                 if self.on_step is not None:
                     self.on_step(self)
                 reason = self.stop.reason or self._stop_before_step() or self._max_time_reached()
@@ -610,14 +626,21 @@ def train(tokenizer, corpus_path: str | os.PathLike, outdir: str | os.PathLike,
             trainer = Trainer(mcfg, tcfg, identity=identity, corpus_path=corpus_path, preset=preset, folder=folder,
                               separator=separator, quiet=quiet, stop=stop, on_step=on_step)
             ckpt = None
+            folder.check_writable()
             if folder.ckpt_last.exists():
                 if not resume:
                     log.info(f"found {folder.ckpt_last}: continuing that run (use another --outdir to start over)")
                 ckpt = load_resume_checkpoint(folder.ckpt_last, mcfg, identity.sha256, file_sha256(corpus_path),
                                               force)
+                note = folder.read_divergence()
+                if note:
+                    log.warning(f"warning: the last run on this folder diverged at step {note.get('step')}; "
+                                f"continuing from the last good checkpoint, step {note.get('last_good_step')}")
             elif resume:
                 raise UserError(f"--resume: nothing to resume, {folder.ckpt_last} does not exist; "
                                 f"drop --resume to start a new run")
+            else:
+                folder.check_new_run(force)
             try:
                 trainer.setup()
                 if ckpt is not None:
@@ -643,28 +666,37 @@ def train(tokenizer, corpus_path: str | os.PathLike, outdir: str | os.PathLike,
             log.setLevel(level)
 
 
+def _diverged(trainer: Trainer) -> None:
+    """The run diverged: nothing more is written but the note that the next run reads, and the plot."""
+    folder, st = trainer.folder, trainer.state
+    folder.write_plot(st.history)
+    last = trainer.last_saved_step
+    folder.write_divergence({"step": st.step, "last_good_step": last, "lr": trainer.cfg.lr})
+    kept = (f"{folder.ckpt_best.name} (step {st.best_step:,}) and {folder.ckpt_last.name} (step {last:,}) are "
+            f"left as they were; re-running resumes from step {last:,}" if last >= 0 else "no checkpoint was written")
+    what = (f"the loss was not finite for {MAX_NONFINITE_STEPS} steps in a row"
+            if st.nonfinite_streak >= MAX_NONFINITE_STEPS else "the weights or the validation loss were not finite")
+    raise UserError(f"training diverged: {what} (at step {st.step:,}); lower --lr or raise --warmup-steps; {kept}",
+                    code=EXIT_DIVERGED)
+
+
 def _finish(trainer: Trainer, reason: str) -> dict:
-    folder = trainer.folder
+    folder, st = trainer.folder, trainer.state
+    if reason in ("interrupted", "terminated", "max_time"):
+        # The run goes on later: save where it is, and nothing else. An evaluation here would be
+        # one the uninterrupted run never makes (patience, ckpt_best and the history would differ).
+        if trainer.last_saved_step != st.step and not st.nonfinite_streak and trainer.weights_finite():
+            trainer.save_last()
+    elif not st.nonfinite_streak and st.last_eval_step != st.step:   # the run is over: a final evaluation
+        if not trainer.evaluate_and_save():
+            reason = "diverged"
     if reason == "diverged":
-        folder.write_plot(trainer.state.history)
-        kept = (f"{folder.ckpt_best.name} (step {trainer.state.best_step:,}) and {folder.ckpt_last.name} (step "
-                f"{trainer.last_saved_step:,}) are left as they were" if trainer.last_saved_step >= 0
-                else "no checkpoint was written")
-        raise UserError(f"training diverged: the loss was not finite for {MAX_NONFINITE_STEPS} steps in a row "
-                        f"(at step {trainer.state.step:,}); lower --lr or raise --warmup-steps; {kept}",
-                        code=EXIT_DIVERGED)
+        _diverged(trainer)
     if reason in ("interrupted", "terminated"):
-        if trainer.last_saved_step != trainer.state.step:
-            trainer.save_last()
-        log.warning(f"{reason}: saved {folder.ckpt_last} at step {trainer.state.step:,}; run the same command "
-                    f"again to continue")
+        saved = (f"saved {folder.ckpt_last} at step {trainer.last_saved_step:,}" if trainer.last_saved_step >= 0
+                 else "nothing to save yet")
+        log.warning(f"{reason}: {saved}; run the same command again to continue")
     else:
-        if trainer.state.nonfinite_streak:
-            pass                                   # weights right after a non-finite loss: not saved
-        elif trainer.state.last_eval_step != trainer.state.step:
-            trainer.evaluate_and_save()
-        elif trainer.last_saved_step != trainer.state.step:
-            trainer.save_last()
         messages = {"completed": f"finished {trainer.cfg.epochs} epochs",
                     "max_steps": f"reached --max-steps {trainer.cfg.max_steps:,}" if trainer.cfg.max_steps else "",
                     "max_time": "reached the --max-time cap (run the same command again to continue)",
@@ -672,9 +704,8 @@ def _finish(trainer: Trainer, reason: str) -> dict:
                                    f"of {format_seconds(trainer.cfg.time_budget or 0)} in "
                                    f"{format_seconds(trainer.elapsed())}",
                     "early_stopping": f"early stopping: no improvement in {trainer.cfg.patience} evaluations"}
-        log.info(f"{messages[reason]} at step {trainer.state.step:,}")
-    folder.write_plot(trainer.state.history)
-    st = trainer.state
+        log.info(f"{messages[reason]} at step {st.step:,}")
+    folder.write_plot(st.history)
     best = f"{st.best_val:.4f} at step {st.best_step:,}" if math.isfinite(st.best_val) else "n/a"
     log.info(f"best validation loss {best}; outputs in {folder.dir}")
     return trainer.summary(reason)
