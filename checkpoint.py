@@ -266,6 +266,11 @@ def load_resume_checkpoint(path: Path, mcfg: ModelConfig, tokenizer_hash: str, c
     if not isinstance(old, dict):
         raise UserError(f"cannot resume from {path}: its model config is damaged; use another --outdir")
     diff = [f"{k} {old.get(k)} -> {new[k]}" for k in SHAPE_FIELDS if old.get(k) != new[k]]
+    meta = ckpt["meta"] if isinstance(ckpt["meta"], dict) else {}
+    if old.get("vocab_size") != new["vocab_size"] and meta.get("tokenizer_hash") != tokenizer_hash:
+        raise UserError(f"cannot resume {path}: the tokenizer differs from the one this run was trained with "
+                        f"(a vocabulary of {new['vocab_size']} tokens, not {old.get('vocab_size')}); pass the "
+                        f"original tokenizer.json, or use another --outdir")
     if diff:
         raise UserError(f"cannot resume {path}: the model shape differs from the checkpoint's "
                         f"({', '.join(diff)}); use the same --config and shape flags, or another --outdir")
