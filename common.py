@@ -177,6 +177,19 @@ def refuse_same_file(inputs: Iterable[str | os.PathLike], output: str | os.PathL
             raise UserError(f"output {out} is also an input; choose another --output path")
 
 
+def available_memory(device) -> Optional[int]:
+    """Bytes free for new tensors on `device` (a torch.device): MemAvailable on a Linux CPU, the
+    free memory of a CUDA GPU; None where it cannot be known."""
+    if device.type == "cuda":
+        import torch
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "cpu":
+        with contextlib.suppress(OSError, ValueError, StopIteration):
+            with open("/proc/meminfo") as f:
+                return 1024 * int(next(line.split()[1] for line in f if line.startswith("MemAvailable:")))
+    return None
+
+
 # --------------------------------------------------------------------------- metrics
 
 def perplexity(loss) -> Optional[float]:

@@ -152,6 +152,7 @@ CUSTOM_REQUIRED = ("n_layer", "n_head", "n_embd")
 WARMUP_FRACTION = 0.05                # default warmup: 5% of the schedule ...
 WARMUP_MAX = 500                      # ... at most this many steps
 MIN_LR_RATIO = 0.1                    # default min_lr = lr * MIN_LR_RATIO
+MAX_WORKERS = 64                      # data loader processes: more only thrashes (and could exhaust the PIDs)
 
 
 @dataclass
@@ -223,6 +224,8 @@ class TrainConfig:
         for name in ("warmup_steps", "patience", "num_workers"):
             v = getattr(self, name)
             check(v is None or (is_int(v) and v >= 0), f"{name}={v!r} must be a whole number >= 0")
+        check(not is_int(self.num_workers) or self.num_workers <= MAX_WORKERS,
+              f"num_workers={self.num_workers} must be at most {MAX_WORKERS}")
         for name in ("max_time", "time_budget"):
             v = getattr(self, name)
             check(v is None or (is_num(v) and v > 0), f"{name}={v!r} must be a positive number of seconds")

@@ -44,7 +44,7 @@ import torch
 
 import dataset
 import tokenizer as tokenizer_lib   # `tokenizer` is a local name in train()
-from common import (Progress, UserError, add_log_file, file_sha256, format_seconds, log, perplexity,
+from common import (Progress, UserError, add_log_file, available_memory, file_sha256, format_seconds, log, perplexity,
                     require_file, resolve_device, stderr_is_terminal)
 from config import TrainConfig, lr_at, make_configs, resolve_schedule
 from checkpoint import TrainState, empty_window, load_resume_checkpoint, run_checkpoint, set_rng_state
@@ -58,6 +58,7 @@ from report import HISTORY_KEYS
 SAMPLE_PROMPT_WORDS = 3               # the greedy sample at each evaluation continues the first
 SAMPLE_TOKENS = 32                    # words of a validation document (or --sample-prompt)
 PROBE_STEPS = 3                       # optimizer steps timed by the probe (the first is untimed)
+BYTES_PER_PARAMETER = 16              # fp32 weights, gradients and the two AdamW moments
 MAX_NONFINITE_STEPS = 3               # non-finite losses in a row before the run stops
 EXIT_DIVERGED = 1
 
@@ -111,6 +112,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self._setup_data()
+        self._check_memory()
         seed_everything(cfg.seed)
         self.model = GPT(self.mcfg).to(self.device)
         self.model.gradient_checkpointing = cfg.gradient_checkpointing
@@ -128,6 +130,16 @@ class Trainer:
         log.info(f"device {self.device}{', torch.compile' if cfg.compile else ''}"
                  f"{', gradient checkpointing' if cfg.gradient_checkpointing else ''}")
         log_choice(self.precision, "training")
+
+    def _check_memory(self) -> None:
+        """Refuse a model whose weights, gradients and AdamW moments cannot fit the device, before
+        allocating any of it (the system might otherwise start swapping or kill the process)."""
+        n = self.mcfg.num_parameters()
+        need, free = n * BYTES_PER_PARAMETER, available_memory(self.device)
+        if free is not None and need > free:
+            raise UserError(f"out of memory building the model ({self.device}): its {n:,} parameters need "
+                            f"~{need / 2**30:,.1f} GiB for weights, gradients and optimizer state, and "
+                            f"{free / 2**30:,.1f} GiB is free; choose a smaller model (--n-layer, --n-embd)")
 
     def _setup_data(self) -> None:
         cfg, m = self.cfg, self.mcfg
