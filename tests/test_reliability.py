@@ -416,3 +416,17 @@ def test_reexport_never_deletes_files_the_user_added(data, tmp_path):
     proc = run_cli("export", "--ckpt", out / "ckpt_best.pt", "--tokenizer", data["tok"], "--out", hf)
     assert_user_error(proc)
     assert "notas.txt" in proc.stderr and hashes(hf) == before
+
+
+def test_enospc_names_the_full_disk_and_keeps_the_previous_file(tmp_path):
+    """The kernel's ENOSPC (what a full disk gives a writer) as the block's write raises it."""
+    import errno
+
+    from common import atomic_path, write_text
+    target = tmp_path / "history.json"
+    write_text(target, "[]\n")
+    with pytest.raises(UserError, match=r"cannot write .*history.json: the disk is full; free some space"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("[{\"step\": 1", encoding="utf-8")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert target.read_text(encoding="utf-8") == "[]\n" and [p.name for p in tmp_path.iterdir()] == ["history.json"]
