@@ -29,6 +29,19 @@ SAFETY = 0.98                 # fraction of the remaining time planned for steps
 RESERVE_S = 1.5               # seconds kept for the end: plot, last save, exit
 
 
+def kept_schedule(requested: TrainConfig, cfg: TrainConfig, old: dict, fixed: bool
+                  ) -> tuple[TrainConfig, TrainConfig]:
+    """On resume: a budgeted run keeps the warmup it planned (`old`: the checkpoint's train config)
+    and, once fixed, its length and decay. (requested, cfg) as they continue."""
+    if cfg.time_budget is None or old.get("time_budget") is None:
+        return requested, cfg
+    kept = {"warmup_steps": int(old["warmup_steps"])}
+    requested, cfg = dataclasses.replace(requested, **kept), dataclasses.replace(cfg, **kept)
+    if fixed:
+        cfg = dataclasses.replace(cfg, total_steps=int(old["total_steps"]), decay_start=old.get("decay_start"))
+    return requested, cfg
+
+
 class TimeBudget:
     def __init__(self, requested: TrainConfig, steps_per_epoch: int, costs: dict):
         """`requested`: the run's config before resolve_schedule (its warmup_steps None unless

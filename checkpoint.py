@@ -123,6 +123,28 @@ def run_checkpoint(model: GPT, optimizer, scaler, state: TrainState, *, train_co
             "train_config": train_config, "state": dataclasses.replace(state, rng=rng_state()).to_dict()}
 
 
+def restore_run(ckpt: dict, model: GPT, optimizer, scaler, cfg, n_windows: int) -> TrainState:
+    """Put a run checkpoint back: weights, optimizer (with this command's betas and weight decay),
+    gradient scaler and every RNG state; return its TrainState. When the training windows, batch
+    size or seed differ from the checkpoint's, the epoch restarts from its first batch."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for group in optimizer.param_groups:   # the current command's hyperparameters win
+        group["betas"] = (cfg.beta1, cfg.beta2)
+        if group["weight_decay"] > 0:
+            group["weight_decay"] = cfg.weight_decay
+    if scaler.is_enabled() and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    st = TrainState.from_checkpoint(ckpt)
+    if (st.n_windows, st.batch_size, st.seed) != (n_windows, cfg.batch_size, cfg.seed):
+        log.warning(f"warning: the training windows, batch size or seed changed since the checkpoint: "
+                    f"restarting epoch {st.epoch + 1} from its first batch")
+        st.batch_in_epoch = 0
+        st.n_windows, st.batch_size, st.seed = n_windows, cfg.batch_size, cfg.seed
+    set_rng_state(st.rng)
+    return st
+
+
 def check_version(ckpt: dict, path) -> None:
     version = ckpt.get("version", 1)
     if version not in READABLE_VERSIONS:

@@ -47,11 +47,11 @@ import tokenizer as tokenizer_lib   # `tokenizer` is a local name in train()
 from common import (Progress, UserError, add_log_file, available_memory, file_sha256, format_seconds, log, perplexity,
                     require_file, resolve_device, stderr_is_terminal)
 from config import TrainConfig, lr_at, make_configs, resolve_schedule
-from checkpoint import TrainState, empty_window, load_resume_checkpoint, run_checkpoint, set_rng_state
+from checkpoint import TrainState, empty_window, load_resume_checkpoint, restore_run, run_checkpoint
 from model import GPT, ModelConfig
 from precision import Precision, log_choice, resolve_precision
 from runs import RunFolder, RunLock, StopSignals, versions
-from budget import TimeBudget
+from budget import TimeBudget, kept_schedule
 from report import HISTORY_KEYS
 
 
@@ -235,40 +235,18 @@ class Trainer:
 
     def restore(self, ckpt: dict, path: Path) -> None:
         """Continue from a checkpoint dict (already checked by load_resume_checkpoint)."""
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        for group in self.optimizer.param_groups:   # the current command's hyperparameters win
-            group["betas"] = (self.cfg.beta1, self.cfg.beta2)
-            if group["weight_decay"] > 0:
-                group["weight_decay"] = self.cfg.weight_decay
-        if self.scaler.is_enabled() and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        st = self.state = TrainState.from_checkpoint(ckpt)
-        if (st.n_windows, st.batch_size, st.seed) != (len(self.train_ds), self.cfg.batch_size, self.cfg.seed):
-            log.warning(f"warning: the training windows, batch size or seed changed since the checkpoint: "
-                        f"restarting epoch {st.epoch + 1} from its first batch")
-            st.batch_in_epoch = 0
-            st.n_windows, st.batch_size, st.seed = len(self.train_ds), self.cfg.batch_size, self.cfg.seed
+        st = self.state = restore_run(ckpt, self.model, self.optimizer, self.scaler, self.cfg, len(self.train_ds))
         old_cfg = ckpt.get("train_config", {})
         st.budget_fixed = st.budget_fixed and self.cfg.time_budget is not None
-        if self.cfg.time_budget is not None and old_cfg.get("time_budget") is not None:
-            # a budgeted run keeps its warmup, and once fixed its length and decay
-            kept = {"warmup_steps": int(old_cfg["warmup_steps"])}
-            self.requested_cfg = dataclasses.replace(self.requested_cfg, **kept)
-            self.cfg = dataclasses.replace(self.cfg, **kept)
-            if st.budget_fixed:
-                self.cfg = dataclasses.replace(self.cfg, total_steps=int(old_cfg["total_steps"]),
-                                               decay_start=old_cfg.get("decay_start"))
-        self.last_saved_step = self.state.step
+        self.requested_cfg, self.cfg = kept_schedule(self.requested_cfg, self.cfg, old_cfg, st.budget_fixed)
+        self.last_saved_step = st.step
         old_total = old_cfg.get("total_steps")
         if old_total not in (None, self.cfg.total_steps) and self.cfg.time_budget is None:
             log.info(f"note: the learning-rate schedule now ends at step {self.cfg.total_steps:,} "
                      f"(it ended at {old_total:,})")
-        set_rng_state(st.rng)
-        log.info(f"resumed from {path} at step {self.state.step:,} (epoch {self.state.epoch + 1}, batch "
-                 f"{self.state.batch_in_epoch}); best validation loss {self.state.best_val:.4f} at step "
-                 f"{self.state.best_step}")
-        self.folder.write_history(self.state.history)
+        log.info(f"resumed from {path} at step {st.step:,} (epoch {st.epoch + 1}, batch {st.batch_in_epoch}); "
+                 f"best validation loss {st.best_val:.4f} at step {st.best_step}")
+        self.folder.write_history(st.history)
 
     # ----------------------------------------------------------------------- evaluation
 

@@ -80,12 +80,12 @@ def test_resume_after_max_time_is_exact_with_patience_and_accumulation(data, tmp
     """The nightly cron recipe: a run cut by --max-time again and again ends with the weights,
     best checkpoint, history and stopping step of the uninterrupted run (patience on: it stops
     early, so an extra evaluation counted toward patience would change where)."""
-    common = dict(max_steps=120, eval_every=6, patience=2, lr=3e-2)
+    common = dict(max_steps=120, eval_every=3, patience=1, lr=3e-2)
     ref = run(data, tmp_path / "ref", **common)
     assert ref["stopped_reason"] == "early_stopping" and ref["steps"] < 120, ref
     out, runs = tmp_path / "cut", 0
     while True:
-        s = run(data, out, max_time=0.15, **common)
+        s = run(data, out, max_time=0.02, **common)
         runs += 1
         if s["stopped_reason"] != "max_time":
             break
