@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from common import Progress, UserError, atomic_path, file_sha256, log, require_file
+from config import MODEL_LIMITS
 from corpus import DOC_SEPARATOR, _document_bytes, _text_pieces, read_documents
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ PAD_TOKEN = "<|pad|>"
 BYTE_ALPHABET = 256                      # byte-level BPE starts from every byte value
 N_SPECIAL = 3                            # separator, end-of-text, padding (ids 0, 1, 2)
 MIN_VOCAB_SIZE = BYTE_ALPHABET + N_SPECIAL
+MAX_VOCAB_SIZE = MODEL_LIMITS["vocab_size"]
 FITNESS_SAMPLE_CHARS = 2_000_000         # characters of training text used for the fitness report
 FITNESS_MIN_WORD_CHARS = 8
 
@@ -95,6 +97,9 @@ def train_tokenizer(files: Sequence[str | os.PathLike], vocab_size: int = 32000,
     if vocab_size < MIN_VOCAB_SIZE:
         raise UserError(f"--vocab-size {vocab_size} is too small: byte-level BPE needs at least "
                         f"{MIN_VOCAB_SIZE} (256 bytes + {N_SPECIAL} special tokens); try 8000-32000")
+    if vocab_size > MAX_VOCAB_SIZE:
+        raise UserError(f"--vocab-size {vocab_size:,} is too large: at most {MAX_VOCAB_SIZE:,} (the largest model "
+                        f"vocabulary mini-llm builds); try 8000-32000")
     if separator.strip() != separator or not separator or "\n" in separator:
         raise UserError(f"--separator {separator!r} must be a non-empty single line without "
                         f"leading or trailing spaces")

@@ -126,6 +126,8 @@ CASES = [
     ("tok-missing-file", ["init-tokenizer", "--files", "{w}/nope.txt", "--out", "{w}/t.json"], 2, "nope.txt"),
     ("tok-vocab-too-small", ["init-tokenizer", "--files", "{w}/corpus.txt", "--vocab-size", "10", "--out",
                              "{w}/t.json"], 2, "259"),
+    ("tok-vocab-huge", ["init-tokenizer", "--files", "{w}/corpus.txt", "--vocab-size", str(10 ** 12), "--out",
+                        "{w}/t.json"], 2, "too large"),
     ("tok-vocab-zero", ["init-tokenizer", "--files", "{w}/corpus.txt", "--vocab-size", "0", "--out", "{w}/t.json"],
      2, "--vocab-size"),
     ("tok-min-frequency-zero", ["init-tokenizer", "--files", "{w}/corpus.txt", "--min-frequency", "0", "--out",
