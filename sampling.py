@@ -106,6 +106,37 @@ def _nucleus_candidates(scaled: torch.Tensor, log_z: torch.Tensor, top_p: float
     return torch.sort(scaled, dim=-1, descending=True, stable=True)  # ties by lower id
 
 
+def _scale(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / temperature (a new tensor): for usual values the division itself, bit for bit. Where
+    that breaks down (one scalar read on the host tells), the same distribution, computed in `_scale_stably`: a
+    temperature that rounds to 0 or inf in the logits' dtype (0/0, inf/inf), logits so large that
+    the quotient overflows to +inf, or a row with no finite logit (every token banned)."""
+    scaled = logits / temperature
+    if math.isfinite(float(scaled.amax(dim=-1).abs().max())):  # every row max finite (NaN, +-inf are not)
+        return scaled
+    return _scale_stably(logits, temperature)
+
+
+def _scale_stably(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(logits - row max) / temperature in float64 (float32 where the device has no float64), back in
+    the logits' dtype: the top token gets 0 and the others -inf or what they are worth, whatever the
+    temperature (1e-300 keeps exactly the tied maxima; 1e300 is uniform over the finite logits).
+    A row with no finite logit gets 0 at its first candidate: no token is allowed, and the draw
+    must still return an id of the vocabulary. +inf logits share the row's mass, NaN ones get none."""
+    work = torch.float32 if logits.device.type == "mps" else torch.float64
+    info = torch.finfo(work)
+    x = logits.to(work)
+    x = torch.where(torch.isnan(x), float("-inf"), x)
+    posinf = x == float("inf")
+    x = torch.where(posinf.any(dim=-1, keepdim=True), torch.where(posinf, 0.0, float("-inf")), x)
+    top = x.amax(dim=-1, keepdim=True)  # (B, 1)
+    dead = top == float("-inf")  # (B, 1)
+    shifted = (x - torch.where(dead, 0.0, top)) / min(max(temperature, info.tiny), info.max)
+    first = torch.arange(x.shape[-1], device=x.device) == 0  # (V,)
+    shifted = torch.where(dead & first, 0.0, shifted)
+    return shifted.to(logits.dtype)
+
+
 def _support(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, min_p: float
              ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The candidates of a draw: logits at `temperature` (B, K) with dropped tokens at -inf, and
@@ -119,19 +150,21 @@ def _support(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
     """
     V = logits.shape[-1]
     log_z = None  # log normaliser of the top_p mass (None: the candidates' own softmax)
+    if top_p < 1.0:  # as compared below: a top_p that would round to 0 in the logits' dtype still
+        top_p = max(top_p, torch.finfo(logits.dtype).tiny)  # keeps the top token, and only it
     if 0 < top_k < V:
         cand, ids = _top_k_candidates(logits, top_k)  # sorted
-        cand = cand / temperature
+        cand = _scale(cand, temperature)
     elif top_p < 1.0:
-        scaled = logits / temperature
+        scaled = _scale(logits, temperature)
         log_z = torch.logsumexp(scaled, dim=-1, keepdim=True)  # (B, 1) over the whole vocabulary
         cand, ids = _nucleus_candidates(scaled, log_z, top_p)
     else:
-        cand, ids = logits / temperature, None
+        cand, ids = _scale(logits, temperature), None
     if top_p < 1.0:  # cand is sorted: keep each token whose preceding mass is < top_p
         probs = torch.softmax(cand, dim=-1) if log_z is None else torch.exp(cand - log_z)
-        mass_before = probs.cumsum(-1) - probs
-        cand = cand.masked_fill(mass_before >= top_p, float("-inf"))  # the top token always stays
+        mass_before = probs.cumsum(-1) - probs  # exactly 0 for the top token, which always stays
+        cand = cand.masked_fill(mass_before >= top_p, float("-inf"))
     if min_p > 0.0:  # p >= min_p * p_max  <=>  logit >= max logit + log(min_p)
         threshold = cand.max(dim=-1, keepdim=True).values + math.log(min_p)
         cand = cand.masked_fill(cand < threshold, float("-inf"))
@@ -142,7 +175,9 @@ def filter_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int 
                   top_p: float = 1.0, min_p: float = 0.0) -> torch.Tensor:
     """A new (B, V) tensor: logits / temperature, with -inf at every token that `sample` with the
     same settings cannot draw (its support; see `_support` for the filters). temperature 0 keeps
-    only the argmax. The caller's tensor is never modified."""
+    only the argmax. The caller's tensor is never modified. Where the plain quotient would not be
+    finite (an extreme temperature or logit, see `_scale`) the row is shifted so that its maximum
+    is 0: the same distribution, always with at least one finite entry."""
     assert logits.dim() == 2, "logits must be (B, V)"
     if temperature == 0:
         top = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
@@ -163,11 +198,16 @@ def _argmax(logits: torch.Tensor) -> torch.Tensor:
 
 def sample(logits: torch.Tensor, *, temperature: float, top_k: int = 0, top_p: float = 1.0,
            min_p: float = 0.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Draw one token id per row from (B, V) logits -> LongTensor (B,). Pure: `logits` is not
-    modified. temperature 0 = argmax (the lowest id among equal maxima; filters are moot).
+    """Draw one token id per row from (B, V) logits -> LongTensor (B,), always in [0, V). Pure:
+    `logits` is not modified. temperature 0 = argmax (the lowest id among equal maxima; filters
+    are moot). Logits are finite or -inf (a banned token); any positive temperature works, down to
+    the smallest float (the tied maxima) and up to the largest (uniform). A row where every token
+    is -inf has nothing to draw: it still gets an id in [0, V) (without top-k the lowest, as
+    greedy decoding would).
 
     The draw inverts the cumulative distribution of the candidates of `_support` at one uniform
-    number per row: no host sync, one random number per row.
+    number per row: one random number per row, and no host sync besides `_scale`'s one scalar
+    read (whether the scaled logits are all usable).
     """
     assert logits.dim() == 2, "logits must be (B, V)"
     if temperature == 0:
@@ -184,14 +224,28 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     """New (B, V) logits where every token already seen is penalised: a positive logit is divided
     by `penalty`, a negative one multiplied (so > 1 always lowers the probability). `seen` is
     either token ids (B, N) long (repeats count once) or a (B, V) bool mask. Pure; `penalty == 1`
-    returns `logits` itself."""
+    returns `logits` itself.
+
+    Any positive penalty works: penalised logits stay finite (a quotient or product beyond the
+    dtype's range is clamped to its largest value; -inf, a banned token, stays -inf), so an
+    extreme penalty (1e-300, 1e300) gives the extreme distribution, never inf or NaN."""
     if penalty == 1.0 or seen.numel() == 0:
         return logits
     if seen.dtype == torch.bool:
-        penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
-        return torch.where(seen, penalised, logits)
-    old = logits.gather(-1, seen)  # (B, N)
-    return logits.scatter(-1, seen, torch.where(old > 0, old / penalty, old * penalty))
+        return torch.where(seen, _penalised(logits, penalty), logits)
+    return logits.scatter(-1, seen, _penalised(logits.gather(-1, seen), penalty))
+
+
+def _penalised(x: torch.Tensor, penalty: float) -> torch.Tensor:
+    """x / penalty where x > 0, else x * penalty, clamped to x's finite range (-inf stays -inf).
+    The penalty is first brought into that range too: as a scalar it would round to 0 or inf in
+    float32, and 0 * inf is NaN."""
+    if x.is_floating_point():
+        info = torch.finfo(x.dtype)
+        penalty = min(max(penalty, info.tiny), info.max)
+        out = torch.where(x > 0, (x / penalty).clamp(max=info.max), (x * penalty).clamp(min=-info.max))
+        return torch.where(x == float("-inf"), x, out)
+    return torch.where(x > 0, x / penalty, x * penalty)
 
 
 def banned_ngram_tokens(tokens: Sequence[int], n: int) -> set[int]:

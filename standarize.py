@@ -6,7 +6,12 @@ very long line cut at whitespace), each piece is cleaned on its own, and a
 length, duplicate hash) while writing, so memory stays flat whatever the size
 of the input or of a single document.
 
-Rules, in order, for every line:
+Input files that look like binary data (NUL bytes at the start, many control characters or
+bytes that are not text in any supported encoding, at the start or further in: see SAMPLE_BYTES)
+are skipped with a warning naming them; when no usable input is left that is a UserError.
+
+Rules, in order, for every line (their result is a fixed point: cleaning it again changes
+nothing, see `clean_piece`):
 1. decode: UTF-8 (BOM or not), UTF-16/32 with BOM; bytes that are not valid
    UTF-8 are read as Windows-1252 (Latin-1 for its 5 undefined bytes), per
    byte run, so a Latin-1 file, a UTF-8 file with a stray byte and a mixed
@@ -34,6 +39,7 @@ import re
 import time
 import unicodedata
 import zlib
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
@@ -51,11 +57,33 @@ TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.bz2", ".txt.xz")
 # lines are cut at their last whitespace and cleaned piece by piece.
 MAX_PIECE_BYTES = 1 << 20
 SNIFF_BYTES = 8192
-# A file whose first SNIFF_BYTES hold a NUL byte, or more than this share of other C0
-# control bytes, is binary (text has ~0; random bytes have ~10%).
+# Binary detection (per input file, on samples: the first SAMPLE_BYTES of its text stream and, for
+# an uncompressed file, SAMPLE_WINDOWS evenly spaced windows of WINDOW_BYTES up to its end). A file
+# is binary, not text, when
+#   - its first SNIFF_BYTES hold a NUL byte (text has none; UTF-16 without a byte-order mark has
+#     many, and is refused with that hint);
+#   - more than BINARY_CONTROL_RATIO of the sampled characters are C0 control characters other
+#     than whitespace and ESC (text has ~0; random bytes ~10%);
+#   - read as UTF-8, more than BINARY_INVALID_RATIO of them are bytes that are not valid UTF-8
+#     (Latin-1 / Windows-1252 text: ~3%, at most 13% in the first 64 bytes of any document of
+#     the Spanish test corpora; random bytes: 45-80%, or other 8-bit encodings: Cyrillic ~50%);
+#   - read as UTF-16/32 (no legacy fallback there), more than BINARY_INVALID_RATIO_UTF16 of them
+#     are undecodable, unassigned or private-use code points (text: ~0; random bytes: 15-100%).
+# The ratios apply from MIN_SAMPLE_CHARS sampled characters on.
+SAMPLE_BYTES = 1 << 16
+WINDOW_BYTES = 1 << 14
+SAMPLE_WINDOWS = 4
+MIN_SAMPLE_CHARS = 64
 BINARY_CONTROL_RATIO = 0.05
+BINARY_INVALID_RATIO = 0.30
+BINARY_INVALID_RATIO_UTF16 = 0.05
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in (9, 10, 11, 12, 13, 27))
+_CONTROL_CHARS = re.compile("[" + "".join(map(chr, _CONTROL_BYTES)) + "]")
 
-_COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
+# Compressed streams, by their first bytes. bz2's "BZh" is plain text, so its block size digit and
+# the magic of its first block (or of the end of an empty stream) must follow.
+_COMPRESSED = ((re.compile(b"\x1f\x8b"), "gzip"), (re.compile(b"BZh[1-9](?:1AY&SY|\x17rE8P\x90)"), "bz2"),
+               (re.compile(b"\xfd7zXZ\x00"), "xz"))
 _READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error, ValueError)
 
 # --------------------------------------------------------------------------- character classes
@@ -74,6 +102,8 @@ _SUSPECT_GATE = re.compile(f"[{_CONT}\u00c2\u00c3\x1b\ufb00-\ufb06\uff01-\uff5e\
 _SUSPECT_PAIR = re.compile(f"[\u00c2-\u00f4][{_CONT}]")
 _SUSPECT_SINGLE = re.compile("[\u00c2\u00c3\u0080-\u009f\x1b\ufb00-\ufb06\uff01-\uff5e\uff61-\uffdc\ud800-\udfff]")
 _HTML_ENTITY = re.compile("&#?[A-Za-z0-9]+;")
+# Every suspect sequence with its neighbours: two texts with the same list look the same to the repair.
+_SUSPECT_CONTEXT = re.compile(f".?(?:{_SUSPECT_PAIR.pattern}|{_SUSPECT_SINGLE.pattern}|{_HTML_ENTITY.pattern}).?")
 # "í" is C3 AD in UTF-8; read as 1252 it becomes "Ã" + soft hyphen, and the invisible
 # soft hyphen is often dropped later ("historiografÃa"). An "Ã" touching a lowercase
 # letter and not followed by a continuation character is such a case: restore the
@@ -147,19 +177,77 @@ def normalize_unicode(text: str) -> str:
 def clean_piece(text: str, preserve_case: bool = False) -> tuple[str, bool]:
     """Character-level rules 2-6 for one line or line piece; returns (text, mojibake_fixed).
 
-    The result may contain "\\n" (a line separator character inside the piece)."""
-    text = _LINE_BREAKS.sub("\n", text)
-    fixed = fix_mojibake(text)
+    The result may contain "\\n" (a line separator character inside the piece).
+
+    Cleaning the output again changes nothing (clean_text is idempotent). Rules 4-6 and the
+    document rules can make new mojibake out of text that had none, or show the repair a context
+    it did not see (removing a control character joins its neighbours, lowercasing turns "Ê" into
+    the UTF-8 lead byte "ê", NFC composes "A" + U+0303 into "Ã", stripping a line's leading space
+    puts "Ã " at its start), so after the first round the repair runs again on the text as it will
+    be written (without its leading and trailing spaces and tabs) while that still looks suspect,
+    until nothing changes. Nearly every line needs one round: ftfy only runs on suspect ones."""
+    if not text.isascii() or "\x0b" in text or "\x0c" in text:
+        text = _LINE_BREAKS.sub("\n", text)
+    if "\n" in text:  # each line on its own, as when the output is cleaned again
+        lines = [clean_piece(line, preserve_case) for line in text.split("\n")]
+        return "\n".join(line for line, _ in lines), any(fixed for _, fixed in lines)
+    if not _needs_ftfy(text):  # most lines: nothing to repair (and nothing left for the loop below)
+        cleaned = _character_rules(text, preserve_case)
+        if not _needs_ftfy(cleaned):
+            return cleaned, False
+        fixed = text
+    else:
+        fixed = fix_mojibake(text)
     changed = fixed != text
-    text = fixed
+    lead, core, trail = _split_ends(_character_rules(fixed, preserve_case))
+    for _ in range(_MAX_CLEAN_ROUNDS):
+        if not _needs_ftfy(core) or (not changed and _looks_the_same(core, text)):
+            break
+        fixed = fix_mojibake(core)
+        if fixed == core:
+            break
+        changed = True
+        more_lead, core, more_trail = _split_ends(_character_rules(fixed, preserve_case))
+        lead, trail = lead + more_lead, more_trail + trail
+    text = lead + core + trail
+    return (_SPACE_RUN.sub(" ", text) if "  " in text else text), changed
+
+
+def _looks_the_same(text: str, seen: str) -> bool:
+    """`text` holds the suspect sequences of `seen`, a text the repair left as it was, with the same
+    neighbours (lowercase ASCII letters or a collapsed space elsewhere do not count): it needs no
+    second look."""
+    return text == seen or _SUSPECT_CONTEXT.findall(text) == _SUSPECT_CONTEXT.findall(seen)
+
+
+def _split_ends(text: str) -> tuple[str, str, str]:
+    """(leading spaces and tabs, the rest, trailing spaces and tabs): what a line's ends lose when
+    it is written."""
+    core = text.strip(" \t")
+    if len(core) == len(text):
+        return "", text, ""
+    start = len(text) - len(text.lstrip(" \t"))
+    return text[:start], core, text[start + len(core):]
+
+
+# Rounds of clean_piece after the first before it stops looking for a fixed point (real text needs
+# none or one; each round that changes the text shortens or settles it: the bound is never reached).
+_MAX_CLEAN_ROUNDS = 8
+
+
+def _character_rules(text: str, preserve_case: bool) -> str:
+    """Rules 4-6 (each idempotent): control characters, Unicode spaces (and runs of spaces, which
+    the document rules collapse anyway: the repair must see the text as it is written), case, NFC."""
     if not text.isascii():
         text = _UNICODE_SPACES.sub(" ", text)
     text = _CONTROL_KEEP_NEWLINE.sub("", text)
+    if "  " in text:
+        text = _SPACE_RUN.sub(" ", text)
     if not preserve_case:
         text = text.lower()
     if not text.isascii():
         text = unicodedata.normalize("NFC", text)
-    return text, changed
+    return text
 
 
 def normalize_whitespace(text: str) -> str:
@@ -232,16 +320,23 @@ def _complete_utf8_len(raw: bytes) -> int:
     return n
 
 
-def _sniff(path: Path) -> tuple[str | None, str]:
-    """(compression or None, text encoding) of a file; UserError for binary data."""
+def _sniff(path: Path) -> tuple[str | None, str, str | None]:
+    """(compression or None, text encoding, why the file looks binary or None if it is text)."""
     try:
         with open(path, "rb") as f:
-            magic = f.read(6)
-        compression = next((name for m, name in _COMPRESSED if magic.startswith(m)), None)
-        with _open_stream(path, compression) as (_, stream):
-            head = stream.read(SNIFF_BYTES)
+            magic = f.read(10)
+        compression = next((name for m, name in _COMPRESSED if m.match(magic)), None)
+        with _open_stream(path, compression) as (raw, stream):
+            samples = [(0, stream.read(SAMPLE_BYTES))]
+            if compression is None:
+                size = os.fstat(raw.fileno()).st_size
+                starts = {(size - WINDOW_BYTES) * i // SAMPLE_WINDOWS & ~3 for i in range(1, SAMPLE_WINDOWS + 1)}
+                for start in sorted(o for o in starts if o >= len(samples[0][1])):
+                    raw.seek(start)
+                    samples.append((start, raw.read(WINDOW_BYTES)))
     except _READ_ERRORS as e:
         raise _read_error(path, e) from None
+    head = samples[0][1]
     encoding = "utf-8"
     if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
         encoding = "utf-32"
@@ -249,24 +344,66 @@ def _sniff(path: Path) -> tuple[str | None, str]:
         encoding = "utf-16"
     elif head.startswith(codecs.BOM_UTF8):
         encoding = "utf-8-sig"
-    if encoding in ("utf-16", "utf-32"):
-        text = head[:len(head) - len(head) % 4].decode(encoding, errors="replace")
-        sample_nul, sample_ctrl, n = "\x00" in text, _count_controls(text.encode("utf-8", "replace")), len(text)
+    return compression, encoding, _binary_reason(samples, encoding)
+
+
+def _binary_reason(samples: list[tuple[int, bytes]], encoding: str) -> str | None:
+    """Why a file is not text, judged on samples (offset, bytes) of it, the first at offset 0 (see
+    SAMPLE_BYTES), or None. Each sample is judged on its own: text with binary data appended is
+    binary."""
+    head = samples[0][1]
+    wide = encoding in ("utf-16", "utf-32")
+    if wide:
+        width = 2 if encoding == "utf-16" else 4
+        little = head.startswith(codecs.BOM_UTF16_LE if width == 2 else codecs.BOM_UTF32_LE)
+        codecs_ = [encoding] + [f"{encoding}-{'le' if little else 'be'}"] * (len(samples) - 1)  # windows: no BOM
+        texts = [b[:len(b) - len(b) % width].decode(c, errors="replace") for (_, b), c in zip(samples, codecs_)]
+        if "\x00" in texts[0][:SNIFF_BYTES // width]:
+            return f"NUL characters in its first {SNIFF_BYTES // 1024} KB"
+    elif b"\x00" in head[:SNIFF_BYTES]:
+        return f"NUL bytes in its first {SNIFF_BYTES // 1024} KB; UTF-16 text needs a byte-order mark"
     else:
-        sample_nul, sample_ctrl, n = b"\x00" in head, _count_controls(head), len(head)
-    if sample_nul or (n >= 64 and sample_ctrl > BINARY_CONTROL_RATIO * n):
-        raise UserError(f"{path} looks like a binary file, not text (NUL or control bytes at its start); "
-                        "pass text files (UTF-16 needs a byte-order mark)")
-    return compression, encoding
+        samples = [(o, b if o == 0 else _whole_utf8(b)) for o, b in samples]
+        texts = [b.decode("utf-8", errors="replace") for _, b in samples]
+    for (offset, data), text in zip(samples, texts):
+        n = len(text)
+        if n < MIN_SAMPLE_CHARS:
+            continue
+        where = "at its start" if offset == 0 else f"from byte {offset:,} on"
+        if wide:
+            invalid = _implausible_chars(text)
+            if invalid > BINARY_INVALID_RATIO_UTF16 * n:
+                return f"{invalid / n:.0%} of its characters {where} are undecodable or unassigned as {encoding.upper()}"
+        else:
+            invalid = text.count("\ufffd") - data.count("\ufffd".encode())
+            if invalid > BINARY_INVALID_RATIO * n:
+                return (f"{invalid / n:.0%} of its bytes {where} are not valid UTF-8; Latin-1 or Windows-1252 "
+                        "text has a few %, other encodings must be converted to UTF-8")
+        controls = len(_CONTROL_CHARS.findall(text)) if wide else len(data) - len(data.translate(None, _CONTROL_BYTES))
+        if controls > BINARY_CONTROL_RATIO * n:
+            return f"{controls / n:.0%} of its characters {where} are control characters"
+    return None
+
+
+def _whole_utf8(window: bytes) -> bytes:
+    """A window cut from the middle of a file without the partial characters at its two ends."""
+    start = 0
+    while start < min(3, len(window)) and window[start] & 0xC0 == 0x80:
+        start += 1
+    window = window[start:]
+    return window[:_complete_utf8_len(window)]
+
+
+def _implausible_chars(text: str) -> int:
+    """Replacement characters (undecodable units) and unassigned, private-use or surrogate code points."""
+    if text.isascii():
+        return 0
+    return sum(k for ch, k in Counter(text).items()
+               if ch == "\ufffd" or (ch > "\x7f" and unicodedata.category(ch) in ("Cn", "Co", "Cs")))
 
 
 def _read_error(path: Path, e: BaseException) -> UserError:
     return UserError(f"cannot read {path}: {e}; check that the file is intact")
-
-
-def _count_controls(data: bytes) -> int:
-    """C0 control bytes other than tab, newline, CR, VT, FF and ESC."""
-    return sum(data.count(bytes([b])) for b in range(32) if b not in (9, 10, 11, 12, 13, 27))
 
 
 class _open_stream:
@@ -298,30 +435,33 @@ def _raw_chunks(stream: BinaryIO, encoding: str) -> Iterator[tuple[str, bool, bo
     comes in several chunks (never splitting a character). The line terminator is removed."""
     if encoding in ("utf-16", "utf-32"):
         text_stream = io.TextIOWrapper(stream, encoding=encoding, errors="replace", newline="")
-        while chunk := text_stream.readline(MAX_PIECE_BYTES // 2):
+        chunk = text_stream.readline(MAX_PIECE_BYTES // 2)
+        while chunk:
+            after = text_stream.readline(MAX_PIECE_BYTES // 2)  # read ahead, as below
             ends = chunk.endswith(("\n", "\r"))
             if ends:
                 chunk = chunk[:-2] if chunk.endswith("\r\n") else chunk[:-1]
-            yield chunk, ends, "\ufffd" in chunk
+            yield chunk, ends or not after, "\ufffd" in chunk
+            chunk = after
         text_stream.detach()
         return
     if encoding == "utf-8-sig":
         stream.read(3)
     pending = b""
-    while raw := stream.readline(MAX_PIECE_BYTES):
-        if pending:
-            raw, pending = pending + raw, b""
+    line = stream.readline(MAX_PIECE_BYTES)
+    while line:
+        raw, pending = pending + line, b""
+        line = stream.readline(MAX_PIECE_BYTES)  # read ahead: the last chunk is cut nowhere
         ends = raw.endswith(b"\n")
         if ends:
             raw = raw[:-1]
-        else:
+        elif line:  # a long line goes on: hold back an unfinished character for the next chunk
             cut = _complete_utf8_len(raw)
             raw, pending = raw[:cut], raw[cut:]
+        else:  # the file's last line, without a newline (a trailing unfinished byte sequence is
+            ends = True  # not a character split between reads: it stays with its line)
         text, repaired = decode_bytes(raw)
         yield text, ends, repaired
-    if pending:
-        text, repaired = decode_bytes(pending)
-        yield text, True, repaired
 
 
 def _line_pieces(chunks: Iterator[tuple[str, bool, bool]]) -> Iterator[tuple[str, bool, bool]]:
@@ -467,6 +607,7 @@ def expand_inputs(specs: Sequence[str]) -> list[tuple[Path, bool]]:
 class PrepareStats:
     output: str = ""
     files: int = 0
+    files_skipped_binary: int = 0     # input files that looked like binary data (each named in a warning)
     documents_in: int = 0
     documents_kept: int = 0
     dropped_empty: int = 0
@@ -502,18 +643,29 @@ def prepare_corpus(inputs: Sequence[str], output: str | os.PathLike, *, separato
         raise UserError(f"--output {output} is a folder; give a file name such as {Path(output) / 'corpus.txt'}")
     files = expand_inputs(inputs)
     refuse_same_file([p for p, _ in files], output)
-    sniffed = []
+    sniffed, binary = [], []
     for path, explicit in files:
         if path.stat().st_size == 0:
             if explicit:
                 raise UserError(f"input file is empty: {path}")
             log.warning(f"skipping empty file {path}")
             continue
-        sniffed.append((path, *_sniff(path)))
+        compression, encoding, reason = _sniff(path)
+        if reason is not None:
+            log.warning(f"warning: skipping {path}: it looks like binary data, not text ({reason})")
+            binary.append((path, reason))
+            continue
+        sniffed.append((path, compression, encoding))
     if not sniffed:
+        if binary:
+            what = (f"{binary[0][0]} looks like binary data, not text ({binary[0][1]})" if len(binary) == 1 else
+                    f"all {len(binary)} non-empty input files look like binary data, not text (e.g. "
+                    f"{binary[0][0]}: {binary[0][1]})")
+            raise UserError(f"{what}; nothing left to prepare: pass text files (UTF-8, UTF-16 with a "
+                            "byte-order mark, Latin-1 or Windows-1252)")
         raise UserError("every input file is empty; nothing to prepare")
 
-    stats = PrepareStats(output=str(output), files=len(sniffed))
+    stats = PrepareStats(output=str(output), files=len(sniffed), files_skipped_binary=len(binary))
     try:
         _write_corpus(sniffed, output, stats, separator=separator, preserve_case=preserve_case,
                       split_on_blank_lines=split_on_blank_lines, min_chars=min_chars,
@@ -553,6 +705,7 @@ class _Preparer:
         self.writer = _DocumentWriter(out, separator)
         self.separator = separator
         self.specials = tuple(dict.fromkeys((separator, *SPECIAL_TOKEN_STRINGS)))
+        self.special_re = re.compile("|".join(map(re.escape, self.specials)))
         self.preserve_case = preserve_case
         self.split_on_blank_lines = split_on_blank_lines
         self.min_chars = min_chars
@@ -633,12 +786,22 @@ class _Preparer:
                 label = f"{encoding}+windows-1252" if has_utf8 or encoding != "utf-8" else "windows-1252"
         stats.encodings[label] = stats.encodings.get(label, 0) + 1
 
+    def _remove_specials(self, text: str) -> str:
+        """`text` without the separator and special-token strings (a removal that joins the pieces
+        of another one, "<|do<|doc|>c|>", removes that one too)."""
+        while self.special_re.search(text):
+            text, n = self.special_re.subn("", text)
+            self.stats.special_strings_removed += n
+        return text
+
     def _add_piece(self, piece: str) -> None:
-        for s in self.specials:
-            if s in piece:
-                self.stats.special_strings_removed += piece.count(s)
-                piece = piece.replace(s, "")
-        cleaned, self._last_fixed = clean_piece(piece, self.preserve_case)
+        cleaned, self._last_fixed = clean_piece(self._remove_specials(piece), self.preserve_case)
+        # Cleaning can make a special string ("<|DOC|>" lowercased, full-width "＜｜ｐａｄ｜＞"
+        # narrowed by the repair): remove it too, and clean what the removal joined (every round
+        # shortens the text).
+        while self.special_re.search(cleaned):
+            cleaned, fixed = clean_piece(self._remove_specials(cleaned), self.preserve_case)
+            self._last_fixed |= fixed
         if "\n" in cleaned:          # a line separator character inside the piece
             *lines, cleaned = cleaned.split("\n")
             for line in lines:
@@ -668,6 +831,8 @@ def print_summary(stats: PrepareStats) -> None:
         ("  not UTF-8 (read as Windows-1252)", stats.lines_reencoded),
         ("  mojibake fixed", stats.lines_mojibake_fixed),
     ]
+    if stats.files_skipped_binary:
+        rows.insert(1, ("input files skipped: binary", stats.files_skipped_binary))
     if stats.special_strings_removed:
         rows.append(("separator/special strings removed", stats.special_strings_removed))
     for name, value in rows:
