@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
 import random
 import unicodedata
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,11 +31,12 @@ from hypothesis.extra.numpy import arrays
 
 import main
 import sampling as S
-import standarize
+import textfiles
 import tokenizer
 from common import UserError, log
 from conftest import assert_user_error, corpus_slice
-from standarize import clean_text, decode_bytes, prepare_corpus
+from standarize import clean_text, prepare_corpus
+from textfiles import decode_bytes
 
 PROPERTIES = settings(derandomize=True, database=None, deadline=None, print_blob=True,
                       suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -229,11 +228,11 @@ def test_real_text_in_every_supported_encoding_is_text(tmp_path):
     path = tmp_path / "x.txt"
     for encoding in ("utf-8", "utf-8-sig", "cp1252", "latin-1", "utf-16", "utf-32"):
         path.write_bytes(text.encode(encoding, "replace"))
-        assert standarize._sniff(path)[2] is None, encoding
+        assert textfiles._sniff(path)[2] is None, encoding
     for doc in text.split("<|doc|>\n"):
         for encoding in ("cp1252", "latin-1"):
             path.write_bytes(doc.encode(encoding, "replace"))
-            assert standarize._sniff(path)[2] is None, doc[:200]
+            assert textfiles._sniff(path)[2] is None, doc[:200]
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +247,7 @@ def test_spanish_text_in_latin1_is_never_binary(work_dir, spanish_lines, data):
     encoding = data.draw(st.sampled_from(["cp1252", "latin-1", "utf-8", "utf-16"]))
     path = work_dir / "latin1.txt"
     path.write_bytes("\n".join(lines).encode(encoding, "replace"))
-    assert standarize._sniff(path)[2] is None
+    assert textfiles._sniff(path)[2] is None
 
 
 # =========================================================================== tokenizer

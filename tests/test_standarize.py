@@ -9,11 +9,12 @@ import unicodedata
 
 import pytest
 
-import standarize
+import textfiles
 from common import UserError
 from conftest import corpus_slice
-from standarize import (clean_piece, clean_text, decode_bytes, expand_inputs, fix_mojibake,
-                        normalize_unicode, normalize_whitespace, prepare_corpus, remove_control_chars)
+from standarize import (clean_piece, clean_text, fix_mojibake, normalize_unicode, normalize_whitespace, prepare_corpus,
+                        remove_control_chars)
+from textfiles import decode_bytes, expand_inputs
 
 
 def prepare(tmp_path, *inputs, **kw):
@@ -149,7 +150,7 @@ def test_decode_bytes():
 def test_complete_utf8_len():
     data = "añ€😀".encode("utf-8")
     for cut in range(len(data) + 1):
-        keep = standarize._complete_utf8_len(data[:cut])
+        keep = textfiles._complete_utf8_len(data[:cut])
         data[:keep].decode("utf-8")                      # never splits a character
         assert cut - keep < 4
 
@@ -319,7 +320,7 @@ def test_pieces_give_the_same_output_as_whole_lines(tmp_path, monkeypatch):
     text += "la historiografÃa y la educaciÃ³n en   Latinoamérica\n"
     path = write(tmp_path / "in.txt", text.encode("utf-8"))
     whole, stats_whole = prepare(tmp_path, path)
-    monkeypatch.setattr(standarize, "MAX_PIECE_BYTES", 37)
+    monkeypatch.setattr(textfiles, "MAX_PIECE_BYTES", 37)
     pieces, stats_pieces = prepare(tmp_path, path)
     assert pieces == whole
     assert stats_pieces.documents_kept == stats_whole.documents_kept == 40
@@ -329,7 +330,7 @@ def test_pieces_give_the_same_output_as_whole_lines(tmp_path, monkeypatch):
 def test_long_line_in_pieces_matches_clean_text(tmp_path, monkeypatch):
     line = ("Érase una vez   un  niño  que   vivía\taquí.  " * 500).strip()
     path = write(tmp_path / "in.txt", (line + "\r\nfinal\r\n").encode("utf-8"))
-    monkeypatch.setattr(standarize, "MAX_PIECE_BYTES", 1000)
+    monkeypatch.setattr(textfiles, "MAX_PIECE_BYTES", 1000)
     out, _ = prepare(tmp_path, path)
     assert out == clean_text(line + "\nfinal") + "\n"
 
@@ -337,6 +338,6 @@ def test_long_line_in_pieces_matches_clean_text(tmp_path, monkeypatch):
 def test_utf16_in_pieces(tmp_path, monkeypatch):
     text = ("línea con ñ y acentos áéíóú " * 40 + "\n") * 5
     path = write(tmp_path / "in.txt", b"\xff\xfe" + text.encode("utf-16-le"))
-    monkeypatch.setattr(standarize, "MAX_PIECE_BYTES", 100)
+    monkeypatch.setattr(textfiles, "MAX_PIECE_BYTES", 100)
     out, _ = prepare(tmp_path, path)
     assert out == clean_text(text) + "\n"
