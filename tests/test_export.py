@@ -1,6 +1,8 @@
 """export.py: the Hugging Face folder loads in transformers and computes exactly what our model does."""
 from __future__ import annotations
 
+import errno
+
 import json
 
 import pytest
@@ -193,9 +195,9 @@ def test_failed_export_leaves_the_previous_one(tmp_path, checkpoint, tokenizer_p
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def boom(*a, **k):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr("safetensors.torch.save_file", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError, match="cannot write the export .*the disk is full.*earlier export there .* is intact"):
         export.export_hf(checkpoint[0], tokenizer_path, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]

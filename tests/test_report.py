@@ -303,8 +303,8 @@ def test_cli_refuses_to_overwrite_a_run_file(tmp_path):
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium); "
-                                             "CI installs only pip packages")
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium; "
+                                             ".ci/run installs it)")
 def test_chromium_renders_the_plots(two_run_report, tmp_path):
     """Headless chromium loads the page from disk and screenshots it (a few seconds; < 30 s)."""
     from matplotlib.image import imread
