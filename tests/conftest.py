@@ -113,6 +113,17 @@ def spanish_text():
     return corpus_slice("wiki_es.txt", n_chars=200_000)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread (and a busy 2-core box does not thrash); for a
+    module: `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def run_cli(*args, cwd=None, timeout=600, env=None, input=None):
     """Run `python main.py ...` as a user would; return CompletedProcess (text mode)."""
     full_env = dict(os.environ)

@@ -42,12 +42,7 @@ def data(tmp_path_factory):
     return {"dir": d, "corpus": corpus, "tok": tok}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest.py
 
 
 def run(data, outdir, on_step=None, **overrides):

@@ -45,13 +45,7 @@ def data(tmp_path_factory):
     return {"dir": d, "corpus": corpus, "tok": tok, "docs": docs}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and a busy 2-core box does not thrash)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest.py
 
 
 def run(data, outdir, corpus=None, tok=None, **kw):
