@@ -226,8 +226,6 @@ def setup_logging(quiet: bool = False, logfile: Optional[str | os.PathLike] = No
     log.handlers.clear()
     log.setLevel(logging.DEBUG)
     log.propagate = False
-    if hasattr(sys.stderr, "reconfigure"):
-        sys.stderr.reconfigure(errors="backslashreplace")   # a path with non-UTF-8 bytes still prints
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING if quiet else logging.INFO)
     console.setFormatter(logging.Formatter("%(message)s"))

@@ -429,15 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error_line(message: str) -> None:
-    """One `error:` line on stderr, whatever the characters in it (a path with non-UTF-8 bytes)."""
-    data = f"error: {message}\n".encode("utf-8", "backslashreplace")
-    buffer = getattr(sys.stderr, "buffer", None)
-    sys.stderr.flush()
-    if buffer is None:
-        sys.stderr.write(data.decode("utf-8"))
-    else:
-        buffer.write(data)
-        buffer.flush()
+    sys.stderr.write(f"error: {message}\n")    # main() made stderr print any character (escaped)
 
 
 # Arguments that are text for the model (not paths): they must be valid UTF-8.
@@ -457,9 +449,10 @@ def _check_text_args(args) -> None:
 
 
 def main(argv=None) -> int:
+    for stream in (sys.stdout, sys.stderr):       # a path with non-UTF-8 bytes still prints (escaped)
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
-    if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="backslashreplace")   # a path with non-UTF-8 bytes in --json output
     setup_logging(quiet=getattr(args, "quiet", False))
     try:
         _check_text_args(args)

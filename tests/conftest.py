@@ -113,6 +113,18 @@ def spanish_text():
     return corpus_slice("wiki_es.txt", n_chars=200_000)
 
 
+def corpus_and_tokenizer(d: Path, n_chars: int = 60_000, vocab_size: int = 512) -> dict:
+    """In folder `d`: the first `n_chars` of the shipped corpus as a corpus file and a tokenizer
+    trained on it; {"dir", "corpus", "tok", "docs"}."""
+    import tokenizer
+    docs = [x.strip() for x in corpus_slice("wiki_es.txt", n_chars=n_chars).split("<|doc|>\n")[:-1]]
+    corpus = d / "corpus.txt"
+    corpus.write_text("".join(f"{x}\n<|doc|>\n" for x in docs if x), encoding="utf-8")
+    tok = d / "tok.json"
+    tokenizer.train_tokenizer([corpus], vocab_size=vocab_size, out_path=tok, quiet=True)
+    return {"dir": d, "corpus": corpus, "tok": tok, "docs": docs}
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models run fastest on one thread (and a busy 2-core box does not thrash); for a

@@ -21,7 +21,7 @@ import dataset
 import tokenizer
 import training as T
 from common import UserError, file_sha256
-from conftest import ROOT, assert_user_error, corpus_slice, run_cli
+from conftest import ROOT, assert_user_error, corpus_and_tokenizer, run_cli
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, eval_batches=2, lr=3e-3,
             warmup_steps=2, dropout=0.1, accumulation_steps=2, log_every=1)
@@ -33,13 +33,7 @@ ENV = {"OMP_NUM_THREADS": "1"}
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("reliability")
-    docs = [x.strip() for x in corpus_slice("wiki_es.txt", n_chars=60_000).split("<|doc|>\n")[:-1]]
-    corpus = d / "corpus.txt"
-    corpus.write_text("".join(f"{x}\n<|doc|>\n" for x in docs if x), encoding="utf-8")
-    tok = d / "tok.json"
-    tokenizer.train_tokenizer([corpus], vocab_size=512, out_path=tok, quiet=True)
-    return {"dir": d, "corpus": corpus, "tok": tok}
+    return corpus_and_tokenizer(tmp_path_factory.mktemp("reliability"))
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")   # conftest.py

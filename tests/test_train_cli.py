@@ -17,7 +17,7 @@ import torch
 import tokenizer
 import runs as R
 import training as T
-from conftest import ROOT, assert_user_error, corpus_slice, run_cli
+from conftest import ROOT, assert_user_error, corpus_and_tokenizer, run_cli
 
 ENV = {"OMP_NUM_THREADS": "1"}    # tiny models: one thread is fastest and keeps a busy box calm
 TINY = ["--config", "custom", "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32",
@@ -29,13 +29,7 @@ RESUME = ["--max-steps", "40", "--eval-every", "10", "--dropout", "0.1", "--accu
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cli_data")
-    docs = [x.strip() for x in corpus_slice("wiki_es.txt", n_chars=60_000).split("<|doc|>\n")[:-1]]
-    corpus = d / "corpus.txt"
-    corpus.write_text("".join(f"{x}\n<|doc|>\n" for x in docs if x), encoding="utf-8")
-    tok = d / "tok.json"
-    tokenizer.train_tokenizer([corpus], vocab_size=512, out_path=tok, quiet=True)
-    return {"dir": d, "corpus": corpus, "tok": tok, "docs": docs}
+    return corpus_and_tokenizer(tmp_path_factory.mktemp("cli_data"))
 
 
 def train_args(data, outdir, *extra, tok=None, corpus=None):
