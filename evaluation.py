@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from common import Progress, UserError, log, perplexity, require_file, resolve_device
+from model import document_positions
 from precision import Precision, log_choice, resolve_precision
 from tokenizer import DOC_SEPARATOR
 
@@ -213,14 +213,13 @@ def score_documents(model, tokens: np.ndarray, doc_starts: np.ndarray, *, stride
             x, y, doc = (torch.from_numpy(a) for a in (x, y, doc))
             if pin:
                 x, y, doc = x.pin_memory(), y.pin_memory(), doc.pin_memory()
+            positions = document_positions(x, model.cfg.sep_token_id).to(device, non_blocking=True)
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
             with autocast():
-                logits, _ = model(x)  # (B, T, V)
-            token_loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
-                                         reduction="none")  # (B*T,), 0 where not scored
+                token_loss = model.token_losses(x, y, positions=positions)  # (B, T), 0 where not scored
             loss_sum.index_add_(0, doc.flatten().to(acc_device, non_blocking=True),
-                                token_loss.to(acc_device, torch.float64))
+                                token_loss.flatten().to(acc_device, torch.float64))
             progress.update(int(scored[order[b0:b0 + batch_size]].sum()))
     loss_sum = loss_sum.cpu().numpy()
     seconds = time.perf_counter() - t0

@@ -24,6 +24,7 @@ H heads, D head dim (C // H), V vocabulary.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -60,6 +61,109 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     cos = cos.to(x.dtype)
     sin = sin.to(x.dtype)
     return x * cos + _rotate_half(x) * sin
+
+
+def document_positions(idx: torch.Tensor, sep_id: Optional[int]) -> torch.Tensor:
+    """The RoPE positions of a batch of windows idx (B, T), which also say where documents start.
+
+    (T,) 0..T-1 when no row has a SEP after its first token (one document per row, or the middle
+    of one): plain causal attention, SDPA's fastest kernel. Otherwise (B, T): positions restart
+    at 0 on every SEP, and the forward pass masks attention to each segment. Call it on the CPU
+    copy of the batch (the data loader's side): it reads the tokens, a host sync on a GPU.
+    """
+    B, T = idx.shape
+    ar = torch.arange(T, device=idx.device)  # (T,)
+    if sep_id is None:
+        return ar
+    is_sep = idx == sep_id  # (B, T)
+    if not bool(is_sep[:, 1:].any()):
+        return ar
+    start = torch.where(is_sep, ar, 0).cummax(dim=1).values  # (B, T) latest SEP at/before t (0 if none)
+    return ar - start  # (B, T)
+
+
+def segment_mask(positions: torch.Tensor) -> torch.Tensor:
+    """Bool mask (B, 1, T, T), True = attend: causal and within one segment, a segment starting
+    at each position 0 of `positions` (B, T). Vectorised, no host sync."""
+    T = positions.shape[1]
+    seg = (positions == 0).cumsum(dim=1)  # (B, T) segment id
+    same = seg[:, :, None] == seg[:, None, :]  # (B, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool, device=positions.device).tril()  # (T, T)
+    return (same & causal)[:, None]
+
+
+# =========================================================================== loss
+
+# Rows of the (rows, V) logits computed at once by the chunked loss: ~16 MB of fp32 logits, which
+# stay in the CPU's cache between the matmul, the softmax and the gradient.
+LOSS_CHUNK_ELEMENTS = 1 << 22
+
+
+def _loss_chunk_rows(vocab_size: int) -> int:
+    return max(64, min(4096, LOSS_CHUNK_ELEMENTS // vocab_size))
+
+
+def _matmul_dtype(device_type: str):
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of (h @ W.T) against targets, chunk by chunk, never holding the whole
+    (N, V) logits: each chunk's softmax gradient is turned into the gradients of h and W at once
+    (forward computes them; backward only scales them by the incoming gradient). Saves the logits'
+    memory traffic, about a tenth of a small model's training step on a CPU."""
+
+    @staticmethod
+    def forward(ctx, h, W, targets, chunk):  # h (N, C), W (V, C), targets (N,) with -1 = ignored
+        dt = _matmul_dtype(h.device.type)
+        with torch.autocast(h.device.type, enabled=False):
+            hm, Wm = (h, W) if dt is None else (h.to(dt), W.to(dt))
+            valid = targets != -1
+            count = valid.sum()
+            scale = valid.to(torch.float32) / count  # (N,) NaN everywhere when nothing is scored
+            grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
+            grad_W = torch.zeros(W.shape, dtype=torch.float32, device=W.device)
+            total = torch.zeros((), dtype=torch.float32, device=h.device)
+            for s in range(0, h.shape[0], chunk):
+                hc, yc = hm[s:s + chunk], targets[s:s + chunk].clamp(min=0)
+                logits = (hc @ Wm.t()).float()  # (c, V)
+                lse = torch.logsumexp(logits, dim=-1)  # (c,)
+                total += ((lse - logits.gather(1, yc[:, None])[:, 0]) * valid[s:s + chunk]).sum()
+                p = logits.sub_(lse[:, None]).exp_()  # softmax
+                p[torch.arange(len(yc), device=p.device), yc] -= 1.0  # d loss_row / d logits
+                p.mul_(scale[s:s + chunk, None])
+                pm = p if dt is None else p.to(dt)
+                grad_h[s:s + chunk] = pm @ Wm
+                grad_W += pm.t() @ hc
+        ctx.save_for_backward(grad_h, grad_W)
+        ctx.dtypes = (h.dtype, W.dtype)
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_h, grad_W = ctx.saved_tensors
+        return (grad_h * grad).to(ctx.dtypes[0]), (grad_W * grad).to(ctx.dtypes[1]), None, None
+
+
+def linear_cross_entropy(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor,
+                         reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of the logits h @ W.T (h (N, C), W (V, C)) against targets (N,), -1 =
+    ignored, computed in row chunks without the whole (N, V) logits: "mean" (as F.cross_entropy,
+    differentiable) or "none" (per-row losses, 0 where ignored; no gradient)."""
+    chunk = _loss_chunk_rows(W.shape[0])
+    if reduction == "mean" and torch.is_grad_enabled() and (h.requires_grad or W.requires_grad):
+        return _LinearCrossEntropy.apply(h, W, targets, chunk)
+    dt = _matmul_dtype(h.device.type)
+    out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+    with torch.autocast(h.device.type, enabled=False):
+        hm, Wm = (h, W) if dt is None else (h.to(dt), W.to(dt))
+        for s in range(0, h.shape[0], chunk):
+            logits = (hm[s:s + chunk] @ Wm.t()).float()  # (c, V)
+            out[s:s + chunk] = F.cross_entropy(logits, targets[s:s + chunk], ignore_index=-1, reduction="none")
+    if reduction == "none":
+        return out
+    valid = targets != -1
+    return out.sum() / valid.sum()
 
 
 # =========================================================================== attention
@@ -115,15 +219,13 @@ class CausalSelfAttention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(self, x, cos, sin, mask=None, input_pos=None):
-        """x (B, T, C); cos/sin broadcastable to (B, H, T, D); mask bool (B|1, 1, T, S) or None = causal."""
+        """x (B, T, C); cos/sin broadcastable to (B, T, 1, 1, D); mask bool (B|1, 1, T, S) or None = causal."""
         B, T, C = x.shape
         H, D = self.n_head, self.head_dim
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        v = v.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        qkv = self.qkv(x).view(B, T, 3, H, D)  # rows ordered [q heads | k heads | v heads]
+        qk = apply_rope(qkv[:, :, :2], cos, sin)  # (B, T, 2, H, D): q and k rotated in one pass
+        q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)  # (B, H, T, D) each
+        v = qkv[:, :, 2].transpose(1, 2)  # (B, H, T, D)
         if input_pos is not None:
             k, v = self.kv_cache.update(input_pos, k, v)  # (B, H, S, D)
             if k.dtype != q.dtype:
@@ -279,26 +381,40 @@ class GPT(nn.Module):
 
     # ----------------------------------------------------------------------- forward
 
-    def _segment_positions_and_mask(self, idx: torch.Tensor):
-        """RoPE positions (B, T) restarting at 0 on each SEP, and the bool mask (B, 1, T, T):
-        causal and same segment. Vectorised, no host sync."""
-        B, T = idx.shape
-        ar = torch.arange(T, device=idx.device)  # (T,)
-        is_sep = idx == self.cfg.sep_token_id  # (B, T)
-        start = torch.where(is_sep, ar, 0).cummax(dim=1).values  # (B, T) latest SEP at/before t (0 if none)
-        positions = ar - start  # (B, T)
-        seg = is_sep.cumsum(dim=1)  # (B, T) segment id
-        same = seg[:, :, None] == seg[:, None, :]  # (B, T, T)
-        causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()  # (T, T)
-        return positions, (same & causal)[:, None]  # (B, T), (B, 1, T, T)
-
     def forward(self, idx, targets=None, *, input_pos=None, key_mask=None, positions=None):
-        """idx (B, T) long -> (logits (B, T, V) float32, mean cross-entropy over targets != -1 or None).
+        """idx (B, T) long -> (logits, loss).
 
-        input_pos None: training / evaluation over a whole window (T <= block_size), causal, and
-        document-aware when cfg.sep_token_id is set.
+        Without targets: (logits (B, T, V) float32, None). With targets (B, T), -1 = not scored:
+        (None, mean cross-entropy), computed in chunks without the (B, T, V) logits
+        (linear_cross_entropy). The keywords are those of `hidden_states`.
+        """
+        x = self.hidden_states(idx, input_pos=input_pos, key_mask=key_mask, positions=positions)
+        if targets is not None:
+            return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1))
+        return self.lm_head(x).float(), None  # (B, T, V)
+
+    @torch.no_grad()
+    def token_losses(self, idx, targets, *, positions=None) -> torch.Tensor:
+        """Per-target cross-entropy (B, T) float32 (0 where targets == -1), without gradients and
+        without the (B, T, V) logits: the output head runs only on the scored positions."""
+        x = self.hidden_states(idx, positions=positions).flatten(0, 1)  # (B*T, C)
+        y = targets.reshape(-1)
+        out = torch.zeros(y.shape, dtype=torch.float32, device=x.device)
+        scored = (y != -1).nonzero()[:, 0]
+        if len(scored) == len(y):
+            return linear_cross_entropy(x, self.lm_head.weight, y, reduction="none").view(targets.shape)
+        out[scored] = linear_cross_entropy(x[scored], self.lm_head.weight, y[scored], reduction="none")
+        return out.view(targets.shape)
+
+    def hidden_states(self, idx, *, input_pos=None, key_mask=None, positions=None) -> torch.Tensor:
+        """idx (B, T) long -> the final norm's output (B, T, C), the input of the output head.
+
+        input_pos None: training / evaluation over whole windows (T <= block_size), causal, and
+        document-aware when cfg.sep_token_id is set: `positions` from document_positions(idx)
+        ((T,) = one document per row, plain causal; (B, T) = documents restart at each 0),
+        computed here from idx when not given.
         input_pos (T,) long: cached decoding at those cache slots (see the module docstring);
-        key_mask (B, S) bool, False = padding slot; positions (B, T) long RoPE positions
+        key_mask (B, S) bool, False = padding slot; positions (T,) or (B, T) long RoPE positions
         (default: input_pos).
         """
         B, T = idx.shape
@@ -306,19 +422,16 @@ class GPT(nn.Module):
         if input_pos is None:
             if T > self.cfg.block_size:
                 raise ValueError(f"sequence length {T} exceeds block_size={self.cfg.block_size}")
-            if self.cfg.sep_token_id is not None:
-                pos, mask = self._segment_positions_and_mask(idx)
-                cos, sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]  # (B, 1, T, D)
-            else:
-                cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, D)
+            if positions is None:
+                positions = document_positions(idx, self.cfg.sep_token_id)
+            if positions.dim() == 2:
+                mask = segment_mask(positions)  # (B, 1, T, T)
         else:
             cache = self.blocks[0].attn.kv_cache
             if cache is None:
                 raise RuntimeError("cached forward needs setup_cache() first")
-            pos = input_pos if positions is None else positions  # (T,) or (B, T)
-            cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, D) or (B, T, D)
-            if cos.dim() == 3:
-                cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, D)
+            if positions is None:
+                positions = input_pos
             slots = torch.arange(cache.k.shape[2], device=idx.device)  # (S,)
             mask = slots[None, :] <= input_pos[:, None]  # (T, S) causal over cache slots
             if key_mask is not None:
@@ -329,6 +442,8 @@ class GPT(nn.Module):
                 mask = mask[:, None]  # (B, 1, T, S)
             else:
                 mask = mask[None, None]  # (1, 1, T, S)
+        # RoPE tables laid out for (B, T, 2, H, D): (T, 1, 1, D) or (B, T, 1, 1, D)
+        cos, sin = self.rope_cos[positions][..., None, None, :], self.rope_sin[positions][..., None, None, :]
 
         x = self.drop(self.tok_emb(idx))  # (B, T, C)
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
@@ -337,12 +452,7 @@ class GPT(nn.Module):
                 x = checkpoint(block, x, cos, sin, mask, input_pos, use_reentrant=False)
             else:
                 x = block(x, cos, sin, mask, input_pos)
-        x = self.ln_f(x)
-        logits = self.lm_head(x).float()  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return self.ln_f(x)
 
 
 # =========================================================================== loading

@@ -48,7 +48,7 @@ from common import (Progress, UserError, add_log_file, available_memory, file_sh
                     require_file, resolve_device, stderr_is_terminal)
 from config import TrainConfig, lr_at, make_configs, resolve_schedule
 from checkpoint import TrainState, empty_window, load_resume_checkpoint, restore_run, run_checkpoint
-from model import GPT, ModelConfig
+from model import GPT, ModelConfig, document_positions
 from precision import Precision, log_choice, resolve_precision
 from runs import RunFolder, RunLock, StopSignals, versions
 from budget import TimeBudget, kept_schedule
@@ -263,8 +263,9 @@ class Trainer:
         count = 0
         for x, y in self.val_batches:
             n = int((y != -1).sum())
+            positions = document_positions(x, self.mcfg.sep_token_id).to(self.device)
             with self.autocast():
-                _, loss = self.model(x.to(self.device), y.to(self.device))
+                _, loss = self.model(x.to(self.device), y.to(self.device), positions=positions)
             total += loss.double() * n
             count += n
         self.model.train()
@@ -533,11 +534,13 @@ def optimizer_step(model: GPT, train_model, optimizer, scaler, micro_batches: li
         group["lr"] = lr
     n = len(micro_batches)
     loss_sum = torch.zeros((), device=device)
+    sep = model.cfg.sep_token_id
     for x, y in micro_batches:
+        positions = document_positions(x, sep).to(device, non_blocking=True)  # read on the host copy
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         with autocast():
-            _, loss = train_model(x, y)
+            _, loss = train_model(x, y, positions=positions)
         loss_sum += loss.detach().float()
         scaler.scale(loss / n).backward()
     loss_val = loss_sum.item() / n

@@ -1,6 +1,7 @@
 """model.py: shapes, RoPE, attention references, document-aware masking, KV cache, loading."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -98,9 +99,12 @@ def test_forward_shapes_and_loss():
     assert logits.shape == (3, 20, 97) and logits.dtype == torch.float32 and loss is None
     targets = random_tokens(3, 20, seed=2)
     targets[:, :5] = -1
-    logits, loss = m(idx, targets)
+    none, loss = m(idx, targets)  # with targets: the chunked loss, no (B, T, V) logits
     expected = F.cross_entropy(logits[:, 5:].reshape(-1, 97), targets[:, 5:].reshape(-1))
-    assert loss.shape == () and torch.allclose(loss, expected)
+    assert none is None and loss.shape == () and torch.allclose(loss, expected)
+    per_token = m.token_losses(idx, targets)
+    assert per_token.shape == (3, 20) and (per_token[:, :5] == 0).all()
+    assert torch.allclose(per_token[:, 5:].mean(), expected, atol=1e-6)
     with pytest.raises(ValueError, match="exceeds block_size=64"):
         m(random_tokens(1, 65))
 
@@ -211,12 +215,13 @@ def test_packed_window_equals_documents_run_alone():
     sep = torch.tensor([SEP])
     x = torch.cat([sep, d1, sep, d2])[None]  # (1, 17): [SEP d1 SEP d2]
     y = torch.cat([d1, sep, d2, nxt])[None]  # targets: d1 ends by predicting SEP
-    packed_logits, packed_loss = m(x, y)
+    packed_logits, _ = m(x)
+    _, packed_loss = m(x, y)
 
     x1, y1 = torch.cat([sep, d1])[None], torch.cat([d1, sep])[None]
     x2, y2 = torch.cat([sep, d2])[None], torch.cat([d2, nxt])[None]
-    l1, loss1 = m(x1, y1)
-    l2, loss2 = m(x2, y2)
+    (l1, _), (_, loss1) = m(x1), m(x1, y1)
+    (l2, _), (_, loss2) = m(x2), m(x2, y2)
     assert torch.allclose(packed_logits, torch.cat([l1, l2], dim=1), atol=1e-5)
     n1, n2 = x1.shape[1], x2.shape[1]
     assert torch.allclose(packed_loss, (n1 * loss1 + n2 * loss2) / (n1 + n2), atol=1e-6)
@@ -237,14 +242,56 @@ def test_tokens_before_the_first_sep_form_their_own_segment():
     assert torch.allclose(packed[:, 5:], m(doc)[0], atol=1e-5)
 
 
-def test_segment_positions_and_mask():
-    m = tiny_model()
+def test_document_positions_and_segment_mask():
     idx = torch.tensor([[7, 8, SEP, 9, SEP, SEP, 4]])
-    pos, mask = m._segment_positions_and_mask(idx)
+    pos = M.document_positions(idx, SEP)
     assert pos.tolist() == [[0, 1, 0, 1, 0, 0, 1]]
+    mask = M.segment_mask(pos)
     assert mask.shape == (1, 1, 7, 7)
     assert mask[0, 0, 3].tolist() == [False, False, True, True, False, False, False]
     assert mask[0, 0, 6].tolist() == [False] * 5 + [True, True]
+    # one document per row (a SEP first, or none): shared (T,) positions, plain causal attention
+    single = torch.tensor([[SEP, 5, 6, 7], [3, 4, 5, 6]])
+    assert M.document_positions(single, SEP).tolist() == [0, 1, 2, 3]
+    assert M.document_positions(idx, None).tolist() == list(range(7))
+
+
+def test_positions_given_equal_positions_computed():
+    m = tiny_model()
+    x = random_tokens(2, 16, seed=11)
+    x[:, 0] = SEP
+    x[1, 9] = SEP
+    for batch in (x, x[:1]):  # (B, T) positions, then the (T,) single-document form
+        pos = M.document_positions(batch, SEP)
+        assert torch.equal(m(batch, positions=pos)[0], m(batch)[0])
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_chunked_linear_cross_entropy_equals_the_plain_loss_and_gradients(monkeypatch, autocast):
+    """The chunked loss (several chunks: LOSS_CHUNK_ELEMENTS made tiny) gives F.cross_entropy's
+    value and the same gradients for h and W, ignored targets included, in fp32 and bf16."""
+    monkeypatch.setattr(M, "LOSS_CHUNK_ELEMENTS", 97 * 64)  # 64-row chunks
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(150, 16, generator=g, requires_grad=True)
+    W = (0.3 * torch.randn(97, 16, generator=g)).requires_grad_()
+    y = torch.randint(0, 97, (150,), generator=g)
+    y[::7] = -1
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    grads = []
+    for chunked in (False, True):
+        h.grad = W.grad = None
+        with ctx:
+            loss = M.linear_cross_entropy(h, W, y) if chunked else \
+                F.cross_entropy((h @ W.t()).float(), y, ignore_index=-1)
+        (3.0 * loss).backward()  # an incoming gradient other than 1
+        grads.append((loss.detach(), h.grad.clone(), W.grad.clone()))
+    (l0, gh0, gW0), (l1, gh1, gW1) = grads
+    tol = dict(atol=1e-2, rtol=1e-2) if autocast else dict(atol=1e-6, rtol=1e-5)
+    assert torch.allclose(l0, l1, **tol) and torch.allclose(gh0, gh1, **tol) and torch.allclose(gW0, gW1, **tol)
+    with torch.no_grad():
+        rows = M.linear_cross_entropy(h, W, y, reduction="none")
+        want = F.cross_entropy(h @ W.t(), y, ignore_index=-1, reduction="none")
+    assert torch.allclose(rows, want, atol=1e-5) and (rows[::7] == 0).all()
 
 
 # =========================================================================== gradient checkpointing
@@ -340,8 +387,9 @@ def test_bf16_autocast_forward_backward():
     m = tiny_model().train()
     idx = random_tokens(2, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits, loss = m(idx, idx)
-    assert logits.dtype == torch.float32
+        logits, _ = m(idx)
+        _, loss = m(idx, idx)
+    assert logits.dtype == torch.float32 and loss.dtype == torch.float32
     loss.backward()
     assert torch.isfinite(m.tok_emb.weight.grad).all()
 
