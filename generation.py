@@ -72,7 +72,7 @@ class _Batch:
 def _prefill(model, contexts, S, slots, device, pad_id) -> tuple[_Batch, torch.Tensor]:
     batch = _Batch(contexts, S, device, pad_id)
     logits, _ = model(batch.idx, input_pos=slots[:batch.P], key_mask=batch.key_mask,
-                      positions=batch.positions_at(0, batch.P))
+                      positions=batch.positions_at(0, batch.P), kv_len=batch.P, last_only=True)
     return batch, logits[:, -1]  # (B, V)
 
 
@@ -183,7 +183,7 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                 pos = batch.P
             else:
                 logits, _ = model(new[:, None], input_pos=slots[pos:pos + 1], key_mask=batch.key_mask,
-                                  positions=batch.positions_at(pos, pos + 1))
+                                  positions=batch.positions_at(pos, pos + 1), kv_len=pos + 1)
                 logits = logits[:, -1]
                 pos += 1
     finally:

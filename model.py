@@ -58,9 +58,13 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate x (..., T, D) by the angles in cos/sin (broadcastable to x, e.g. (T, D) or (B, 1, T, D))."""
-    cos = cos.to(x.dtype)
-    sin = sin.to(x.dtype)
+    if cos.dtype != x.dtype:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return x * cos + _rotate_half(x) * sin
+
+
+def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    return F.dropout(x, p, training) if p > 0 and training else x  # no call at all when off
 
 
 def document_positions(idx: torch.Tensor, sep_id: Optional[int]) -> torch.Tensor:
@@ -197,12 +201,15 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
 
-    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Write k/v (B, H, T, D) at slots input_pos (T,); return the caches (B, H, S, D)."""
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: Optional[int] = None):
+        """Write k/v (B, H, T, D) at slots input_pos (T,); return the caches (B, H, S, D), or
+        their first kv_len slots."""
         B = k.shape[0]
         k_cache, v_cache = self.k[:B], self.v[:B]
         k_cache.index_copy_(2, input_pos, k.to(k_cache.dtype))
         v_cache.index_copy_(2, input_pos, v.to(v_cache.dtype))
+        if kv_len is not None:
+            return k_cache[:, :, :kv_len], v_cache[:, :, :kv_len]
         return k_cache, v_cache
 
 
@@ -213,13 +220,13 @@ class CausalSelfAttention(nn.Module):
         # fused projection, output rows ordered [q (H*D) | k (H*D) | v (H*D)]
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.resid_drop = nn.Dropout(cfg.dropout)
         self.dropout = cfg.dropout
         self.use_flash = False
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x, cos, sin, mask=None, input_pos=None):
-        """x (B, T, C); cos/sin broadcastable to (B, T, 1, 1, D); mask bool (B|1, 1, T, S) or None = causal."""
+    def forward(self, x, cos, sin, mask=None, input_pos=None, kv_len=None):
+        """x (B, T, C); cos/sin broadcastable to (B, T, 1, 1, D); mask bool (B|1, 1, T, S) or None:
+        causal, or (cached decoding of one token) every cached key."""
         B, T, C = x.shape
         H, D = self.n_head, self.head_dim
         qkv = self.qkv(x).view(B, T, 3, H, D)  # rows ordered [q heads | k heads | v heads]
@@ -227,7 +234,7 @@ class CausalSelfAttention(nn.Module):
         q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)  # (B, H, T, D) each
         v = qkv[:, :, 2].transpose(1, 2)  # (B, H, T, D)
         if input_pos is not None:
-            k, v = self.kv_cache.update(input_pos, k, v)  # (B, H, S, D)
+            k, v = self.kv_cache.update(input_pos, k, v, kv_len)  # (B, H, S, D)
             if k.dtype != q.dtype:
                 k, v = k.to(q.dtype), v.to(q.dtype)
         dropout_p = self.dropout if self.training else 0.0
@@ -237,9 +244,9 @@ class CausalSelfAttention(nn.Module):
                                  dropout_p=dropout_p, causal=True).transpose(1, 2)  # (B, H, T, D)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
-                                               is_causal=mask is None)  # (B, H, T, D)
+                                               is_causal=mask is None and T > 1)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return self.resid_drop(self.proj(y))
+        return _dropout(self.proj(y), self.dropout, self.training)
 
 
 class MLP(nn.Module):
@@ -247,10 +254,10 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
 
     def forward(self, x):
-        return self.drop(self.proj(F.gelu(self.fc(x))))  # exact (erf) GELU, as GPT-NeoX "gelu"
+        return _dropout(self.proj(F.gelu(self.fc(x))), self.dropout, self.training)  # exact (erf) GELU, as GPT-NeoX "gelu"
 
 
 class Block(nn.Module):
@@ -261,8 +268,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask=None, input_pos=None):
-        x = x + self.attn(self.ln_1(x), cos, sin, mask, input_pos)
+    def forward(self, x, cos, sin, mask=None, input_pos=None, kv_len=None):
+        x = x + self.attn(self.ln_1(x), cos, sin, mask, input_pos, kv_len)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -274,7 +281,7 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
@@ -381,16 +388,20 @@ class GPT(nn.Module):
 
     # ----------------------------------------------------------------------- forward
 
-    def forward(self, idx, targets=None, *, input_pos=None, key_mask=None, positions=None):
+    def forward(self, idx, targets=None, *, input_pos=None, key_mask=None, positions=None, kv_len=None,
+                last_only=False):
         """idx (B, T) long -> (logits, loss).
 
-        Without targets: (logits (B, T, V) float32, None). With targets (B, T), -1 = not scored:
-        (None, mean cross-entropy), computed in chunks without the (B, T, V) logits
-        (linear_cross_entropy). The keywords are those of `hidden_states`.
+        Without targets: (logits (B, T, V) float32, or (B, 1, V) for the last position only with
+        `last_only`, None). With targets (B, T), -1 = not scored: (None, mean cross-entropy),
+        computed in chunks without the (B, T, V) logits (linear_cross_entropy). The other
+        keywords are those of `hidden_states`.
         """
-        x = self.hidden_states(idx, input_pos=input_pos, key_mask=key_mask, positions=positions)
+        x = self.hidden_states(idx, input_pos=input_pos, key_mask=key_mask, positions=positions, kv_len=kv_len)
         if targets is not None:
             return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1))
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(x).float(), None  # (B, T, V)
 
     @torch.no_grad()
@@ -399,23 +410,27 @@ class GPT(nn.Module):
         without the (B, T, V) logits: the output head runs only on the scored positions."""
         x = self.hidden_states(idx, positions=positions).flatten(0, 1)  # (B*T, C)
         y = targets.reshape(-1)
+        if bool((y != -1).all()):
+            return linear_cross_entropy(x, self.lm_head.weight, y, reduction="none").view(targets.shape)
         out = torch.zeros(y.shape, dtype=torch.float32, device=x.device)
         scored = (y != -1).nonzero()[:, 0]
-        if len(scored) == len(y):
-            return linear_cross_entropy(x, self.lm_head.weight, y, reduction="none").view(targets.shape)
         out[scored] = linear_cross_entropy(x[scored], self.lm_head.weight, y[scored], reduction="none")
         return out.view(targets.shape)
 
-    def hidden_states(self, idx, *, input_pos=None, key_mask=None, positions=None) -> torch.Tensor:
+    def hidden_states(self, idx, *, input_pos=None, key_mask=None, positions=None, kv_len=None) -> torch.Tensor:
         """idx (B, T) long -> the final norm's output (B, T, C), the input of the output head.
 
         input_pos None: training / evaluation over whole windows (T <= block_size), causal, and
         document-aware when cfg.sep_token_id is set: `positions` from document_positions(idx)
         ((T,) = one document per row, plain causal; (B, T) = documents restart at each 0),
         computed here from idx when not given.
+
         input_pos (T,) long: cached decoding at those cache slots (see the module docstring);
         key_mask (B, S) bool, False = padding slot; positions (T,) or (B, T) long RoPE positions
-        (default: input_pos).
+        (default: input_pos). kv_len (int): the slots written so far, input_pos included, when the
+        caller knows it (eager decoding): attention reads only those, with no mask for one new
+        token or a prefill from slot 0. None: every slot of the cache, masked (fixed shapes,
+        as torch.compile wants them).
         """
         B, T = idx.shape
         mask = None
@@ -432,26 +447,29 @@ class GPT(nn.Module):
                 raise RuntimeError("cached forward needs setup_cache() first")
             if positions is None:
                 positions = input_pos
-            slots = torch.arange(cache.k.shape[2], device=idx.device)  # (S,)
-            mask = slots[None, :] <= input_pos[:, None]  # (T, S) causal over cache slots
-            if key_mask is not None:
-                # padding slots are never attended, except by the query sitting in that very slot
-                # (so a padding query still has one key and no row of the softmax is empty / NaN)
-                own = slots[None, :] == input_pos[:, None]  # (T, S)
-                mask = mask[None] & (key_mask[:, None, :] | own[None])  # (B, T, S)
-                mask = mask[:, None]  # (B, 1, T, S)
-            else:
-                mask = mask[None, None]  # (1, 1, T, S)
+            S = cache.k.shape[2] if kv_len is None else kv_len
+            plain = kv_len is not None and key_mask is None and (T == 1 or T == kv_len)
+            if not plain:
+                slots = torch.arange(S, device=idx.device)  # (S,)
+                mask = slots[None, :] <= input_pos[:, None]  # (T, S) causal over cache slots
+                if key_mask is not None:
+                    # padding slots are never attended, except by the query sitting in that very slot
+                    # (so a padding query still has one key and no row of the softmax is empty / NaN)
+                    own = slots[None, :] == input_pos[:, None]  # (T, S)
+                    mask = mask[None] & (key_mask[:, None, :S] | own[None])  # (B, T, S)
+                    mask = mask[:, None]  # (B, 1, T, S)
+                else:
+                    mask = mask[None, None]  # (1, 1, T, S)
         # RoPE tables laid out for (B, T, 2, H, D): (T, 1, 1, D) or (B, T, 1, 1, D)
         cos, sin = self.rope_cos[positions][..., None, None, :], self.rope_sin[positions][..., None, None, :]
 
-        x = self.drop(self.tok_emb(idx))  # (B, T, C)
+        x = _dropout(self.tok_emb(idx), self.dropout, self.training)  # (B, T, C)
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if ckpt:
                 x = checkpoint(block, x, cos, sin, mask, input_pos, use_reentrant=False)
             else:
-                x = block(x, cos, sin, mask, input_pos)
+                x = block(x, cos, sin, mask, input_pos, kv_len)
         return self.ln_f(x)
 
 
