@@ -54,6 +54,21 @@ class Flag:
 # is refused before anything is allocated.
 MODEL_LIMITS = {"vocab_size": 1 << 21, "block_size": 1 << 17, "n_layer": 512, "n_head": 1024, "n_embd": 1 << 19}
 
+# The architecture families: each a fixed set of choices, each exported exactly to its Hugging Face
+# model class (export.py). Every family has RoPE, pre-norm blocks and a tied output head.
+FAMILIES = {
+    "neox": "LayerNorm and biases, GELU MLP 4x wide (GPT-NeoX)",
+    "llama": "RMSNorm, SwiGLU MLP 8/3x wide, no biases (Llama)",
+    "qwen3": "llama plus an RMS norm of each head's queries and keys before RoPE (Qwen3)",
+}
+
+
+def default_intermediate_size(family: str, n_embd: int) -> int:
+    """The MLP's hidden width: 4 C for neox; for the gated (SwiGLU) families 8 C / 3, which gives
+    the same parameters as a 4 C GELU MLP (three matrices instead of two)."""
+    return 4 * n_embd if family == "neox" else round(8 * n_embd / 3)
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int = 32000
@@ -61,8 +76,12 @@ class ModelConfig:
     n_layer: int = _flag(4, "int>=1", "transformer blocks")
     n_head: int = _flag(4, "int>=1", "attention heads")
     n_embd: int = _flag(256, "int>=1", "model width")
+    family: str = _flag("neox", "choice", "architecture family: "
+                        + "; ".join(f"{k} = {v}" for k, v in FAMILIES.items()), choices=tuple(FAMILIES))
+    intermediate_size: Optional[int] = _flag(None, "int>=1", "hidden width of the MLP",
+                                             default_text="4 x n_embd for neox, 8/3 x n_embd for llama and qwen3")
     dropout: float = _flag(0.0, "float", "dropout probability")
-    bias: bool = True              # biases in Linear and LayerNorm layers
+    bias: Optional[bool] = None    # biases in Linear and LayerNorm layers: neox only (None = the family's)
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
     sep_token_id: int | None = 0   # document-aware attention + RoPE restart at this token
@@ -85,10 +104,16 @@ class ModelConfig:
         elif sizes_ok and (self.n_embd // self.n_head) % 2 != 0:
             problems.append(f"head dim n_embd/n_head={self.n_embd // self.n_head} must be even for RoPE "
                             f"(n_embd={self.n_embd}, n_head={self.n_head})")
+        if self.family not in FAMILIES:
+            problems.append(f"family={self.family!r} must be one of {', '.join(FAMILIES)}")
+        if self.intermediate_size is not None and (not is_int(self.intermediate_size) or self.intermediate_size <= 0):
+            problems.append(f"intermediate_size={self.intermediate_size!r} must be a positive whole number")
+        if self.bias and self.family != "neox":
+            problems.append(f"bias=True: the {self.family} family has no biases (only neox has them)")
         if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) \
                 or not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout={self.dropout!r} must be in [0, 1)")
-        if not isinstance(self.bias, bool):
+        if self.bias is not None and not isinstance(self.bias, bool):
             problems.append(f"bias={self.bias!r} must be true or false")
         if not isinstance(self.rope_base, (int, float)) or isinstance(self.rope_base, bool) \
                 or not self.rope_base > 0:
@@ -103,6 +128,10 @@ class ModelConfig:
                 problems.append(f"sep_token_id={self.sep_token_id} must be < vocab_size={self.vocab_size}")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
+        if self.bias is None:
+            self.bias = self.family == "neox"
+        if self.intermediate_size is None:
+            self.intermediate_size = default_intermediate_size(self.family, self.n_embd)
         self.dropout = float(self.dropout)
         self.rope_base = float(self.rope_base)
         self.norm_eps = float(self.norm_eps)
@@ -111,14 +140,21 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    @property
+    def gated_mlp(self) -> bool:
+        """SwiGLU MLP (llama, qwen3) rather than GELU (neox)."""
+        return self.family != "neox"
+
     def num_parameters(self) -> int:
         """Trainable parameters of model.GPT with this shape, without building it: tied embedding,
-        per block two norms, qkv, attention output and the 4x MLP, a final norm (test_config checks
-        it against GPT.num_parameters)."""
-        C, b = self.n_embd, int(self.bias)
-        norm = C * (1 + b)
-        block = 2 * norm + (C * 3 * C + 3 * C * b) + (C * C + C * b) + (C * 4 * C + 4 * C * b) + (4 * C * C + C * b)
-        return self.vocab_size * C + self.n_layer * block + norm
+        per block two norms, qkv, attention output, the MLP (and the QK-norm scales of qwen3), a
+        final norm (tests/test_model.py checks it against GPT.num_parameters for every family)."""
+        C, b, I = self.n_embd, int(self.bias), self.intermediate_size
+        norm = C * (1 + b)                                       # RMSNorm: a scale; LayerNorm: + bias
+        attn = (3 * C * C + 3 * C * b) + (C * C + C * b)
+        mlp = 3 * C * I if self.gated_mlp else (C * I + I * b) + (I * C + C * b)
+        qk_norm = 2 * self.head_dim if self.family == "qwen3" else 0
+        return self.vocab_size * C + self.n_layer * (2 * norm + attn + mlp + qk_norm) + norm
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

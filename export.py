@@ -1,8 +1,12 @@
-"""Export a checkpoint as a Hugging Face model folder (GPT-NeoX architecture, no custom code).
+"""Export a checkpoint as a Hugging Face model folder (no custom code), one class per family.
 
-Our model is GPT-NeoX with sequential residual (`use_parallel_residual=False`), rotary on the
-whole head (`rotary_pct=1.0`), exact GELU, LayerNorm, biases and tied embeddings, so the
-export is a renaming of weights plus one permutation (see `_neox_qkv`). The folder holds
+- neox -> GPTNeoXForCausalLM: sequential residual (`use_parallel_residual=False`), rotary on the
+  whole head (`rotary_pct=1.0`), exact GELU, LayerNorm, biases, tied embeddings; a renaming of
+  weights plus one permutation (see `_neox_qkv`).
+- llama -> LlamaForCausalLM and qwen3 -> Qwen3ForCausalLM: the fused qkv and [gate | up]
+  matrices split into q/k/v and gate/up projections; qwen3's q_norm / k_norm scales as they are.
+
+Each gives our logits and greedy tokens (tests/test_export.py). The folder holds
 `config.json`, `generation_config.json`, `model.safetensors`, `tokenizer.json`,
 `tokenizer_config.json`, `special_tokens_map.json` and a short `README.md`, and loads with
 `AutoModelForCausalLM.from_pretrained(folder)` / `AutoTokenizer.from_pretrained(folder)`.
@@ -48,13 +52,43 @@ def _neox_qkv(t: torch.Tensor, n_head: int) -> torch.Tensor:
     return t.reshape(3, n_head, D, *rest).transpose(0, 1).reshape(three_c, *rest).contiguous()
 
 
+HF_ARCHITECTURES = {"neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
 def hf_state_dict(model) -> dict[str, torch.Tensor]:
-    """Our GPT's weights under GPT-NeoX names (float32, contiguous). The tied output head is
-    not written: `tie_word_embeddings=True` makes transformers tie it to `embed_in`.
-    Missing biases (`bias=False`) are written as zeros, which is the same function."""
-    cfg = model.cfg
+    """Our GPT's weights under the names of its family's transformers class (float32,
+    contiguous). The tied output head is not written: `tie_word_embeddings=True` makes
+    transformers tie it to the input embedding."""
     sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    C = cfg.n_embd
+    out = _neox_state_dict(model.cfg, sd) if model.cfg.family == "neox" else _llama_state_dict(model.cfg, sd)
+    return {k: v.contiguous().clone() for k, v in out.items()}  # no shared storage in safetensors
+
+
+def _llama_state_dict(cfg, sd: dict) -> dict[str, torch.Tensor]:
+    """llama / qwen3 names: q/k/v and gate/up are row blocks of our fused matrices."""
+    out = {"model.embed_tokens.weight": sd["tok_emb.weight"]}
+    for i in range(cfg.n_layer):
+        ours, hf = f"blocks.{i}.", f"model.layers.{i}."
+        q, k, v = sd[ours + "attn.qkv.weight"].chunk(3, dim=0)
+        gate, up = sd[ours + "mlp.fc.weight"].chunk(2, dim=0)
+        out.update({
+            hf + "input_layernorm.weight": sd[ours + "ln_1.weight"],
+            hf + "self_attn.q_proj.weight": q, hf + "self_attn.k_proj.weight": k,
+            hf + "self_attn.v_proj.weight": v, hf + "self_attn.o_proj.weight": sd[ours + "attn.proj.weight"],
+            hf + "post_attention_layernorm.weight": sd[ours + "ln_2.weight"],
+            hf + "mlp.gate_proj.weight": gate, hf + "mlp.up_proj.weight": up,
+            hf + "mlp.down_proj.weight": sd[ours + "mlp.proj.weight"],
+        })
+        if cfg.family == "qwen3":
+            out[hf + "self_attn.q_norm.weight"] = sd[ours + "attn.q_norm.weight"]
+            out[hf + "self_attn.k_norm.weight"] = sd[ours + "attn.k_norm.weight"]
+    out["model.norm.weight"] = sd["ln_f.weight"]
+    return out
+
+
+def _neox_state_dict(cfg, sd: dict) -> dict[str, torch.Tensor]:
+    """GPT-NeoX names. Missing biases (`bias=False`) are written as zeros, the same function."""
+    C, I = cfg.n_embd, cfg.intermediate_size
 
     def get(name, shape):
         return sd[name] if name in sd else torch.zeros(shape)
@@ -71,36 +105,26 @@ def hf_state_dict(model) -> dict[str, torch.Tensor]:
         out[hf + "post_attention_layernorm.weight"] = sd[ours + "ln_2.weight"]
         out[hf + "post_attention_layernorm.bias"] = get(ours + "ln_2.bias", (C,))
         out[hf + "mlp.dense_h_to_4h.weight"] = sd[ours + "mlp.fc.weight"]
-        out[hf + "mlp.dense_h_to_4h.bias"] = get(ours + "mlp.fc.bias", (4 * C,))
+        out[hf + "mlp.dense_h_to_4h.bias"] = get(ours + "mlp.fc.bias", (I,))
         out[hf + "mlp.dense_4h_to_h.weight"] = sd[ours + "mlp.proj.weight"]
         out[hf + "mlp.dense_4h_to_h.bias"] = get(ours + "mlp.proj.bias", (C,))
     out["gpt_neox.final_layer_norm.weight"] = sd["ln_f.weight"]
     out["gpt_neox.final_layer_norm.bias"] = get("ln_f.bias", (C,))
-    return {k: v.contiguous().clone() for k, v in out.items()}  # no shared storage in safetensors
+    return out
 
 
 def hf_config(cfg, special: dict) -> dict:
-    """config.json for transformers' GPTNeoXForCausalLM matching ModelConfig `cfg` exactly."""
+    """config.json for the transformers class of cfg's family, matching ModelConfig `cfg` exactly."""
     eos = [i for i in (special["sep"], special["eos"]) if i is not None]
-    return {
-        "architectures": ["GPTNeoXForCausalLM"],
-        "model_type": "gpt_neox",
+    common = {
+        "architectures": [HF_ARCHITECTURES[cfg.family]],
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.n_embd,
         "num_hidden_layers": cfg.n_layer,
         "num_attention_heads": cfg.n_head,
-        "intermediate_size": 4 * cfg.n_embd,
-        "hidden_act": "gelu",  # exact erf GELU, as ours
-        "use_parallel_residual": False,  # x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))
-        "rotary_pct": 1.0,  # RoPE on every head dim
-        "rotary_emb_base": cfg.rope_base,
-        # transformers >= 5 reads these; 4.x reads the two keys above
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_base, "partial_rotary_factor": 1.0},
+        "intermediate_size": cfg.intermediate_size,
         "max_position_embeddings": cfg.block_size,
-        "layer_norm_eps": cfg.norm_eps,
-        "attention_bias": True,  # biases of zeros when our model has bias=False
         "attention_dropout": 0.0,
-        "hidden_dropout": 0.0,
         "initializer_range": 0.02,
         "tie_word_embeddings": True,
         "use_cache": True,
@@ -108,6 +132,34 @@ def hf_config(cfg, special: dict) -> dict:
         "eos_token_id": eos if len(eos) != 1 else eos[0],
         "pad_token_id": special["pad"],
         "torch_dtype": "float32",
+    }
+    # transformers >= 5 reads rope_parameters; 4.x reads rope_theta / rotary_emb_base
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_base}
+    if cfg.family != "neox":
+        return {**common,
+                "model_type": cfg.family,
+                "num_key_value_heads": cfg.n_head,
+                "head_dim": cfg.head_dim,
+                "hidden_act": "silu",  # SwiGLU: down(silu(gate(x)) * up(x))
+                "rms_norm_eps": cfg.norm_eps,
+                "rope_theta": cfg.rope_base,
+                "rope_parameters": rope,
+                "attention_bias": False,
+                "mlp_bias": False,
+                **({"use_sliding_window": False, "sliding_window": None,
+                    "layer_types": ["full_attention"] * cfg.n_layer} if cfg.family == "qwen3" else {})}
+    return {
+        **common,
+        "model_type": "gpt_neox",
+        "hidden_act": "gelu",  # exact erf GELU, as ours
+        "use_parallel_residual": False,  # x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))
+        "rotary_pct": 1.0,  # RoPE on every head dim
+        "rotary_emb_base": cfg.rope_base,
+        # transformers >= 5 reads these; 4.x reads the two keys above
+        "rope_parameters": {**rope, "partial_rotary_factor": 1.0},
+        "layer_norm_eps": cfg.norm_eps,
+        "attention_bias": True,  # biases of zeros when our model has bias=False
+        "hidden_dropout": 0.0,
     }
 
 
@@ -164,8 +216,8 @@ pipeline_tag: text-generation
 ---
 # {_MARKER}
 
-A small GPT-style language model trained with mini-llm, exported as GPT-NeoX
-(sequential residual, full rotary embeddings, tied embeddings).
+A small GPT-style language model trained with mini-llm, exported as
+{HF_ARCHITECTURES[cfg.family]} (mini-llm family `{cfg.family}`; rotary embeddings, tied embeddings).
 
 - parameters: {n_params:,}
 - layers {cfg.n_layer}, heads {cfg.n_head}, width {cfg.n_embd}, context {cfg.block_size} tokens,
@@ -279,7 +331,7 @@ def export_hf(ckpt_path, tokenizer, out_dir) -> Path:
             raise UserError(f"cannot write the export {out}: {write_failure_reason(e)}; an earlier export there "
                             f"(if any) is intact") from None
         raise
-    log.info(f"exported {model.num_parameters():,} parameters as GPT-NeoX to {out}")
+    log.info(f"exported {model.num_parameters():,} parameters as {HF_ARCHITECTURES[cfg.family]} to {out}")
     return out
 
 

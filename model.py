@@ -1,12 +1,15 @@
 """The transformer: RoPE, attention (SDPA / flash-attn / reference), blocks, KV cache.
 
-Architecture (matches Hugging Face GPT-NeoX with `use_parallel_residual=False` and
-`rotary_pct=1.0` exactly, so `export.py` is a renaming of weights):
+Architecture, one of the families of `config.FAMILIES` (each matches one Hugging Face model class
+exactly, so `export.py` is a renaming of weights):
 
     tok_emb -> dropout -> N x [x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))] -> ln_f -> lm_head
-    attn: fused qkv Linear, RoPE ("rotate_half" / NeoX convention) on all head dims of q and k,
-          causal scaled dot-product attention, output Linear.
-    mlp:  Linear(C, 4C) -> exact (erf) GELU -> Linear(4C, C).
+    attn: fused qkv Linear, [qwen3: RMS norm of each head's q and k], RoPE ("rotate_half" / NeoX
+          convention) on all head dims of q and k, causal scaled dot-product attention, output Linear.
+    mlp:  neox: Linear(C, I) -> exact (erf) GELU -> Linear(I, C), I = 4C by default.
+          llama, qwen3: fused Linear(C, 2I) = [gate | up] -> silu(gate) * up -> Linear(I, C).
+    norms: neox LayerNorm with biases (GPT-NeoX, `use_parallel_residual=False`, `rotary_pct=1.0`);
+           llama and qwen3 RMSNorm and no biases anywhere (Llama, Qwen3).
     lm_head shares its weight with tok_emb (weight tying).
 
 Document-aware attention (training / evaluation, `cfg.sep_token_id` set): every SEP token starts
@@ -32,7 +35,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from common import log
-from config import ModelConfig
+from config import FAMILIES, ModelConfig  # noqa: F401  (FAMILIES: for callers of model)
 
 
 # =========================================================================== RoPE
@@ -213,6 +216,13 @@ class KVCache(nn.Module):
         return k_cache, v_cache
 
 
+def make_norm(cfg: ModelConfig, dim: int) -> nn.Module:
+    """The family's normalisation over the last `dim` channels: LayerNorm (neox) or RMSNorm."""
+    if cfg.family == "neox":
+        return nn.LayerNorm(dim, eps=cfg.norm_eps, bias=cfg.bias)
+    return nn.RMSNorm(dim, eps=cfg.norm_eps)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -220,6 +230,11 @@ class CausalSelfAttention(nn.Module):
         # fused projection, output rows ordered [q (H*D) | k (H*D) | v (H*D)]
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        if cfg.family == "qwen3":  # per-head RMS norm of queries and keys, one scale (D,) each
+            self.q_norm, self.k_norm = make_norm(cfg, cfg.head_dim), make_norm(cfg, cfg.head_dim)
+            self.qk_norm_eps = cfg.norm_eps
+        else:
+            self.q_norm = self.k_norm = None
         self.dropout = cfg.dropout
         self.use_flash = False
         self.kv_cache: KVCache | None = None
@@ -230,7 +245,11 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         H, D = self.n_head, self.head_dim
         qkv = self.qkv(x).view(B, T, 3, H, D)  # rows ordered [q heads | k heads | v heads]
-        qk = apply_rope(qkv[:, :, :2], cos, sin)  # (B, T, 2, H, D): q and k rotated in one pass
+        qk = qkv[:, :, :2]  # (B, T, 2, H, D)
+        if self.q_norm is not None:  # q and k normalised in one pass, each with its own scale
+            scale = torch.stack((self.q_norm.weight, self.k_norm.weight))[:, None]  # (2, 1, D)
+            qk = F.rms_norm(qk, (D,), eps=self.qk_norm_eps) * scale
+        qk = apply_rope(qk, cos, sin)  # (B, T, 2, H, D): q and k rotated in one pass
         q, k = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2)  # (B, H, T, D) each
         v = qkv[:, :, 2].transpose(1, 2)  # (B, H, T, D)
         if input_pos is not None:
@@ -250,22 +269,33 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """GELU (neox): proj(gelu(fc(x))). SwiGLU (llama, qwen3): fc computes [gate | up] in one
+    matmul, (2I, C) rows, and proj(silu(gate) * up)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
-        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.gated = cfg.gated_mlp
+        hidden = cfg.intermediate_size
+        self.fc = nn.Linear(cfg.n_embd, 2 * hidden if self.gated else hidden, bias=cfg.bias)
+        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
 
     def forward(self, x):
-        return _dropout(self.proj(F.gelu(self.fc(x))), self.dropout, self.training)  # exact (erf) GELU, as GPT-NeoX "gelu"
+        h = self.fc(x)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h)  # exact (erf) GELU, as GPT-NeoX "gelu"
+        return _dropout(self.proj(h), self.dropout, self.training)
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+        self.ln_1 = make_norm(cfg, cfg.n_embd)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+        self.ln_2 = make_norm(cfg, cfg.n_embd)
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, mask=None, input_pos=None, kv_len=None):
@@ -283,7 +313,7 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.dropout = cfg.dropout
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
-        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+        self.ln_f = make_norm(cfg, cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying: one tensor
         cos, sin = rope_cache(cfg.block_size, cfg.head_dim, cfg.rope_base)
@@ -297,7 +327,7 @@ class GPT(nn.Module):
     @torch.no_grad()
     def _init_weights(self) -> None:
         """All initialisation in one place: N(0, 0.02) for matrices and the (tied) embedding,
-        zeros for biases, ones for norm scales; the two residual output projections of each
+        zeros for biases, ones for norm scales (QK-norm included); the two residual output projections of each
         block get std 0.02 / sqrt(2 * n_layer) so the residual stream does not grow with depth."""
         std = 0.02
         for module in self.modules():
@@ -307,9 +337,9 @@ class GPT(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
-            elif isinstance(module, nn.LayerNorm):
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 nn.init.ones_(module.weight)
-                if module.bias is not None:
+                if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
         resid_std = std / math.sqrt(2 * self.cfg.n_layer)
         for block in self.blocks:
@@ -322,7 +352,7 @@ class GPT(nn.Module):
 
     def configure_optimizer_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: weight decay on matrices (every >= 2-D weight, the tied
-        embedding / output head included, as in GPT-2), none on biases and LayerNorm scales."""
+        embedding / output head included, as in GPT-2), none on biases and norm scales."""
         decay, no_decay = [], []
         for _, p in self.named_parameters():  # shared tensors appear once
             if not p.requires_grad:

@@ -44,17 +44,28 @@ def _tokenizer(path):
     return Tokenizer.from_file(str(path))
 
 
+# every family, llama with a non-default MLP width
+FAMILY_SHAPES = {"neox": {}, "llama": {"intermediate_size": 96}, "qwen3": {}}
+
+
+@pytest.fixture(scope="module", params=list(FAMILY_SHAPES))
+def family(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tokenizer_path):
-    """A tiny model whose every weight (LayerNorms and biases included) is random and far from
-    its init, so that any mis-mapped tensor shows up in the logits; saved as training does."""
+def checkpoint(tmp_path_factory, tokenizer_path, family):
+    """A tiny model of `family` whose every weight (norm scales, QK-norm and biases included) is
+    random and far from its init, so that any mis-mapped tensor shows up in the logits; saved as
+    training does."""
     vocab = _tokenizer(tokenizer_path).get_vocab_size()
-    cfg = M.ModelConfig(vocab_size=vocab, block_size=96, n_layer=2, n_head=4, n_embd=64, rope_base=500.0)
+    cfg = M.ModelConfig(vocab_size=vocab, block_size=96, n_layer=2, n_head=4, n_embd=64, rope_base=500.0,
+                        family=family, **FAMILY_SHAPES[family])
     torch.manual_seed(0)
     model = M.GPT(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("weight") and p.dim() == 1:  # LayerNorm scales
+            if name.endswith("weight") and p.dim() == 1:  # norm scales
                 p.copy_(1.0 + 0.3 * torch.randn_like(p))
             else:
                 p.copy_(0.15 * torch.randn_like(p))
@@ -80,20 +91,25 @@ def hf_model(exported):
     return m.eval()
 
 
-def test_folder_contents_and_config(exported, checkpoint):
+def test_folder_contents_and_config(exported, checkpoint, family):
     names = {p.name for p in exported.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "generation_config.json", "special_tokens_map.json"} <= names
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
     cfg = json.loads((exported / "config.json").read_text(encoding="utf-8"))
-    assert cfg["model_type"] == "gpt_neox" and cfg["use_parallel_residual"] is False
-    assert cfg["rotary_pct"] == 1.0 and cfg["tie_word_embeddings"] is True and cfg["hidden_act"] == "gelu"
+    assert cfg["tie_word_embeddings"] is True and cfg["intermediate_size"] == checkpoint[1].cfg.intermediate_size
+    if family == "neox":
+        assert cfg["model_type"] == "gpt_neox" and cfg["use_parallel_residual"] is False
+        assert cfg["rotary_pct"] == 1.0 and cfg["hidden_act"] == "gelu"
+    else:
+        assert cfg["model_type"] == family and cfg["hidden_act"] == "silu" and cfg["attention_bias"] is False
     assert cfg["bos_token_id"] == 0 and cfg["pad_token_id"] == 2 and cfg["eos_token_id"] == [0, 1]
 
 
-def test_transformers_loads_it_as_gpt_neox_with_tied_weights(hf_model, checkpoint):
-    assert type(hf_model).__name__ == "GPTNeoXForCausalLM"
-    assert hf_model.lm_head.weight.data_ptr() == hf_model.gpt_neox.embed_in.weight.data_ptr()
+def test_transformers_loads_its_family_class_with_tied_weights(hf_model, checkpoint, family):
+    assert type(hf_model).__name__ == {"neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
+                                       "qwen3": "Qwen3ForCausalLM"}[family]
+    assert hf_model.lm_head.weight.data_ptr() == hf_model.get_input_embeddings().weight.data_ptr()
     assert sum(p.numel() for p in hf_model.parameters()) == checkpoint[1].num_parameters()
 
 

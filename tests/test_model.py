@@ -85,6 +85,51 @@ def test_preset_shapes_parameter_counts(name):
     assert abs(m - target) / target < 0.20, (name, m)
 
 
+@pytest.mark.parametrize("family", list(M.FAMILIES))
+def test_every_family_counts_its_parameters(family):
+    cfg = M.ModelConfig(vocab_size=8192, n_layer=6, n_head=8, n_embd=256, family=family)
+    assert cfg.num_parameters() == _count_only(cfg)
+    assert cfg.bias == (family == "neox")
+    # the gated MLP is 8/3 as wide, so every family has (nearly) the same parameters
+    assert cfg.intermediate_size == {"neox": 1024, "llama": 683, "qwen3": 683}[family]
+    assert abs(cfg.num_parameters() - 6.8e6) / 6.8e6 < 0.03
+    assert M.ModelConfig.from_dict(cfg.to_dict()) == cfg
+    wide = M.ModelConfig(vocab_size=97, n_layer=1, n_head=2, n_embd=32, family=family, intermediate_size=40)
+    assert wide.num_parameters() == _count_only(wide)
+
+
+def test_family_config_errors():
+    with pytest.raises(ValueError, match="family='gpt2' must be one of neox, llama, qwen3"):
+        M.ModelConfig(family="gpt2")
+    with pytest.raises(ValueError, match="the llama family has no biases"):
+        M.ModelConfig(family="llama", bias=True)
+    with pytest.raises(ValueError, match="intermediate_size=0"):
+        M.ModelConfig(intermediate_size=0)
+    assert M.ModelConfig.from_dict({"n_layer": 2}).family == "neox"  # checkpoints from before families
+
+
+def test_swiglu_mlp_is_silu_gate_times_up():
+    m = tiny_model(family="llama", intermediate_size=24)
+    mlp = m.blocks[0].mlp
+    x = torch.randn(3, 32)
+    gate, up = mlp.fc.weight[:24], mlp.fc.weight[24:]
+    want = (F.silu(x @ gate.T) * (x @ up.T)) @ mlp.proj.weight.T
+    assert mlp.fc.bias is None and torch.allclose(mlp(x), want, atol=1e-6)
+    assert isinstance(m.blocks[0].ln_1, torch.nn.RMSNorm) and isinstance(tiny_model().blocks[0].ln_1, torch.nn.LayerNorm)
+
+
+def test_qk_norm_makes_attention_blind_to_the_scale_of_q_and_k():
+    x = random_tokens(2, 16)
+    for family, blind in (("qwen3", True), ("llama", False)):
+        m = tiny_model(family=family)
+        before, _ = m(x)
+        with torch.no_grad():
+            for block in m.blocks:
+                block.attn.qkv.weight[:64] *= 7.0  # the q and k rows (C = 32 each)
+        after, _ = m(x)
+        assert torch.allclose(before, after, atol=1e-4) == blind, family
+
+
 def _count_only(cfg):
     with torch.device("meta"):  # counts only: no memory, no init time
         return M.GPT(cfg).num_parameters()
@@ -207,8 +252,9 @@ def test_use_flash_attn_falls_back_to_sdpa_on_cpu(caplog):
 
 # =========================================================================== document-aware attention
 
-def test_packed_window_equals_documents_run_alone():
-    m = tiny_model()
+@pytest.mark.parametrize("family", list(M.FAMILIES))
+def test_packed_window_equals_documents_run_alone(family):
+    m = tiny_model(family=family)
     d1 = random_tokens(1, 9, seed=3)[0]
     d2 = random_tokens(1, 6, seed=4)[0]
     nxt = torch.tensor([5])  # the token after d2 in the stream
@@ -227,7 +273,7 @@ def test_packed_window_equals_documents_run_alone():
     assert torch.allclose(packed_loss, (n1 * loss1 + n2 * loss2) / (n1 + n2), atol=1e-6)
 
     # and the mask matters: without document awareness the second document sees the first
-    plain = M.GPT(tiny_cfg(sep_token_id=None)).eval()
+    plain = M.GPT(tiny_cfg(sep_token_id=None, family=family)).eval()
     plain.load_state_dict(m.state_dict())
     plain_logits, _ = plain(x)
     assert not torch.allclose(plain_logits[:, n1:], l2, atol=1e-3)
@@ -322,8 +368,9 @@ def test_gradient_checkpointing_same_gradients_and_only_in_training():
 
 # =========================================================================== KV cache
 
-def test_kv_cache_prefill_and_decode_equal_full_forward():
-    m = tiny_model()
+@pytest.mark.parametrize("family", list(M.FAMILIES))
+def test_kv_cache_prefill_and_decode_equal_full_forward(family):
+    m = tiny_model(family=family)
     idx = random_tokens(2, 20)
     idx[:, 0] = SEP  # a single document: cached mode has no segmentation
     full, _ = m(idx)
