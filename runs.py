@@ -129,6 +129,7 @@ class StopSignals:
 
     def __init__(self):
         self.reason: Optional[str] = None
+        self._notice: Optional[str] = None
         self.armed = False
         self._old: dict = {}
         self._pid = os.getpid()
@@ -146,8 +147,17 @@ class StopSignals:
         if not self.armed or self.reason is not None:
             raise Interrupted(reason)
         self.reason = reason
-        log.warning(f"{signal.Signals(signum).name} received: finishing the current step, then saving "
-                    f"ckpt_last.pt (send it again to stop at once)")
+        self._notice = (f"{signal.Signals(signum).name} received: finishing the current step, then saving "
+                        f"ckpt_last.pt (send it again to stop at once)")
+
+    def requested(self) -> Optional[str]:
+        """The reason of a signal received while armed, else None. Logs the signal's notice once,
+        here at a step boundary and never in the handler: a handler that logs can interrupt the
+        same stream mid-write, and Python then fails with a reentrant-call error."""
+        if self._notice is not None:
+            log.warning(self._notice)
+            self._notice = None
+        return self.reason
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():

@@ -49,6 +49,7 @@ from common import (Progress, UserError, add_log_file, available_memory, file_sh
 from config import TrainConfig, lr_at, make_configs, resolve_schedule
 from checkpoint import TrainState, empty_window, load_resume_checkpoint, restore_run, run_checkpoint
 from model import GPT, ModelConfig, document_positions
+from optimizers import make_optimizer
 from precision import Precision, log_choice, resolve_precision
 from runs import RunFolder, RunLock, StopSignals, versions
 from budget import TimeBudget, kept_schedule
@@ -444,7 +445,7 @@ class Trainer:
                         break
                 if self.on_step is not None:
                     self.on_step(self)
-                reason = self.stop.reason or self._stop_before_step() or self._max_time_reached()
+                reason = self.stop.requested() or self._stop_before_step() or self._max_time_reached()
         self.stop.armed = False
         return reason
 
@@ -557,17 +558,6 @@ def optimizer_step(model: GPT, train_model, optimizer, scaler, micro_batches: li
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss_val, norm
-
-
-def make_optimizer(model: GPT, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW, weight decay on matrices only (model.configure_optimizer_groups), fused kernel
-    where this torch has one for the device, else the foreach implementation."""
-    groups = model.configure_optimizer_groups(cfg.weight_decay)
-    kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8)
-    try:
-        return torch.optim.AdamW(groups, fused=True, **kw)
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(groups, foreach=True, **kw)
 
 
 def _collate(items: list, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

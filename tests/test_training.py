@@ -163,10 +163,10 @@ def test_every_flag_field_reaches_its_config(data):
     """A field with flag metadata is a train flag; its value lands in that field of the configs."""
     import main
     samples = {"int>=1": ("3", 3), "int>=0": ("0", 0), "int": ("7", 7), "float": ("0.25", 0.25),
-               "fraction": ("0.2", 0.2), "duration": ("2m", "2m"), "choice": ("cpu", "cpu"),
+               "fraction": ("0.2", 0.2), "duration": ("2m", "2m"),
                "text": ("Hola", "Hola"), "bool": (None, True), "precision": ("fp32", "fp32")}
     for flag in C.train_flags():
-        text, value = samples[flag.kind]
+        text, value = (flag.choices[-1],) * 2 if flag.kind == "choice" else samples[flag.kind]
         argv = ["train", "--tokenizer", "t", "--corpus", "c", "--outdir", "o", flag.option] + ([text] if text else [])
         args = main.build_parser().parse_args(argv)
         assert getattr(args, flag.name) == value, flag.name
@@ -251,9 +251,16 @@ def test_checkpoint_format_loads_with_weights_only(data, tmp_path):
     assert set(cfg["versions"]) >= {"python", "torch", "tokenizers", "numpy"}
 
 
-def test_resume_after_sigint_is_bit_identical(data, tmp_path):
+def optimizer_states(ckpt: dict) -> list[dict]:
+    """Per-parameter optimizer states of a checkpoint, for AdamW and for the Muon + AdamW pair."""
+    parts = ckpt["optimizer"].get("optimizers", [ckpt["optimizer"]])
+    return [s for part in parts for s in part["state"].values()]
+
+
+@pytest.mark.parametrize("optimizer", C.OPTIMIZERS)
+def test_resume_after_sigint_is_bit_identical(data, tmp_path, optimizer):
     """Dropout (RNG), gradient accumulation and evaluations on both sides of the interruption."""
-    over = dict(max_steps=24, eval_every=5, dropout=0.1, accumulation_steps=2, batch_size=4)
+    over = dict(max_steps=24, eval_every=5, dropout=0.1, accumulation_steps=2, batch_size=4, optimizer=optimizer)
     ref = run(data, tmp_path / "ref", overrides=over)
     assert ref["stopped_reason"] == "max_steps"
 
@@ -273,8 +280,10 @@ def test_resume_after_sigint_is_bit_identical(data, tmp_path):
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    states_a, states_b = optimizer_states(a), optimizer_states(b)
+    assert len(states_a) == len(states_b) > 0
+    for pa, pb in zip(states_a, states_b):
+        assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
     ha = json.loads((tmp_path / "ref" / "history.json").read_text())
     hb = json.loads((out / "history.json").read_text())
     assert [(h["step"], h["val_loss"], h["train_loss"], h["sample"]) for h in ha] == \
@@ -288,6 +297,8 @@ def test_resume_refuses_other_shape_tokenizer_or_corpus(data, tmp_path):
     run(data, out, overrides=dict(max_steps=3, eval_every=3))
     with pytest.raises(UserError, match="model shape differs.*n_embd 32 -> 64"):
         run(data, out, overrides=dict(max_steps=6, n_embd=64))
+    with pytest.raises(UserError, match="trained with --optimizer adamw, not muon"):
+        run(data, out, overrides=dict(max_steps=6, optimizer="muon"))
     other_tok = tmp_path / "other_tok.json"
     tokenizer.train_tokenizer([write_corpus(tmp_path / "o.txt", data["docs"][40:])], vocab_size=512,
                               out_path=other_tok, quiet=True)
