@@ -127,10 +127,15 @@ def restore_run(ckpt: dict, model: GPT, optimizer, scaler, cfg, n_windows: int) 
     """Put a run checkpoint back: weights, optimizer (with this command's betas and weight decay),
     gradient scaler and every RNG state; return its TrainState. When the training windows, batch
     size or seed differ from the checkpoint's, the epoch restarts from its first batch."""
+    was = (ckpt.get("train_config") or {}).get("optimizer", "adamw")
+    if was != cfg.optimizer:
+        raise UserError(f"cannot resume: this run was trained with --optimizer {was}, not {cfg.optimizer}; "
+                        f"pass --optimizer {was}, or use another --outdir")
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     for group in optimizer.param_groups:   # the current command's hyperparameters win
-        group["betas"] = (cfg.beta1, cfg.beta2)
+        if "betas" in group:               # AdamW's (Muon has a momentum instead)
+            group["betas"] = (cfg.beta1, cfg.beta2)
         if group["weight_decay"] > 0:
             group["weight_decay"] = cfg.weight_decay
     if scaler.is_enabled() and ckpt.get("scaler"):

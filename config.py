@@ -23,6 +23,7 @@ from typing import Optional
 from common import DEVICES
 from precision import AMP, PRECISIONS
 
+OPTIMIZERS = ("adamw", "muon")  # optimizers.make_optimizer
 DEFAULT_VAL_FRACTION = 0.05     # of documents; at least one document when > 0 (dataset.split_documents)
 
 # =========================================================================== fields that are flags
@@ -212,7 +213,9 @@ class TrainConfig:
     warmup_steps: Optional[int] = _flag(None, "int>=0", "linear warmup in optimizer steps",
                                         default_text=f"{WARMUP_FRACTION:.0%} of the schedule, at most "
                                                      f"{WARMUP_MAX}")
-    weight_decay: float = _flag(0.1, "float", "AdamW weight decay, matrices only")
+    optimizer: str = _flag("adamw", "choice", "adamw, or muon: Muon on the matrices inside the blocks, AdamW on "
+                           "the embedding, norms and biases (one --lr for both)", choices=OPTIMIZERS)
+    weight_decay: float = _flag(0.1, "float", "decoupled weight decay, matrices only")
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = _flag(1.0, "float", "clip the global gradient norm (0 = off)")

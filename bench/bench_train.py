@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import config  # noqa: E402
+import optimizers  # noqa: E402
 import training  # noqa: E402
 from model import GPT, ModelConfig  # noqa: E402
 from precision import resolve_precision  # noqa: E402
@@ -55,7 +56,7 @@ def bench(cfg: ModelConfig, batch_size: int, steps: int, warmup: int, amp: bool)
     model = GPT(cfg)
     model.train()
     tcfg = config.TrainConfig(lr=5e-4)
-    optimizer = training.make_optimizer(model, tcfg)
+    optimizer = optimizers.make_optimizer(model, tcfg)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     device = torch.device("cpu")
 
