@@ -21,9 +21,9 @@ from __future__ import annotations
 import dataclasses
 
 from common import format_seconds, log
-from config import TrainConfig, resolve_schedule
+from config import WSD_DECAY_FRACTION, TrainConfig, resolve_schedule
 
-DECAY_FRACTION = 0.2          # the lr decays over the last 20% of the budget
+DECAY_FRACTION = WSD_DECAY_FRACTION   # the lr decays over the last 20% of the budget
 STEP_WINDOW = 50              # recent steps whose mean time fixes the decay's length
 SAFETY = 0.98                 # fraction of the remaining time planned for steps
 RESERVE_S = 1.5               # seconds kept for the end: plot, last save, exit
@@ -64,7 +64,7 @@ class TimeBudget:
         budget = format_seconds(self.seconds)
         if self.estimate >= cap:
             log.info(f"time budget {budget}: {costs}; it holds ~{self.estimate:,} steps, more than the "
-                     f"{cap:,} of --epochs/--max-steps: cosine schedule of {cap:,} steps")
+                     f"{cap:,} of --epochs/--max-steps: {req.schedule} schedule of {cap:,} steps")
             return resolve_schedule(req, self.steps_per_epoch), True
         cfg = resolve_schedule(req, self.steps_per_epoch, budget_steps=self.estimate)
         cfg = dataclasses.replace(cfg, total_steps=cap, decay_start=cap)

@@ -189,6 +189,8 @@ CUSTOM_REQUIRED = ("n_layer", "n_head", "n_embd")
 WARMUP_FRACTION = 0.05                # default warmup: 5% of the schedule ...
 WARMUP_MAX = 500                      # ... at most this many steps
 MIN_LR_RATIO = 0.1                    # default min_lr = lr * MIN_LR_RATIO
+WSD_DECAY_FRACTION = 0.2              # --schedule wsd (and --time-budget): the decay's share of the steps
+SCHEDULES = ("cosine", "wsd")
 MAX_WORKERS = 64                      # data loader processes: more only thrashes (and could exhaust the PIDs)
 
 
@@ -210,6 +212,9 @@ class TrainConfig:
     lr: float = _flag(5e-4, "float", "peak learning rate")
     min_lr: Optional[float] = _flag(None, "float", "learning rate at the last step of the decay",
                                     default_text=f"lr x {MIN_LR_RATIO}")
+    schedule: str = _flag("cosine", "choice", "after the warmup: cosine decay to --min-lr, or wsd (warmup-stable-"
+                          f"decay: the peak lr, then a linear decay over the last {WSD_DECAY_FRACTION:.0%} of the "
+                          "steps); --time-budget runs always use wsd", choices=SCHEDULES)
     warmup_steps: Optional[int] = _flag(None, "int>=0", "linear warmup in optimizer steps",
                                         default_text=f"{WARMUP_FRACTION:.0%} of the schedule, at most "
                                                      f"{WARMUP_MAX}")
@@ -374,14 +379,19 @@ def resolve_schedule(cfg: TrainConfig, steps_per_epoch: int, budget_steps: Optio
     """Fill in the data-dependent defaults: total_steps, warmup_steps and min_lr.
 
     total_steps is epochs x steps_per_epoch, capped by max_steps and by `budget_steps` (the steps
-    that fit the --time-budget, see budget.TimeBudget)."""
+    that fit the --time-budget, see budget.TimeBudget). --schedule wsd sets decay_start: the
+    last WSD_DECAY_FRACTION of the steps decay (never before the warmup ends)."""
     total = cfg.epochs * steps_per_epoch
     for cap in (cfg.max_steps, budget_steps):
         if cap is not None:
             total = min(total, cap)
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(WARMUP_MAX, int(total * WARMUP_FRACTION))
     min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr * MIN_LR_RATIO
-    return dataclasses.replace(cfg, total_steps=max(1, total), warmup_steps=warmup, min_lr=min_lr)
+    total = max(1, total)
+    decay_start = cfg.decay_start
+    if cfg.schedule == "wsd" and decay_start is None:
+        decay_start = max(warmup, total - max(1, round(total * WSD_DECAY_FRACTION)))
+    return dataclasses.replace(cfg, total_steps=total, warmup_steps=warmup, min_lr=min_lr, decay_start=decay_start)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -108,6 +108,17 @@ def test_resolve_schedule_defaults():
     assert cfg.total_steps == 3000 and cfg.warmup_steps == 150 and cfg.min_lr == pytest.approx(1e-4)
     capped = C.resolve_schedule(C.TrainConfig(epochs=3, max_steps=40, warmup_steps=7), steps_per_epoch=1000)
     assert capped.total_steps == 40 and capped.warmup_steps == 7
+    assert cfg.decay_start is None and capped.decay_start is None                  # cosine
+
+
+def test_wsd_schedule_decays_over_the_last_fifth():
+    cfg = C.resolve_schedule(C.TrainConfig(lr=1e-3, max_steps=500, schedule="wsd"), steps_per_epoch=1000)
+    assert (cfg.total_steps, cfg.warmup_steps, cfg.decay_start) == (500, 25, 400)
+    assert C.lr_at(25, cfg) == C.lr_at(400, cfg) == pytest.approx(1e-3)
+    assert C.lr_at(450, cfg) == pytest.approx(1e-3 - 0.9e-3 * 50 / 99)
+    assert C.lr_at(499, cfg) == pytest.approx(1e-4)
+    short = C.resolve_schedule(C.TrainConfig(max_steps=4, warmup_steps=3, schedule="wsd"), steps_per_epoch=10)
+    assert short.decay_start == 3                                                # never inside the warmup
 
 
 def test_presets_exact_names_and_field_overrides():
