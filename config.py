@@ -224,6 +224,8 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = _flag(1.0, "float", "clip the global gradient norm (0 = off)")
+    z_loss: float = _flag(0.0, "float", "z-loss weight: adds z x logsumexp^2 of the logits to the objective (e.g. "
+                          "1e-4; the logged loss stays the cross-entropy)")
     patience: int = _flag(5, "int>=0", "stop after this many evaluations without improvement (0 = never)")
     eval_every: int = _flag(250, "int>=1", "evaluate every N optimizer steps, and at the end of every epoch")
     eval_batches: int = _flag(20, "int>=1", "fixed validation batches per evaluation")
@@ -284,6 +286,7 @@ class TrainConfig:
             v = getattr(self, name)
             check(is_num(v) and 0 <= v < 1, f"{name}={v!r} must be in [0, 1)")
         check(is_num(self.grad_clip) and self.grad_clip >= 0, f"grad_clip={self.grad_clip!r} must be >= 0 (0 = off)")
+        check(is_num(self.z_loss) and self.z_loss >= 0, f"z_loss={self.z_loss!r} must be >= 0 (0 = off)")
         check(is_num(self.val_fraction) and 0 <= self.val_fraction < 1,
               f"val_fraction={self.val_fraction!r} must be in [0, 1)")
         check(self.device in DEVICES, f"device={self.device!r} must be one of {', '.join(DEVICES)}")

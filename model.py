@@ -118,10 +118,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of (h @ W.T) against targets, chunk by chunk, never holding the whole
     (N, V) logits: each chunk's softmax gradient is turned into the gradients of h and W at once
     (forward computes them; backward only scales them by the incoming gradient). Saves the logits'
-    memory traffic, about a tenth of a small model's training step on a CPU."""
+    memory traffic, about a tenth of a small model's training step on a CPU.
+
+    z_loss > 0 adds z_loss * mean(logsumexp^2) to the objective (PaLM's z-loss, which keeps the
+    softmax normaliser near 1): its gradient is in grad_h and grad_W, but the value returned is
+    the plain cross-entropy, so logged training losses stay comparable with validation losses."""
 
     @staticmethod
-    def forward(ctx, h, W, targets, chunk):  # h (N, C), W (V, C), targets (N,) with -1 = ignored
+    def forward(ctx, h, W, targets, chunk, z_loss=0.0):  # h (N, C), W (V, C), targets (N,) with -1 = ignored
         dt = _matmul_dtype(h.device.type)
         with torch.autocast(h.device.type, enabled=False):
             hm, Wm = (h, W) if dt is None else (h.to(dt), W.to(dt))
@@ -137,6 +141,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 lse = torch.logsumexp(logits, dim=-1)  # (c,)
                 total += ((lse - logits.gather(1, yc[:, None])[:, 0]) * valid[s:s + chunk]).sum()
                 p = logits.sub_(lse[:, None]).exp_()  # softmax
+                if z_loss:
+                    p.mul_((1.0 + 2.0 * z_loss * lse)[:, None])  # + d(z lse^2) / d logits
                 p[torch.arange(len(yc), device=p.device), yc] -= 1.0  # d loss_row / d logits
                 p.mul_(scale[s:s + chunk, None])
                 pm = p if dt is None else p.to(dt)
@@ -149,17 +155,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         grad_h, grad_W = ctx.saved_tensors
-        return (grad_h * grad).to(ctx.dtypes[0]), (grad_W * grad).to(ctx.dtypes[1]), None, None
+        return (grad_h * grad).to(ctx.dtypes[0]), (grad_W * grad).to(ctx.dtypes[1]), None, None, None
 
 
 def linear_cross_entropy(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor,
-                         reduction: str = "mean") -> torch.Tensor:
+                         reduction: str = "mean", z_loss: float = 0.0) -> torch.Tensor:
     """Cross-entropy of the logits h @ W.T (h (N, C), W (V, C)) against targets (N,), -1 =
     ignored, computed in row chunks without the whole (N, V) logits: "mean" (as F.cross_entropy,
-    differentiable) or "none" (per-row losses, 0 where ignored; no gradient)."""
+    differentiable; `z_loss` adds z-loss to its gradient, see _LinearCrossEntropy) or "none"
+    (per-row losses, 0 where ignored; no gradient)."""
     chunk = _loss_chunk_rows(W.shape[0])
     if reduction == "mean" and torch.is_grad_enabled() and (h.requires_grad or W.requires_grad):
-        return _LinearCrossEntropy.apply(h, W, targets, chunk)
+        return _LinearCrossEntropy.apply(h, W, targets, chunk, float(z_loss))
     dt = _matmul_dtype(h.device.type)
     out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
     with torch.autocast(h.device.type, enabled=False):
@@ -419,17 +426,18 @@ class GPT(nn.Module):
     # ----------------------------------------------------------------------- forward
 
     def forward(self, idx, targets=None, *, input_pos=None, key_mask=None, positions=None, kv_len=None,
-                last_only=False):
+                last_only=False, z_loss=0.0):
         """idx (B, T) long -> (logits, loss).
 
         Without targets: (logits (B, T, V) float32, or (B, 1, V) for the last position only with
         `last_only`, None). With targets (B, T), -1 = not scored: (None, mean cross-entropy),
-        computed in chunks without the (B, T, V) logits (linear_cross_entropy). The other
-        keywords are those of `hidden_states`.
+        computed in chunks without the (B, T, V) logits (linear_cross_entropy; `z_loss` adds
+        z-loss to the gradient only). The other keywords are those of `hidden_states`.
         """
         x = self.hidden_states(idx, input_pos=input_pos, key_mask=key_mask, positions=positions, kv_len=kv_len)
         if targets is not None:
-            return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1))
+            return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1),
+                                              z_loss=z_loss)
         if last_only:
             x = x[:, -1:]
         return self.lm_head(x).float(), None  # (B, T, V)

@@ -370,7 +370,8 @@ class Trainer:
             for _ in range(PROBE_STEPS):
                 t = time.monotonic()
                 optimizer_step(self.model, self.train_model, self.optimizer, self.scaler, group, lr=self.cfg.lr,
-                               grad_clip=self.cfg.grad_clip, device=self.device, autocast=self.autocast)
+                               grad_clip=self.cfg.grad_clip, device=self.device, autocast=self.autocast,
+                               z_loss=self.cfg.z_loss)
                 times.append(time.monotonic() - t)
             t = time.monotonic()
             self.validation_loss()
@@ -431,7 +432,8 @@ class Trainer:
                 t0 = time.monotonic()
                 loss, self.last_norm = optimizer_step(self.model, self.train_model, self.optimizer, self.scaler,
                                                       group, lr=lr, grad_clip=self.cfg.grad_clip,
-                                                      device=self.device, autocast=self.autocast)
+                                                      device=self.device, autocast=self.autocast,
+                                                      z_loss=self.cfg.z_loss)
                 seconds = time.monotonic() - t0
                 end_of_epoch = self._advance(len(group), tokens, loss, seconds)
                 self._report(progress, loss, tokens, seconds, t_loop, start_step, terminal)
@@ -521,7 +523,8 @@ class Trainer:
 
 
 def optimizer_step(model: GPT, train_model, optimizer, scaler, micro_batches: list, *, lr: float,
-                   grad_clip: float, device: torch.device, autocast) -> tuple[Optional[float], float]:
+                   grad_clip: float, device: torch.device, autocast,
+                   z_loss: float = 0.0) -> tuple[Optional[float], float]:
     """One optimizer step: set lr -> micro-steps (autocast, loss / n, backward) -> unscale ->
     clip (recording the pre-clip norm) -> step -> scaler update -> zero_grad(set_to_none=True).
 
@@ -541,7 +544,7 @@ def optimizer_step(model: GPT, train_model, optimizer, scaler, micro_batches: li
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         with autocast():
-            _, loss = train_model(x, y, positions=positions)
+            _, loss = train_model(x, y, positions=positions, z_loss=z_loss)
         loss_sum += loss.detach().float()
         scaler.scale(loss / n).backward()
     loss_val = loss_sum.item() / n

@@ -340,6 +340,30 @@ def test_chunked_linear_cross_entropy_equals_the_plain_loss_and_gradients(monkey
     assert torch.allclose(rows, want, atol=1e-5) and (rows[::7] == 0).all()
 
 
+def test_z_loss_is_in_the_gradient_and_not_in_the_value(monkeypatch):
+    """z_loss adds z * mean(logsumexp^2) over the scored rows to what is differentiated; the value
+    returned is still the plain cross-entropy."""
+    monkeypatch.setattr(M, "LOSS_CHUNK_ELEMENTS", 97 * 64)
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(150, 16, generator=g, requires_grad=True)
+    W = (2.0 * torch.randn(97, 16, generator=g)).requires_grad_()   # large logits: a visible z-loss
+    y = torch.randint(0, 97, (150,), generator=g)
+    y[::5] = -1
+    z = 1e-2
+    loss = M.linear_cross_entropy(h, W, y, z_loss=z)
+    loss.backward()
+    got = (loss.detach(), h.grad.clone(), W.grad.clone())
+    h.grad = W.grad = None
+    logits = h @ W.t()
+    ce = F.cross_entropy(logits, y, ignore_index=-1)
+    (ce + z * torch.logsumexp(logits, -1)[y != -1].pow(2).mean()).backward()
+    assert torch.allclose(got[0], ce.detach(), atol=1e-6)
+    assert torch.allclose(got[1], h.grad, atol=1e-5, rtol=1e-4) and torch.allclose(got[2], W.grad, atol=1e-5, rtol=1e-4)
+    h.grad = W.grad = None
+    M.linear_cross_entropy(h, W, y).backward()
+    assert not torch.allclose(got[2], W.grad, atol=1e-4)                  # z-loss changed the gradient
+
+
 # =========================================================================== gradient checkpointing
 
 def test_gradient_checkpointing_same_gradients_and_only_in_training():

@@ -140,9 +140,10 @@ def test_presets_exact_names_and_field_overrides():
 
 def test_config_errors_are_collected():
     with pytest.raises(ValueError) as e:
-        C.make_configs("small", {"n_head": 6, "batch_size": 0, "val_fraction": 1.5, "min_lr": 1.0},
-                       vocab_size=100)
+        C.make_configs("small", {"n_head": 6, "batch_size": 0, "val_fraction": 1.5, "min_lr": 1.0,
+                                 "z_loss": -1e-4}, vocab_size=100)
     msg = str(e.value)
+    assert "z_loss=-0.0001 must be >= 0" in msg
     assert "n_embd=256 is not divisible by n_head=6" in msg
     assert "batch_size=0" in msg and "val_fraction=1.5" in msg and "min_lr=1.0 must not exceed lr" in msg
     with pytest.raises(ValueError, match="stride=64 must not exceed block_size=32"):
