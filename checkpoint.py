@@ -29,8 +29,8 @@ from model import GPT, ModelConfig
 
 CHECKPOINT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-SHAPE_FIELDS = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias", "rope_base",
-                "norm_eps", "sep_token_id")   # must match on resume (dropout may change)
+SHAPE_FIELDS = ("family", "vocab_size", "block_size", "n_layer", "n_head", "n_embd", "intermediate_size", "bias",
+                "rope_base", "norm_eps", "sep_token_id")   # must match on resume (dropout may change)
 
 
 def empty_window() -> dict:
@@ -290,7 +290,9 @@ def load_resume_checkpoint(path: Path, mcfg: ModelConfig, tokenizer_hash: str, c
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed):
         raise UserError(f"cannot resume from {path}: not a full training checkpoint; use another --outdir")
     old, new = ckpt["model_config"], mcfg.to_dict()
-    if not isinstance(old, dict):
+    try:
+        old = ModelConfig.from_dict(old).to_dict()   # with the defaults of fields it predates (family)
+    except (ValueError, TypeError, AttributeError):
         raise UserError(f"cannot resume from {path}: its model config is damaged; use another --outdir")
     diff = [f"{k} {old.get(k)} -> {new[k]}" for k in SHAPE_FIELDS if old.get(k) != new[k]]
     meta = ckpt["meta"] if isinstance(ckpt["meta"], dict) else {}

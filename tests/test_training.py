@@ -309,6 +309,8 @@ def test_resume_refuses_other_shape_tokenizer_or_corpus(data, tmp_path):
     run(data, out, overrides=dict(max_steps=3, eval_every=3))
     with pytest.raises(UserError, match="model shape differs.*n_embd 32 -> 64"):
         run(data, out, overrides=dict(max_steps=6, n_embd=64))
+    with pytest.raises(UserError, match="model shape differs.*family neox -> llama"):
+        run(data, out, overrides=dict(max_steps=6, family="llama"))
     with pytest.raises(UserError, match="trained with --optimizer adamw, not muon"):
         run(data, out, overrides=dict(max_steps=6, optimizer="muon"))
     other_tok = tmp_path / "other_tok.json"
