@@ -312,6 +312,7 @@ def train_ours(a, data: Data, precision: str, outdir: Path, threads_env: dict) -
            "--corpus", str(data.corpus), "--outdir", str(outdir), "--config", "custom",
            "--n-layer", str(a.n_layer), "--n-head", str(a.n_head), "--n-embd", str(a.n_embd),
            "--block-size", str(a.block_size), "--batch-size", str(a.batch_size), "--lr", str(a.lr),
+           "--family", "neox", "--optimizer", "adamw",      # GPT-NeoX with AdamW, as the transformers side
            "--max-steps", str(a.train_steps), "--eval-every", str(a.eval_every),
            "--eval-batches", str(a.eval_batches), "--val-fraction", str(a.val_fraction), "--seed", str(a.seed),
            "--precision", precision, "--quiet", "--json"]
