@@ -70,3 +70,22 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     assert len(fresh.state) == len(opt.state)
     with pytest.raises(ValueError, match="holds 1 optimizers, not 2"):
         fresh.load_state_dict({"optimizers": [state["optimizers"][0]]})
+
+
+def test_the_pair_works_through_an_enabled_gradient_scaler():
+    """fp16 training unscales and steps through torch.amp.GradScaler: the pair must pass for an
+    optimizer there (checked with the CPU scaler; CUDA's takes the same path)."""
+    cfg = ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16, family="llama")
+    model = GPT(cfg)
+    opt = O.make_optimizer(model, C.TrainConfig(optimizer="muon", lr=1e-2))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    x = torch.randint(0, 64, (2, 16))
+    _, loss = model(x, x)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    grads = [p.grad.clone() for p in model.parameters()]
+    scaler.step(opt)
+    scaler.update()
+    assert all(g.abs().max() < 100 for g in grads)                     # unscaled (scale was 1024)
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))   # every parameter moved
