@@ -14,7 +14,8 @@ from checkpoint import CHECKPOINT_VERSION, TrainState
 
 DATA = Path(__file__).resolve().parent / "data" / "checkpoint_v1"
 TRAIN_FLAGS = ["--config", "custom", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16",
-               "--batch-size", "4", "--eval-every", "2", "--eval-batches", "1", "--seed", "7", "--quiet"]
+               "--batch-size", "4", "--eval-every", "2", "--eval-batches", "1", "--seed", "7", "--quiet",
+               "--family", "neox", "--optimizer", "adamw"]   # what runs from before the qwen3 + Muon recipe used
 
 
 @pytest.fixture
