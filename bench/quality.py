@@ -266,7 +266,7 @@ def train_peer(a, data: dict, stores: dict, budget: str, log) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), PEER["clip"])
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return float(loss)
+        return float(loss.detach())
 
     if budget == "A":
         total = max(2, math.ceil(a.tokens / (B * T)))
