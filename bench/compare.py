@@ -101,7 +101,7 @@ def need_transformers():
     try:
         import transformers
     except ImportError:
-        sys.stderr.write("error: bench/compare.py needs transformers (a test/benchmark dependency): "
+        sys.stderr.write(f"error: bench/{Path(sys.argv[0]).name} needs transformers (a test/benchmark dependency): "
                          ".venv/bin/pip install -r requirements-dev.txt\n")
         sys.exit(2)
     transformers.logging.set_verbosity_error()

@@ -67,8 +67,7 @@ QUICK = dict(corpus=str(QUICK_CORPUS), train_bytes=150_000, heldout_docs=4, held
              n_layer=2, n_head=4, n_embd=64, block_size=64, tokens=20_000, seconds=8.0)
 
 
-class BenchError(Exception):
-    """A problem to report as one line (missing corpus, a failed training run)."""
+from compare import BenchError  # noqa: E402  (bench/ is on sys.path when this runs as a script)
 
 
 # =========================================================================== data
@@ -404,12 +403,8 @@ def main(argv=None) -> int:
         sys.stderr.write(f"error: corpus {a.corpus} not found; pass --corpus FILE (a corpus made by "
                          f"'main.py prepare-corpus')\n")
         return 2
-    try:
-        import transformers
-        transformers.logging.set_verbosity_error()
-    except ImportError:
-        sys.stderr.write("error: bench/quality.py needs transformers: .venv/bin/pip install -r requirements-dev.txt\n")
-        return 2
+    from compare import need_transformers
+    need_transformers()
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
