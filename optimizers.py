@@ -59,8 +59,13 @@ class Muon(torch.optim.Optimizer):
         self.ns_dtype = ns_dtype
 
     def _dtype(self, device: torch.device) -> torch.dtype:
-        if self.ns_dtype is not None:
-            return self.ns_dtype
+        """The Newton-Schulz precision, decided at the first step (the parameters share one device), not per step."""
+        if self.ns_dtype is None:
+            self.ns_dtype = self._native_dtype(device)
+        return self.ns_dtype
+
+    @staticmethod
+    def _native_dtype(device: torch.device) -> torch.dtype:
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
         if device.type == "cpu":
