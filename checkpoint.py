@@ -321,3 +321,79 @@ def load_resume_checkpoint(path: Path, mcfg: ModelConfig, tokenizer_hash: str, c
     if changed:
         log.warning(f"warning: --force: resuming with another {' and '.join(changed)}")
     return ckpt
+
+
+# =========================================================================== --init-from
+
+@dataclass
+class InitSource:
+    """The weights a new run starts from (train --init-from): a checkpoint or an export folder."""
+    model_config: ModelConfig
+    weights: dict                    # our state dict, checked (check_weights)
+    record: dict                     # path, kind, sha256, step: config.json's "init_from"
+
+
+def load_init_source(path, tokenizer) -> InitSource:
+    """Read `path` for --init-from: one of our checkpoints (only its weights and model config are
+    used) or a folder written by `export`. `tokenizer` (a TokenizerIdentity) must be the one the
+    weights were trained with: its sha256 equals the recorded one (for an export written before
+    mini_llm.json existed: the same vocabulary). UserError (one line) otherwise."""
+    import export
+    from common import file_sha256
+
+    path = Path(path)
+    hint = "pass a ckpt_best.pt / ckpt_last.pt written by `main.py train`, or a folder written by `main.py export`"
+    if export.is_export_folder(path):
+        cfg, weights, record = export.import_hf(path)
+        kind, digest, step = "export", file_sha256(path / "model.safetensors"), record.get("step")
+        want = record.get("tokenizer_hash")
+        same = want == tokenizer.sha256 if want else _same_vocabulary(path / "tokenizer.json", tokenizer)
+    elif path.is_dir():
+        raise UserError(f"--init-from {path} is a folder but not an export (no config.json and model.safetensors); "
+                        f"{hint}")
+    else:
+        require_file(path, "--init-from checkpoint")
+        ckpt = read_checkpoint(path, f"--init-from {path} cannot be loaded", hint)
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
+                or not isinstance(ckpt.get("model_config"), dict):
+            raise UserError(f"--init-from {path} is not a mini-llm checkpoint (no 'model' / 'model_config'); {hint}")
+        check_version(ckpt, path)
+        try:
+            cfg = ModelConfig.from_dict(ckpt["model_config"])
+        except (TypeError, ValueError) as e:
+            raise UserError(f"--init-from {path} has a bad model config: {e}")
+        meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+        weights, kind, digest, step = ckpt["model"], "checkpoint", file_sha256(path), meta.get("step")
+        want = meta.get("tokenizer_hash")
+        same = want is None or want == tokenizer.sha256
+    if not same:
+        raise UserError(f"--init-from {path} was trained with another tokenizer than {tokenizer.path} "
+                        f"(sha256 {str(want)[:12] if want else 'of another vocabulary'}); pass the tokenizer.json "
+                        f"the weights were trained with")
+    if cfg.vocab_size != tokenizer.vocab_size:
+        raise UserError(f"--init-from {path} has a vocabulary of {cfg.vocab_size} tokens, tokenizer {tokenizer.path} "
+                        f"{tokenizer.vocab_size}; pass the tokenizer.json the weights were trained with")
+    weights = check_weights(weights, cfg, path, hint)
+    record = {"path": str(path.resolve()), "kind": kind, "sha256": digest, "step": step}
+    return InitSource(cfg, weights, record)
+
+
+def _same_vocabulary(tokenizer_json: Path, tokenizer) -> bool:
+    from tokenizers import Tokenizer
+    try:
+        return Tokenizer.from_file(str(tokenizer_json)).get_vocab() == tokenizer.tokenizer.get_vocab()
+    except Exception:   # unreadable: not the same
+        return False
+
+
+def check_init_shape(shape: ModelConfig, given: dict, dropout: float, source: str) -> ModelConfig:
+    """The model config of a run started from the weights at `source` (shape: theirs), with the
+    shape flags the user `given` (name -> value, None = not given) required to agree, and this
+    run's `dropout` (a training setting). UserError listing every contradiction."""
+    cfg = shape.to_dict()
+    clash = [f"--{k.replace('_', '-')} {v} (the weights have {cfg[k]})" for k, v in given.items()
+             if v is not None and k in SHAPE_FIELDS and k in cfg and v != cfg[k]]
+    if clash:
+        raise UserError(f"--init-from {source}: the model shape comes from the weights, and "
+                        f"{', '.join(clash)} contradicts it; drop the shape flags")
+    return ModelConfig.from_dict({**cfg, "dropout": dropout})

@@ -193,6 +193,8 @@ CUSTOM_REQUIRED = ("n_layer", "n_head", "n_embd")
 WARMUP_FRACTION = 0.05                # default warmup: 5% of the schedule ...
 WARMUP_MAX = 500                      # ... at most this many steps
 MIN_LR_RATIO = 0.1                    # default min_lr = lr * MIN_LR_RATIO
+INIT_FROM_LR_FACTOR = 0.5            # train --init-from: default peak lr = the preset's x this (README:
+INIT_FROM_WARMUP_FRACTION = 0.05     # "Domain adaptation", measured) and this share of warmup
 WSD_DECAY_FRACTION = 0.2              # --schedule wsd (and --time-budget): the decay's share of the steps
 SCHEDULES = ("cosine", "wsd")
 MAX_WORKERS = 64                      # data loader processes: more only thrashes (and could exhaust the PIDs)
@@ -230,6 +232,9 @@ class TrainConfig:
     grad_clip: float = _flag(1.0, "float", "clip the global gradient norm (0 = off)")
     z_loss: float = _flag(0.0, "float", "z-loss weight: adds z x logsumexp^2 of the logits to the objective (e.g. "
                           "1e-4; the logged loss stays the cross-entropy)")
+    select_on: Optional[str] = _flag(None, "text", "with several --corpus files: the corpus whose validation "
+                                     "loss picks ckpt_best.pt and drives early stopping",
+                                     default_text="the weighted total")
     patience: int = _flag(5, "int>=0", "stop after this many evaluations without improvement (0 = never)")
     eval_every: int = _flag(250, "int>=1", "evaluate every N optimizer steps, and at the end of every epoch")
     eval_batches: int = _flag(20, "int>=1", "fixed validation batches per evaluation")
@@ -249,6 +254,7 @@ class TrainConfig:
     sample_prompt: Optional[str] = _flag(
         None, "text", "prompt of the greedy sample logged and kept in history.json at each evaluation",
         default_text="the first words of a validation document")
+    warmup_fraction: float = WARMUP_FRACTION   # default warmup share (INIT_FROM_WARMUP_FRACTION for --init-from)
     total_steps: Optional[int] = None    # schedule length; resolved from the data (resolve_schedule)
     decay_start: Optional[int] = None    # set: warmup-stable-decay, linear decay from this step (lr_at)
 
@@ -298,6 +304,10 @@ class TrainConfig:
               f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}")
         check(is_int(self.seed) and 0 <= self.seed < 2**63, f"seed={self.seed!r} must be a whole number in "
                                                              f"0..2**63-1")
+        check(is_num(self.warmup_fraction) and 0 <= self.warmup_fraction < 1,
+              f"warmup_fraction={self.warmup_fraction!r} must be in [0, 1)")
+        check(self.select_on is None or (isinstance(self.select_on, str) and self.select_on.strip()),
+              f"select_on={self.select_on!r} must be a corpus name")
         check(self.sample_prompt is None or (isinstance(self.sample_prompt, str) and self.sample_prompt.strip()),
               f"sample_prompt={self.sample_prompt!r} must be a non-empty text")
         if problems:
@@ -392,7 +402,7 @@ def resolve_schedule(cfg: TrainConfig, steps_per_epoch: int, budget_steps: Optio
     for cap in (cfg.max_steps, budget_steps):
         if cap is not None:
             total = min(total, cap)
-    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(WARMUP_MAX, int(total * WARMUP_FRACTION))
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(WARMUP_MAX, int(total * cfg.warmup_fraction))
     min_lr = cfg.min_lr if cfg.min_lr is not None else cfg.lr * MIN_LR_RATIO
     total = max(1, total)
     decay_start = cfg.decay_start
@@ -432,3 +442,15 @@ def _wsd_lr(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / (warmup + 1) if step < warmup else cfg.lr
     start = cfg.lr if decay >= warmup else cfg.lr * (decay + 1) / (warmup + 1)
     return start + (cfg.min_lr - start) * (step - decay) / (last - decay)
+
+
+def init_from_defaults(preset: str, overrides: dict) -> dict:
+    """`overrides` with the defaults of a run that starts from trained weights (--init-from):
+    a lower peak lr (the preset's x INIT_FROM_LR_FACTOR) unless --lr is given, and
+    INIT_FROM_WARMUP_FRACTION of warmup unless --warmup-steps is given."""
+    out = dict(overrides)
+    if out.get("lr") is None:
+        base = PRESETS.get(CUSTOM_BASE if preset == "custom" else preset, {}).get("lr", TrainConfig.lr)
+        out["lr"] = base * INIT_FROM_LR_FACTOR
+    out.setdefault("warmup_fraction", INIT_FROM_WARMUP_FRACTION)
+    return out

@@ -106,3 +106,61 @@ def _text_pieces(text: str, piece_chars: int = PIECE_CHARS) -> Iterator[str]:
         yield text[start:cut]
         start = cut
     yield text[start:]
+
+
+# ---------------------------------------------------------------------------------------- mixtures
+
+class CorpusSpec:
+    """One corpus of a mixture: `path`, `weight` (normalised: the weights of a mixture sum to 1)
+    and `name` (the file's stem, made unique: how --select-on, the history and reports call it)."""
+
+    __slots__ = ("path", "weight", "name")
+
+    def __init__(self, path: Path, weight: float, name: str):
+        self.path, self.weight, self.name = path, weight, name
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "path": str(self.path), "weight": self.weight}
+
+    def __repr__(self) -> str:
+        return f"CorpusSpec({self.name!r}, {str(self.path)!r}, weight={self.weight:g})"
+
+
+def parse_corpus_specs(values: list[str], option: str = "--corpus") -> list[CorpusSpec]:
+    """`PATH[:WEIGHT] ...` -> CorpusSpecs with weights summing to 1 (a plain path weighs 1).
+
+    A suffix `:W` is a weight when W is a positive number and the whole text is not itself an
+    existing file. The same file twice is refused, as is a weight that is not a positive
+    finite number. Names are the file stems; a repeated stem gets `-2`, `-3`, ...
+    """
+    if not values:
+        raise UserError(f"{option} needs at least one corpus file")
+    raw: list[tuple[Path, float]] = []
+    for text in values:
+        path, weight = text, 1.0
+        head, colon, tail = text.rpartition(":")
+        if colon and head and not os.path.exists(text):
+            try:
+                weight = float(tail)
+            except ValueError:
+                weight = None
+            if weight is None or not weight > 0 or weight == float("inf"):
+                raise UserError(f"{option} {text!r}: the weight after ':' must be a positive number "
+                                f"(e.g. historia.txt:0.7)")
+            path = head
+        raw.append((Path(path), weight))
+    seen: dict[str, Path] = {}
+    for path, _ in raw:
+        key = os.path.realpath(path)
+        if key in seen:
+            raise UserError(f"{option}: {path} is given twice; give each corpus once, with its weight")
+        seen[key] = path
+    total = sum(w for _, w in raw)
+    names: dict[str, int] = {}
+    specs = []
+    for path, weight in raw:
+        stem = path.stem or "corpus"
+        names[stem] = names.get(stem, 0) + 1
+        name = stem if names[stem] == 1 else f"{stem}-{names[stem]}"
+        specs.append(CorpusSpec(path, weight / total, name))
+    return specs

@@ -553,3 +553,84 @@ class ResumableSampler:
         idx = self.indices()
         for b in range(self.start_batch, self.num_batches()):
             yield idx[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+
+
+# ---------------------------------------------------------------------------------------- mixtures
+
+class ConcatWindows:
+    """torch Dataset over the windows of several WindowDatasets (one per corpus of a mixture):
+    global index `offsets[k] + i` is window i of dataset k."""
+
+    def __init__(self, parts: list[WindowDataset]):
+        self.parts = parts
+        self.offsets = np.concatenate(([0], np.cumsum([len(p) for p in parts]))).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i):
+        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return self.parts[k][int(i - self.offsets[k])]
+
+
+def mixture_counts(window_tokens: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """Windows per epoch taken from each corpus of a mixture.
+
+    An epoch holds as many target tokens as all the corpora's training windows together (T);
+    corpus k gives weights[k] x T of them, so round(weights[k] x T / mean tokens of its windows)
+    windows (at least one). A corpus smaller than its share is repeated within the epoch; a
+    larger one is partly left for later epochs. `window_tokens[k]`: target tokens of each window.
+    """
+    total = sum(int(t.sum()) for t in window_tokens)
+    return np.array([max(1, round(w * total / float(t.mean()))) for t, w in zip(window_tokens, weights)],
+                    dtype=np.int64)
+
+
+class MixtureSampler:
+    """Batch sampler over a ConcatWindows: each epoch takes counts[k] windows of corpus k, then
+    shuffles them together and cuts them into batches.
+
+    Corpus k's windows come from an endless stream of permutations of its windows (one per cycle,
+    fixed by (seed, k, cycle)); epoch e reads positions [e x counts[k], (e + 1) x counts[k]) of it,
+    so a small corpus is repeated evenly and a large one is read in full before any repetition.
+    Everything is a function of (seed, epoch): `start_batch` resumes inside an epoch exactly.
+    Same interface as ResumableSampler (set_epoch, indices, num_batches, iteration).
+    """
+
+    def __init__(self, sizes: list[int], counts: np.ndarray, batch_size: int, seed: int, epoch: int = 0,
+                 start_batch: int = 0):
+        if batch_size < 1 or len(sizes) != len(counts) or min(sizes) < 1:
+            raise ValueError(f"need batch_size >= 1 and a non-empty corpus per count (sizes {sizes})")
+        self.sizes, self.counts = [int(s) for s in sizes], np.asarray(counts, np.int64)
+        self.offsets = np.concatenate(([0], np.cumsum(self.sizes))).astype(np.int64)
+        self.batch_size, self.seed, self.epoch, self.start_batch = batch_size, seed, epoch, start_batch
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _stream(self, k: int, start: int, n: int) -> np.ndarray:
+        """Positions [start, start + n) of corpus k's endless stream of permutations."""
+        size = self.sizes[k]
+        out = []
+        for cycle in range(start // size, (start + n - 1) // size + 1):
+            perm = _rng(self.seed, 1 + k, cycle).permutation(size)
+            lo, hi = max(start, cycle * size) - cycle * size, min(start + n, (cycle + 1) * size) - cycle * size
+            out.append(perm[lo:hi])
+        return np.concatenate(out)
+
+    def indices(self) -> np.ndarray:
+        """The epoch's global window indices, in order."""
+        picks = [self.offsets[k] + self._stream(k, self.epoch * int(c), int(c)) for k, c in enumerate(self.counts)]
+        mixed = np.concatenate(picks)
+        return mixed[_rng(self.seed, self.epoch, 0x6D6978).permutation(len(mixed))]
+
+    def num_batches(self) -> int:
+        return math.ceil(int(self.counts.sum()) / self.batch_size)
+
+    def __len__(self) -> int:
+        return max(0, self.num_batches() - self.start_batch)
+
+    def __iter__(self):
+        idx = self.indices()
+        for b in range(self.start_batch, self.num_batches()):
+            yield idx[b * self.batch_size:(b + 1) * self.batch_size].tolist()

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from common import UserError, is_write_failure, log, require_file, write_failure_reason
+from common import UserError, file_sha256, is_write_failure, log, require_file, write_failure_reason
 from tokenizer import DOC_SEPARATOR, EOS_TOKEN as EOT_TOKEN, PAD_TOKEN
 
 _MARKER = "mini-llm export"  # in README.md: marks a folder that a new export may replace
@@ -241,7 +241,9 @@ so give one document per sequence.
 
 # What an export folder holds; a folder with anything else in it is never replaced.
 EXPORT_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                "tokenizer_config.json", "special_tokens_map.json", "README.md")
+                "tokenizer_config.json", "special_tokens_map.json", "README.md", "mini_llm.json")
+MINI_LLM_FILE = "mini_llm.json"   # our own record: model config, training tokenizer hash, step (init-from)
+MINI_LLM_FORMAT = 1
 
 
 def _check_replaceable(out: Path) -> None:
@@ -319,6 +321,9 @@ def export_hf(ckpt_path, tokenizer, out_dir) -> Path:
         write_json("tokenizer_config.json", _tokenizer_config(special, cfg.block_size))
         write_json("special_tokens_map.json", special_map)
         (tmp / "README.md").write_text(_model_card(cfg, meta, model.num_parameters()), encoding="utf-8")
+        write_json(MINI_LLM_FILE, {"format": MINI_LLM_FORMAT, "model_config": cfg.to_dict(),
+                                   "tokenizer_hash": meta.get("tokenizer_hash"), "vocab_size": cfg.vocab_size,
+                                   "step": meta.get("step"), "checkpoint_sha256": file_sha256(ckpt_path)})
         for f in tmp.iterdir():
             os.chmod(f, 0o644)  # safetensors writes 0600; an export is meant to be shared
             with open(f, "rb") as fh:
@@ -349,3 +354,96 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         os.replace(old, out)  # put the previous export back
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+# =========================================================================== reading an export back
+
+def is_export_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def import_hf(folder) -> tuple:
+    """Read an export folder back: (ModelConfig, our state dict, record dict) where the record is
+    mini_llm.json (model config, training tokenizer hash, step) or, for a folder written before
+    it existed, {} with the config derived from config.json. The exact inverse of hf_state_dict:
+    the weights equal the checkpoint's they came from. UserError for anything else."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from model import ModelConfig
+
+    folder = Path(folder)
+    hint = "pass a folder written by `main.py export` or a ckpt_best.pt / ckpt_last.pt"
+    record = {}
+    try:
+        if (folder / MINI_LLM_FILE).is_file():
+            record = json.loads((folder / MINI_LLM_FILE).read_text(encoding="utf-8"))
+            cfg = ModelConfig.from_dict(record["model_config"])
+        else:
+            cfg = _config_from_hf(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+        weights = load_file(str(folder / "model.safetensors"))
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise UserError(f"{folder} is not a readable mini-llm export ({type(e).__name__}: {str(e)[:120]}); {hint}")
+    try:
+        state = _neox_from_hf(cfg, weights) if cfg.family == "neox" else _llama_from_hf(cfg, weights)
+    except KeyError as e:
+        raise UserError(f"{folder}: model.safetensors lacks the weight {e} that a {cfg.family} export holds; {hint}")
+    state["lm_head.weight"] = state["tok_emb.weight"]
+    return cfg, state, record
+
+
+def _config_from_hf(hf: dict):
+    """ModelConfig from an export's config.json (folders written before mini_llm.json)."""
+    from model import ModelConfig
+
+    family = {"gpt_neox": "neox", "llama": "llama", "qwen3": "qwen3"}.get(hf.get("model_type"))
+    if family is None:
+        raise ValueError(f"model_type {hf.get('model_type')!r} is not one mini-llm exports")
+    eps = hf["layer_norm_eps"] if family == "neox" else hf["rms_norm_eps"]
+    base = hf.get("rotary_emb_base") if family == "neox" else hf.get("rope_theta")
+    return ModelConfig(vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"],
+                       n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], n_embd=hf["hidden_size"],
+                       family=family, intermediate_size=hf["intermediate_size"], norm_eps=eps,
+                       rope_base=base or hf.get("rope_parameters", {}).get("rope_theta", 10000.0),
+                       sep_token_id=hf.get("bos_token_id", 0))
+
+
+def _llama_from_hf(cfg, w: dict) -> dict:
+    out = {"tok_emb.weight": w["model.embed_tokens.weight"], "ln_f.weight": w["model.norm.weight"]}
+    for i in range(cfg.n_layer):
+        ours, hf = f"blocks.{i}.", f"model.layers.{i}."
+        out.update({
+            ours + "ln_1.weight": w[hf + "input_layernorm.weight"],
+            ours + "attn.qkv.weight": torch.cat([w[hf + f"self_attn.{n}_proj.weight"] for n in "qkv"]),
+            ours + "attn.proj.weight": w[hf + "self_attn.o_proj.weight"],
+            ours + "ln_2.weight": w[hf + "post_attention_layernorm.weight"],
+            ours + "mlp.fc.weight": torch.cat([w[hf + "mlp.gate_proj.weight"], w[hf + "mlp.up_proj.weight"]]),
+            ours + "mlp.proj.weight": w[hf + "mlp.down_proj.weight"],
+        })
+        if cfg.family == "qwen3":
+            out[ours + "attn.q_norm.weight"] = w[hf + "self_attn.q_norm.weight"]
+            out[ours + "attn.k_norm.weight"] = w[hf + "self_attn.k_norm.weight"]
+    return out
+
+
+def _neox_unfuse(t: torch.Tensor, n_head: int) -> torch.Tensor:
+    """The inverse of _neox_qkv: GPT-NeoX per-head [q_h k_h v_h] rows -> our [q | k | v]."""
+    three_c, rest = t.shape[0], t.shape[1:]
+    D = three_c // 3 // n_head
+    return t.reshape(n_head, 3, D, *rest).transpose(0, 1).reshape(three_c, *rest).contiguous()
+
+
+def _neox_from_hf(cfg, w: dict) -> dict:
+    """Our neox weights; without biases (`bias=False`) the zero biases of the export are dropped."""
+    pairs = {"ln_1": "input_layernorm", "attn.qkv": "attention.query_key_value", "attn.proj": "attention.dense",
+             "ln_2": "post_attention_layernorm", "mlp.fc": "mlp.dense_h_to_4h", "mlp.proj": "mlp.dense_4h_to_h"}
+    kinds = ("weight", "bias") if cfg.bias else ("weight",)
+    out = {"tok_emb.weight": w["gpt_neox.embed_in.weight"]}
+    for i in range(cfg.n_layer):
+        for ours, hf in pairs.items():
+            for kind in kinds:
+                t = w[f"gpt_neox.layers.{i}.{hf}.{kind}"]
+                out[f"blocks.{i}.{ours}.{kind}"] = _neox_unfuse(t, cfg.n_head) if ours == "attn.qkv" else t
+    for kind in kinds:
+        out[f"ln_f.{kind}"] = w[f"gpt_neox.final_layer_norm.{kind}"]
+    return out

@@ -28,9 +28,9 @@ from common import UserError, atomic_path, format_seconds, log, perplexity, read
 # history.json of a run folder: one entry per evaluation with these keys, in this order
 # (written by training.Trainer.evaluate_and_save). The numeric ones may be null (e.g. no
 # validation set), and older runs may lack some.
-HISTORY_KEYS = ("step", "epoch", "tokens_seen", "train_loss", "val_loss", "val_perplexity", "lr",
-                "grad_norm", "tokens_per_second", "elapsed_seconds", "sample")
-NUMERIC_FIELDS = tuple(k for k in HISTORY_KEYS if k not in ("step", "sample"))
+HISTORY_KEYS = ("step", "epoch", "tokens_seen", "train_loss", "val_loss", "val_perplexity", "val_loss_by_corpus",
+                "lr", "grad_norm", "tokens_per_second", "elapsed_seconds", "sample")
+NUMERIC_FIELDS = tuple(k for k in HISTORY_KEYS if k not in ("step", "sample", "val_loss_by_corpus"))
 LOSS_PNG_PLOTS = ("loss", "perplexity")   # the figures of a run folder's loss.png (write_loss_png)
 
 # One figure per metric: (id, title, y label, [(history key, series label, line style)], y scale).

@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
+import json
 import logging
 import math
 import os
@@ -46,8 +47,10 @@ import dataset
 import tokenizer as tokenizer_lib   # `tokenizer` is a local name in train()
 from common import (Progress, UserError, add_log_file, available_memory, file_sha256, format_seconds, log, perplexity,
                     require_file, resolve_device, stderr_is_terminal)
-from config import TrainConfig, lr_at, make_configs, resolve_schedule
-from checkpoint import TrainState, empty_window, load_resume_checkpoint, restore_run, run_checkpoint
+from config import MODEL_FIELDS, TrainConfig, init_from_defaults, lr_at, make_configs, resolve_schedule
+from checkpoint import (InitSource, TrainState, check_init_shape, empty_window, load_init_source,
+                        load_resume_checkpoint, restore_run, run_checkpoint)
+from corpus import CorpusSpec, parse_corpus_specs
 from model import GPT, ModelConfig, document_positions
 from optimizers import make_optimizer
 from precision import Precision, log_choice, resolve_precision
@@ -91,10 +94,12 @@ class Trainer:
     """One training run on one run folder. `train()` below is the entry point."""
 
     def __init__(self, mcfg: ModelConfig, tcfg: TrainConfig, *, identity: tokenizer_lib.TokenizerIdentity,
-                 corpus_path: Path, preset: str, folder: RunFolder, separator: Optional[str],
-                 quiet: bool, stop: StopSignals, on_step: Optional[Callable[["Trainer"], None]] = None):
+                 corpora: list[CorpusSpec], preset: str, folder: RunFolder, separator: Optional[str],
+                 quiet: bool, stop: StopSignals, on_step: Optional[Callable[["Trainer"], None]] = None,
+                 init: Optional[InitSource] = None, init_record: Optional[dict] = None):
         self.mcfg, self.cfg, self.preset = mcfg, tcfg, preset
-        self.identity, self.corpus_path = identity, corpus_path
+        self.identity, self.specs = identity, corpora
+        self.init, self.init_record = init, init_record   # --init-from: the weights, and where they came from
         self.tokenizer, self.tokenizer_path = identity.tokenizer, identity.path
         self.folder, self.separator, self.quiet, self.stop, self.on_step = folder, separator, quiet, stop, on_step
         self.t_start = time.monotonic()
@@ -115,7 +120,14 @@ class Trainer:
         self._setup_data()
         self._check_memory()
         seed_everything(cfg.seed)
-        self.model = GPT(self.mcfg).to(self.device)
+        self.model = GPT(self.mcfg)
+        if self.init is not None:                     # --init-from: only the weights (the rest starts fresh)
+            self.model.load_state_dict(self.init.weights, strict=True)
+            r = self.init.record
+            log.info(f"init-from: the weights of {r['path']} ({r['kind']}, step {r['step']}, "
+                     f"sha256 {r['sha256'][:12]}); optimizer, schedule and data position start fresh")
+            self.init = None                          # the run folder's checkpoints hold them from now on
+        self.model.to(self.device)
         self.model.gradient_checkpointing = cfg.gradient_checkpointing
         if cfg.flash_attention:
             self.model.use_flash_attn(True)
@@ -144,56 +156,90 @@ class Trainer:
 
     def _setup_data(self) -> None:
         cfg, m = self.cfg, self.mcfg
-        store = dataset.load_or_build_token_store(self.corpus_path, self.identity, self.folder.cache,
+        stride = cfg.stride or m.block_size
+        self.corpora = [self._load_corpus(spec, stride) for spec in self.specs]
+        self.store = self.corpora[0].store           # tokenizer hash, vocabulary, separator: the same in all
+        if len(self.corpora) == 1:
+            c = self.corpora[0]
+            self.train_ds, self.val_ds = c.train_ds, c.val_ds
+            self.mixture = None
+        else:
+            self.train_ds = dataset.ConcatWindows([c.train_ds for c in self.corpora])
+            self.val_ds = dataset.ConcatWindows([c.val_ds for c in self.corpora])
+            tokens = [c.train_ds.windows[:, 1] - 1 for c in self.corpora]
+            self.mixture = dataset.mixture_counts(tokens, [c.spec.weight for c in self.corpora])
+        names = [c.spec.name for c in self.corpora]
+        if cfg.select_on is not None and (self.mixture is None or cfg.select_on not in names):
+            raise UserError(f"--select-on {cfg.select_on}: " + (f"not one of the corpora ({', '.join(names)})"
+                            if self.mixture is not None else "only for several --corpus files"))
+        if cfg.select_on is not None and not len(self.corpora[names.index(cfg.select_on)].val_ds):
+            raise UserError(f"--select-on {cfg.select_on}: that corpus has no validation split; "
+                            f"raise --val-fraction or select on another corpus")
+        self.n_batches = self._sampler(0, 0).num_batches()
+        self.state.n_windows = self.epoch_windows = len(self.train_ds) if self.mixture is None \
+            else int(self.mixture.sum())
+        self.steps_per_epoch = -(-self.n_batches // cfg.accumulation_steps)
+        self.requested_cfg = cfg                   # before the data-dependent defaults
+        self.cfg = cfg = resolve_schedule(cfg, self.steps_per_epoch)
+        for c in self.corpora:
+            share = "" if self.mixture is None else \
+                f"; weight {c.spec.weight:.3g}: {int(self.mixture[self.corpora.index(c)]):,} windows per epoch"
+            log.info(f"data{'' if self.mixture is None else ' ' + c.spec.name}: {len(c.store):,} tokens, "
+                     f"{c.store.n_docs:,} documents; {len(c.train_ds):,} training and {len(c.val_ds):,} validation "
+                     f"windows (block {m.block_size}, stride {stride}){share}")
+        log.info(f"{self.steps_per_epoch:,} steps per epoch of {cfg.batch_size} x {cfg.accumulation_steps} windows; "
+                 + (f"schedule {cfg.total_steps:,} steps (warmup {cfg.warmup_steps}, lr {cfg.lr:g} -> "
+                    f"{cfg.min_lr:g})" if cfg.time_budget is None else "schedule fitted to the --time-budget"))
+        self.val_batches = [self._fixed_val_batches(c.val_ds) for c in self.corpora]
+        self.sample_prompt = self._sample_prompt()
+
+    def _load_corpus(self, spec: CorpusSpec, stride: int) -> "CorpusData":
+        """One corpus's token store and train/validation windows (split by its own documents)."""
+        cfg, m = self.cfg, self.mcfg
+        store = dataset.load_or_build_token_store(spec.path, self.identity, self.folder.cache,
                                                   separator=self.separator, quiet=self.quiet)
         if store.vocab_size != m.vocab_size or store.sep_id != m.sep_token_id:
             raise UserError(f"token store {store.path} does not match the tokenizer (vocab {store.vocab_size} "
                             f"vs {m.vocab_size}); delete {self.folder.cache} and run again")
-        self.store = store
-        stride = cfg.stride or m.block_size
         train_w, val_w, warning = dataset.make_split_windows(store, m.block_size, stride, cfg.val_fraction,
                                                              cfg.seed)
+        where = "" if len(self.specs) == 1 else f" of {spec.path}"
         if warning:
-            log.warning(f"warning: {warning}")
+            log.warning(f"warning{where}: {warning}")
         if len(train_w) == 0:
-            raise UserError("no training windows: the corpus is empty after the validation split; "
+            raise UserError(f"no training windows{where}: the corpus is empty after the validation split; "
                             "add text or lower --val-fraction")
         longest = int(train_w[:, 1].max()) - 1   # targets in the fullest window
-        if longest < m.block_size:
+        if longest < m.block_size and len(self.specs) == 1:
             n_train = int(train_w[:, 1].sum())
             raise UserError(f"block size {m.block_size} is larger than the corpus can fill: the training "
                             f"split holds only {n_train:,} tokens (its longest window {longest}); "
                             f"lower --block-size (e.g. {max(8, _pow2_floor(longest))}) or use a bigger corpus")
         if cfg.val_fraction > 0 and len(val_w) == 0:
-            raise UserError("the validation split is empty; add documents or pass --val-fraction 0")
-        if len(val_w) == 0:
+            raise UserError(f"the validation split{where} is empty; add documents or pass --val-fraction 0")
+        if len(val_w) == 0 and len(self.specs) == 1:
             log.warning("warning: no validation set (--val-fraction 0): no validation loss, no early "
                         "stopping; ckpt_best.pt is the latest evaluated checkpoint")
-        self.train_ds = dataset.WindowDataset(store, train_w, m.block_size)
-        self.state.n_windows = len(self.train_ds)
-        self.val_ds = dataset.WindowDataset(store, val_w, m.block_size)
-        self.n_batches = dataset.ResumableSampler(len(self.train_ds), cfg.batch_size, cfg.seed).num_batches()
-        self.steps_per_epoch = -(-self.n_batches // cfg.accumulation_steps)
-        self.requested_cfg = cfg                   # before the data-dependent defaults
-        self.cfg = cfg = resolve_schedule(cfg, self.steps_per_epoch)
-        log.info(f"data: {len(store):,} tokens, {store.n_docs:,} documents; {len(train_w):,} training and "
-                 f"{len(val_w):,} validation windows (block {m.block_size}, stride {stride}); "
-                 f"{self.steps_per_epoch:,} steps per epoch of {cfg.batch_size} x {cfg.accumulation_steps} "
-                 f"windows; " + (f"schedule {cfg.total_steps:,} steps (warmup {cfg.warmup_steps}, "
-                                 f"lr {cfg.lr:g} -> {cfg.min_lr:g})" if cfg.time_budget is None else
-                                 "schedule fitted to the --time-budget"))
-        self.val_batches = self._fixed_val_batches()
-        self.sample_prompt = self._sample_prompt()
+        return CorpusData(spec, store, dataset.WindowDataset(store, train_w, m.block_size),
+                          dataset.WindowDataset(store, val_w, m.block_size))
 
-    def _fixed_val_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """eval_batches batches of validation windows spread evenly over the validation set, the
+    def _sampler(self, epoch: int, start_batch: int):
+        """The batch sampler of an epoch: a permutation of the windows, or a mixture's draw."""
+        if self.mixture is None:
+            return dataset.ResumableSampler(len(self.train_ds), self.cfg.batch_size, self.cfg.seed,
+                                            epoch=epoch, start_batch=start_batch)
+        return dataset.MixtureSampler([len(c.train_ds) for c in self.corpora], self.mixture, self.cfg.batch_size,
+                                      self.cfg.seed, epoch=epoch, start_batch=start_batch)
+
+    def _fixed_val_batches(self, val_ds) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """eval_batches batches of validation windows spread evenly over a validation set, the
         same at every evaluation (so successive validation losses are comparable)."""
-        n, bs = len(self.val_ds), self.cfg.batch_size
+        n, bs = len(val_ds), self.cfg.batch_size
         if n == 0:
             return []
         k = min(n, bs * self.cfg.eval_batches)
         idx = np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
-        return [_collate([self.val_ds[int(i)] for i in idx[j:j + bs]]) for j in range(0, len(idx), bs)]
+        return [_collate([val_ds[int(i)] for i in idx[j:j + bs]]) for j in range(0, len(idx), bs)]
 
     def _sample_prompt(self) -> str:
         """--sample-prompt, else the first SAMPLE_PROMPT_WORDS words of the first validation
@@ -219,7 +265,10 @@ class Trainer:
     def checkpoint_state(self) -> dict:
         """The checkpoint dict (checkpoint.run_checkpoint): tensors and primitives only."""
         meta = {"tokenizer_hash": self.store.tokenizer_hash, "vocab_size": self.mcfg.vocab_size,
-                "corpus_hash": self.store.corpus_hash, "step": self.state.step}
+                "corpus_hash": corpora_hash([c.store.corpus_hash for c in self.corpora], self.specs),
+                "step": self.state.step}
+        if self.init_record is not None:
+            meta["init_from"] = self.init_record
         state = dataclasses.replace(self.state, elapsed_seconds=self.elapsed())
         return run_checkpoint(self.model, self.optimizer, self.scaler, state,  # the uncompiled module
                               train_config=self.cfg.to_dict(), meta=meta)
@@ -236,7 +285,7 @@ class Trainer:
 
     def restore(self, ckpt: dict, path: Path) -> None:
         """Continue from a checkpoint dict (already checked by load_resume_checkpoint)."""
-        st = self.state = restore_run(ckpt, self.model, self.optimizer, self.scaler, self.cfg, len(self.train_ds))
+        st = self.state = restore_run(ckpt, self.model, self.optimizer, self.scaler, self.cfg, self.epoch_windows)
         old_cfg = ckpt.get("train_config", {})
         st.budget_fixed = st.budget_fixed and self.cfg.time_budget is not None
         self.requested_cfg, self.cfg = kept_schedule(self.requested_cfg, self.cfg, old_cfg, st.budget_fixed)
@@ -254,23 +303,39 @@ class Trainer:
     def autocast(self):
         return self.precision.autocast()
 
-    @torch.no_grad()
     def validation_loss(self) -> Optional[float]:
-        """Mean token loss over the fixed validation batches (eval mode, no grad); None if no val set."""
-        if not self.val_batches:
-            return None
+        """The validation loss (None if no validation set): a single corpus's mean token loss, or
+        a mixture's weighted total (validation_losses)."""
+        return self.validation_losses()[0]
+
+    @torch.no_grad()
+    def validation_losses(self) -> tuple[Optional[float], Optional[dict]]:
+        """(total, by corpus) over the fixed validation batches, in eval mode without grad. One
+        corpus: (its mean token loss, None). A mixture: each corpus's mean token loss by name, and
+        the total weighted by the mixture's weights (over the corpora that have a validation set)."""
         self.model.eval()
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
-        count = 0
-        for x, y in self.val_batches:
-            n = int((y != -1).sum())
-            positions = document_positions(x, self.mcfg.sep_token_id).to(self.device)
-            with self.autocast():
-                _, loss = self.model(x.to(self.device), y.to(self.device), positions=positions)
-            total += loss.double() * n
-            count += n
+        losses = {}
+        for c, batches in zip(self.corpora, self.val_batches):
+            if not batches:
+                continue
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
+            count = 0
+            for x, y in batches:
+                n = int((y != -1).sum())
+                positions = document_positions(x, self.mcfg.sep_token_id).to(self.device)
+                with self.autocast():
+                    _, loss = self.model(x.to(self.device), y.to(self.device), positions=positions)
+                total += loss.double() * n
+                count += n
+            losses[c.spec.name] = float(total) / max(1, count)
         self.model.train()
-        return float(total) / max(1, count)
+        if not losses:
+            return None, None
+        if self.mixture is None:
+            return next(iter(losses.values())), None
+        weights = {c.spec.name: c.spec.weight for c in self.corpora if c.spec.name in losses}
+        total = sum(weights[k] * v for k, v in losses.items()) / sum(weights.values())
+        return total, losses
 
     def greedy_sample(self) -> str:
         """SAMPLE_TOKENS greedy tokens after the sample prompt (generation.complete switches to
@@ -288,7 +353,7 @@ class Trainer:
             log.error(f"step {self.state.step:,}: the weights are not finite after the update; not saved")
             return False
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            val = self.validation_loss()
+            val, by_corpus = self.validation_losses()
             if val is not None and not math.isfinite(val):
                 log.error(f"step {self.state.step:,}: the validation loss is {val}; the weights are not saved")
                 return False
@@ -301,6 +366,7 @@ class Trainer:
             "train_loss": _finite(w["loss_sum"] / w["loss_n"]) if w["loss_n"] else None,
             "val_loss": _finite(val),
             "val_perplexity": perplexity(val),
+            "val_loss_by_corpus": None if by_corpus is None else {k: _finite(v) for k, v in by_corpus.items()},
             "lr": lr_at(max(0, self.state.step - 1), self.cfg),
             "grad_norm": _finite(w["norm_sum"] / w["norm_n"]) if w["norm_n"] else None,
             "tokens_per_second": w["tokens"] / w["seconds"] if w["seconds"] > 0 else None,
@@ -311,13 +377,14 @@ class Trainer:
         self.state.history.append(entry)
         self.state.window = empty_window()
         self.state.last_eval_step = self.state.step
-        if val is None:                            # no validation set: the latest is the best
+        chosen = val if self.cfg.select_on is None else by_corpus[self.cfg.select_on]   # --select-on
+        if chosen is None:                         # no validation set: the latest is the best
             improved = True
         else:
-            improved = val < self.state.best_val         # NaN never improves
+            improved = chosen < self.state.best_val      # NaN never improves
         if improved:
-            if val is not None:
-                self.state.best_val = val
+            if chosen is not None:
+                self.state.best_val = chosen
             self.state.best_step = self.state.step
             self.state.patience_counter = 0
             self.folder.save_checkpoint(self.folder.ckpt_best, self.checkpoint_state())
@@ -327,6 +394,8 @@ class Trainer:
         self.folder.write_history(self.state.history)
         ppl = entry["val_perplexity"]
         val_txt = "n/a" if val is None else f"{val:.4f} (perplexity {ppl:.2f})" if ppl else f"{val:.4f}"
+        if by_corpus is not None:
+            val_txt += " [" + ", ".join(f"{k} {v:.4f}" for k, v in by_corpus.items()) + "]"
         note = " (best)" if improved and val is not None else \
             f" (no improvement {self.state.patience_counter}/{self.cfg.patience or 'inf'})" if not improved else ""
         train_txt = f"{entry['train_loss']:.4f}" if entry["train_loss"] is not None else "n/a"
@@ -391,8 +460,7 @@ class Trainer:
         return self.state.elapsed_seconds + (time.monotonic() - self.t_start)
 
     def _epoch_batches(self, epoch: int, start_batch: int):
-        sampler = dataset.ResumableSampler(len(self.train_ds), self.cfg.batch_size, self.cfg.seed,
-                                           epoch=epoch, start_batch=start_batch)
+        sampler = self._sampler(epoch, start_batch)
         pin = self.device.type == "cuda"
         if self.cfg.num_workers > 0:
             # own generator: creating the iterator must not draw from the global torch RNG
@@ -514,12 +582,49 @@ class Trainer:
                 "precision": self.precision.to_dict(),
                 "tokenizer": {"path": str(self.tokenizer_path.resolve()), "hash": self.store.tokenizer_hash,
                               "vocab_size": self.mcfg.vocab_size},
-                "corpus": {"path": str(self.corpus_path.resolve()), "hash": self.store.corpus_hash,
-                           "tokens": len(self.store), "documents": self.store.n_docs,
-                           "separator": self.store.separator},
+                "corpus": self._corpus_record(),
                 "data": {"train_windows": len(self.train_ds), "val_windows": len(self.val_ds),
                          "steps_per_epoch": self.steps_per_epoch},
-                "params": self.n_params, "versions": versions()}
+                "params": self.n_params, "versions": versions(),
+                **({"corpora": [c.record(None if self.mixture is None else int(self.mixture[i]))
+                                for i, c in enumerate(self.corpora)]} if self.mixture is not None else {}),
+                **({"init_from": self.init_record} if self.init_record is not None else {})}
+
+    def _corpus_record(self) -> dict:
+        """config.json's "corpus": the file, or for a mixture its summary ("name:weight + ...")."""
+        if self.mixture is None:
+            return self.corpora[0].record()
+        return {"path": " + ".join(f"{c.spec.name}:{c.spec.weight:.3g}" for c in self.corpora),
+                "hash": corpora_hash([c.store.corpus_hash for c in self.corpora], self.specs),
+                "tokens": sum(len(c.store) for c in self.corpora),
+                "documents": sum(c.store.n_docs for c in self.corpora), "separator": self.store.separator}
+
+
+@dataclasses.dataclass
+class CorpusData:
+    """One corpus of a run: its spec (path, weight, name), token store and window datasets."""
+    spec: CorpusSpec
+    store: "dataset.TokenStore"
+    train_ds: "dataset.WindowDataset"
+    val_ds: "dataset.WindowDataset"
+
+    def record(self, windows_per_epoch: Optional[int] = None) -> dict:
+        out = {"path": str(self.spec.path.resolve()), "hash": self.store.corpus_hash, "tokens": len(self.store),
+               "documents": self.store.n_docs, "separator": self.store.separator}
+        if windows_per_epoch is not None:
+            out = {"name": self.spec.name, "weight": self.spec.weight, **out, "train_windows": len(self.train_ds),
+                   "val_windows": len(self.val_ds), "windows_per_epoch": windows_per_epoch}
+        return out
+
+
+def corpora_hash(hashes: list[str], specs: list[CorpusSpec]) -> str:
+    """The identity of a run's data: the corpus's sha256, or for a mixture the sha256 of every
+    corpus's sha256 and weight (a changed weight is another mixture, as a changed file is)."""
+    if len(hashes) == 1:
+        return hashes[0]
+    import hashlib
+    blob = json.dumps([[h, round(s.weight, 12)] for h, s in zip(hashes, specs)])
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def optimizer_step(model: GPT, train_model, optimizer, scaler, micro_batches: list, *, lr: float,
@@ -577,31 +682,49 @@ def _pow2_floor(n: int) -> int:
 
 # =========================================================================== entry point
 
-def train(tokenizer, corpus_path: str | os.PathLike, outdir: str | os.PathLike,
+def train(tokenizer, corpus, outdir: str | os.PathLike,
           preset: str = "small", overrides: Optional[dict] = None, *, separator: Optional[str] = None,
-          resume: bool = False, force: bool = False, quiet: bool = False,
+          resume: bool = False, force: bool = False, quiet: bool = False, init_from=None,
           on_step: Optional[Callable[[Trainer], None]] = None) -> dict:
     """Train (or continue training) a model in `outdir`; return the summary dict.
 
     `tokenizer`: a tokenizer.TokenizerIdentity (made once by the CLI) or a tokenizer.json path.
+    `corpus`: a corpus file, or a list of `PATH[:WEIGHT]` texts (a mixture; corpus.parse_corpus_specs).
     `overrides`: field -> value (None = not given) over the preset; see make_configs.
     Continues from outdir/ckpt_last.pt when it exists (`resume=True` requires it).
+    `init_from`: a checkpoint or export folder whose weights (and shape) a new run starts from.
     `on_step(trainer)` runs after every optimizer step (tests, instrumentation).
     Raises UserError for bad input (code 2), a locked outdir (3) or a diverged run (1), and
-    Interrupted for a signal received before the training loop.
+    Interrupted for a signal received before the training loop. Every refusal comes before
+    anything in `outdir` is touched.
     """
     identity = tokenizer_lib.as_identity(tokenizer)
-    corpus_path = require_file(corpus_path, "corpus file")
+    specs = parse_corpus_specs([str(corpus)] if isinstance(corpus, (str, os.PathLike)) else list(corpus))
+    for spec in specs:
+        spec.path = require_file(spec.path, "corpus file")
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise UserError(f"--outdir {outdir} exists and is not a folder; pass a folder path")
+    folder = RunFolder(outdir)
+    overrides = dict(overrides or {})
+    given_shape = {k: overrides.get(k) for k in MODEL_FIELDS}
+    source, lineage, shape = _init_source(init_from, identity, folder, resume, force)
+    if lineage is not None:                         # a run from trained weights: their shape, lower lr
+        overrides = init_from_defaults(preset, overrides)
+        overrides.update({k: v for k, v in shape.to_dict().items() if k in MODEL_FIELDS and k != "dropout"})
     try:
         mcfg, tcfg = make_configs(preset, overrides, vocab_size=identity.vocab_size,
                                   sep_token_id=identity.special["sep"])
     except ValueError as e:
         raise UserError(str(e))
+    if shape is not None:
+        mcfg = check_init_shape(shape, given_shape, mcfg.dropout, lineage["path"])
+    names = [s.name for s in specs]
+    if tcfg.select_on is not None and (len(specs) == 1 or tcfg.select_on not in names):
+        raise UserError(f"--select-on {tcfg.select_on}: " + (f"not one of the corpora ({', '.join(names)})"
+                        if len(specs) > 1 else "it picks one corpus of several --corpus files"))
     resolve_device(tcfg.device)                     # fail before touching the outdir
-    outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise UserError(f"--outdir {outdir} exists and is not a folder; pass a folder path")
-    folder = RunFolder(outdir)
+    data_hash = corpora_hash([file_sha256(s.path) for s in specs], specs)
     before, level = list(log.handlers), log.level
     log.setLevel(logging.DEBUG)                     # train.log records everything, CLI or library use
     with StopSignals() as stop, RunLock(outdir):
@@ -609,15 +732,15 @@ def train(tokenizer, corpus_path: str | os.PathLike, outdir: str | os.PathLike,
         try:
             folder.remove_stale_temp_files()
             log.debug(f"train: {' '.join(sys.argv)}")
-            trainer = Trainer(mcfg, tcfg, identity=identity, corpus_path=corpus_path, preset=preset, folder=folder,
-                              separator=separator, quiet=quiet, stop=stop, on_step=on_step)
+            trainer = Trainer(mcfg, tcfg, identity=identity, corpora=specs, preset=preset, folder=folder,
+                              separator=separator, quiet=quiet, stop=stop, on_step=on_step, init=source,
+                              init_record=lineage)
             ckpt = None
             folder.check_writable()
-            if folder.ckpt_last.exists():
+            if folder.ckpt_last.exists() and source is None:
                 if not resume:
                     log.info(f"found {folder.ckpt_last}: continuing that run (use another --outdir to start over)")
-                ckpt = load_resume_checkpoint(folder.ckpt_last, mcfg, identity.sha256, file_sha256(corpus_path),
-                                              force)
+                ckpt = load_resume_checkpoint(folder.ckpt_last, mcfg, identity.sha256, data_hash, force)
                 note = folder.read_divergence()
                 if note:
                     log.warning(f"warning: the last run on this folder diverged at step {note.get('step')}; "
@@ -625,7 +748,7 @@ def train(tokenizer, corpus_path: str | os.PathLike, outdir: str | os.PathLike,
             elif resume:
                 raise UserError(f"--resume: nothing to resume, {folder.ckpt_last} does not exist; "
                                 f"drop --resume to start a new run")
-            else:
+            elif source is None:
                 folder.check_new_run(force)
             try:
                 trainer.setup()
@@ -650,6 +773,43 @@ def train(tokenizer, corpus_path: str | os.PathLike, outdir: str | os.PathLike,
                     log.removeHandler(h)
                     h.close()
             log.setLevel(level)
+
+
+def _init_source(init_from, identity, folder: RunFolder, resume: bool, force: bool):
+    """(InitSource or None, lineage record or None, its ModelConfig or None) of a run.
+
+    --init-from: the weights are read and checked here, and refused when --resume is also given
+    or --outdir already holds a run (unless --force). A run continued from a folder whose
+    config.json records an init_from keeps that lineage: its shape and the --init-from defaults."""
+    if init_from is None:
+        recorded = _recorded_lineage(folder)
+        if recorded is None:
+            return None, None, None
+        lineage, shape = recorded
+        return None, lineage, shape
+    if resume:
+        raise UserError("--resume and --init-from do not go together: --resume continues the run in --outdir, "
+                        "--init-from starts a new one from other weights; drop one of them")
+    held = [p.name for p in (folder.ckpt_last, folder.ckpt_best, folder.history) if p.exists()]
+    if held and not force:
+        raise UserError(f"--outdir {folder.dir} already holds a run ({', '.join(held)}); --init-from starts a new "
+                        f"run: use another --outdir, --resume without --init-from to continue that run, or "
+                        f"--force to start over there")
+    source = load_init_source(init_from, identity)
+    return source, source.record, source.model_config
+
+
+def _recorded_lineage(folder: RunFolder):
+    """(init_from record, ModelConfig) from the config.json of a run started with --init-from
+    that has a checkpoint to continue; None for any other folder."""
+    if not folder.ckpt_last.exists():
+        return None
+    try:
+        config = json.loads(folder.config.read_text(encoding="utf-8"))
+        record = config.get("init_from")
+        return (record, ModelConfig.from_dict(config["model"])) if isinstance(record, dict) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None       # no readable config: the checkpoint's own checks decide
 
 
 def _diverged(trainer: Trainer) -> None:
