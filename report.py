@@ -36,11 +36,14 @@ LOSS_PNG_PLOTS = ("loss", "perplexity")   # the figures of a run folder's loss.p
 # One figure per metric: (id, title, y label, [(history key, series label, line style)], y scale).
 # Series label None = the run name alone. "auto" scale goes logarithmic when the data spans
 # more than AUTO_LOG_SPAN (gradient norms start an order of magnitude above where they settle).
+BY_CORPUS = "by corpus"     # a figure's series: one per corpus of a mixture (val_loss_by_corpus)
+CORPUS_STYLES = ("-", "--", ":", "-.")
 PLOTS = [
     ("loss", "Loss", "cross-entropy (nats / token)",
      [("train_loss", "train", "-"), ("val_loss", "validation", "--")], "linear"),
     ("perplexity", "Perplexity", "perplexity (log scale)",
      [("train_perplexity", "train", "-"), ("val_perplexity", "validation", "--")], "log"),
+    ("val_by_corpus", "Validation loss by corpus", "cross-entropy (nats / token)", BY_CORPUS, "linear"),
     ("lr", "Learning rate", "learning rate", [("lr", None, "-")], "linear"),
     ("grad_norm", "Gradient norm", "gradient norm", [("grad_norm", None, "-")], "auto"),
     ("tokens_per_second", "Throughput", "tokens / second", [("tokens_per_second", None, "-")], "linear"),
@@ -123,6 +126,7 @@ def _check_history(raw, where: Path) -> list[dict]:
                 raise UserError(f"{where}: evaluation #{i} (step {step}) has a non-numeric "
                                 f"{key!r}: {value!r}")
             clean[key] = value
+        clean["val_loss_by_corpus"] = _by_corpus(entry.get("val_loss_by_corpus"), where, i, step)
         clean["sample"] = _sample_text(entry.get("sample"))
         # Perplexities derived from losses where they are not stored.
         clean["train_perplexity"] = _exp(clean["train_loss"])
@@ -131,6 +135,27 @@ def _check_history(raw, where: Path) -> list[dict]:
         # A resumed run may evaluate a step again: the later entry wins.
         by_step[step] = clean
     return [by_step[s] for s in sorted(by_step)]
+
+
+def _by_corpus(value, where: Path, i: int, step: int) -> dict | None:
+    """A mixture's validation losses by corpus name (None for a one-corpus run)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+            isinstance(k, str) and (v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)))
+            for k, v in value.items()):
+        raise UserError(f"{where}: evaluation #{i} (step {step}) has a malformed 'val_loss_by_corpus': {value!r}")
+    return value
+
+
+def corpus_names(run: Run) -> list[str]:
+    """The corpora of a mixture run, in the order of its first evaluation that names them."""
+    names: list[str] = []
+    for e in run.history:
+        for name in e.get("val_loss_by_corpus") or {}:
+            if name not in names:
+                names.append(name)
+    return names
 
 
 def _sample_text(sample) -> str | None:
@@ -174,9 +199,16 @@ def _lines(runs: list[Run], spec) -> list[tuple]:
     _, _, _, series, scale = spec
     lines = []
     for run in runs:
-        for key, label, style in series:
-            points = [(e["tokens_seen"], e[key]) for e in run.history
-                      if _finite(e.get("tokens_seen")) and _finite(e.get(key))]
+        if series == BY_CORPUS:
+            names = corpus_names(run)
+            run_series = [(n, n, CORPUS_STYLES[i % len(CORPUS_STYLES)]) for i, n in enumerate(names)]
+        else:
+            run_series = series
+        for key, label, style in run_series:
+            value = (lambda e: (e.get("val_loss_by_corpus") or {}).get(key)) if series == BY_CORPUS \
+                else (lambda e: e.get(key))
+            points = [(e["tokens_seen"], value(e)) for e in run.history
+                      if _finite(e.get("tokens_seen")) and _finite(value(e))]
             if scale != "linear":
                 points = [(x, y) for x, y in points if y > 0]
             if points:
@@ -301,6 +333,8 @@ def _final_metrics(run: Run) -> dict:
         "best val perplexity": _fmt(best["val_perplexity"]) if best else None,
         "best at step": f"{best['step']:,}" if best else None,
         "last val loss": _fmt(run.last("val_loss")),
+        **{f"last val loss, {name}": _fmt((run.history[-1].get("val_loss_by_corpus") or {}).get(name))
+           for name in corpus_names(run)},
         "last train loss": _fmt(run.last("train_loss")),
         "steps": f"{last['step']:,}",
         "epoch": _fmt(last.get("epoch")),
@@ -326,6 +360,14 @@ def _data_rows(run: Run) -> dict:
     if isinstance(corpus, dict):
         rows["corpus"] = _fmt(corpus.get("path"))
         rows["corpus hash"] = _short_hash(corpus.get("hash"))
+    for c in run.config.get("corpora") or []:
+        if isinstance(c, dict):
+            rows[f"corpus {c.get('name')}"] = (f"{_fmt(c.get('path'))}, weight {_fmt(c.get('weight'), 3)}, "
+                                               f"{_human(c.get('tokens'))} tokens")
+    init = run.config.get("init_from")
+    if isinstance(init, dict):      # the lineage: where this run's first weights came from
+        rows["initialised from"] = (f"{_fmt(init.get('path'))} ({_fmt(init.get('kind'))}, step "
+                                    f"{_fmt(init.get('step'))}, sha256 {_short_hash(init.get('sha256'))})")
     versions = run.config.get("versions")
     if isinstance(versions, dict):
         rows.update({f"{k} version": _fmt(v) for k, v in versions.items()})
@@ -430,6 +472,8 @@ def render(runs: list[Run]) -> str:
     figures = []
     for spec in PLOTS:
         svg = plot_svg(runs, spec)
+        if svg is None and spec[3] == BY_CORPUS:
+            continue                             # no mixture among the runs: nothing to split
         body = svg if svg is not None else '<p class="note">no evaluations yet</p>'
         figures.append(f'<figure id="plot-{spec[0]}" aria-label="{e(spec[1])}">{body}</figure>')
     generated = datetime.now().strftime("%Y-%m-%d %H:%M")

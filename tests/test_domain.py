@@ -281,3 +281,17 @@ def test_mixture_refusals(data, tmp_path, cli):
         run(data, tmp_path / "w", corpus, overrides=dict(max_steps=2))
         run(data, tmp_path / "w", [f"{data['domain']}:0.5", f"{data['general']}:0.5"],
             overrides=dict(max_steps=4))                # another mixture is another corpus
+
+
+def test_report_shows_the_lineage_and_each_corpus(data, source, tmp_path):
+    import report
+    corpus = [f"{data['domain']}:0.6", f"{data['general']}:0.4"]
+    run(data, tmp_path / "mix", corpus, init_from=source, overrides=dict(max_steps=4, eval_every=2))
+    page = report.write_report([source.parent, tmp_path / "mix"], tmp_path / "r.html").read_text(encoding="utf-8")
+    figure = page[page.index('id="plot-val_by_corpus"'):]
+    figure = figure[:figure.index("</figure>")]
+    assert "<svg" in figure and "domain" in figure and "general" in figure
+    assert "initialised from" in page and str(source.resolve()) in page
+    assert "last val loss, domain" in page and "weight 0.6" in page
+    one = report.write_report([source.parent], tmp_path / "one.html").read_text(encoding="utf-8")
+    assert 'id="plot-val_by_corpus"' not in one and 'id="plot-loss"' in one   # one corpus: no such figure
