@@ -1,7 +1,8 @@
 """Corpus analysis (`python main.py analyze-corpus`): streams a corpus file once and reports
 document and token statistics (tokens exact with a tokenizer, else estimated from characters),
 duplicates, garbled text, languages and long lines, with recommended training settings
-(block size, stride, preset, epochs, vocabulary size) and warnings."""
+(block size, stride, preset, epochs, vocabulary size) and warnings. Several corpora (a mixture, as
+train --corpus takes them) get each its report and advice on the mixture (mixture_report)."""
 from __future__ import annotations
 
 import codecs
@@ -313,6 +314,22 @@ def _scan_file(path: Path, sep: bytes, scan: _Scan, quiet: bool) -> int:
     return n_separators
 
 
+def choose_preset(total_tokens: int) -> str:
+    """The largest preset whose compute-optimal budget (TOKENS_PER_PARAM tokens/parameter) the
+    data reaches within MAX_USEFUL_EPOCHS passes; the small one when none does."""
+    preset = "small"
+    for name, params in PRESET_PARAMS.items():
+        if total_tokens * MAX_USEFUL_EPOCHS >= TOKENS_PER_PARAM * params:
+            preset = name
+    return preset
+
+
+def epochs_for_budget(budget: float, tokens_per_epoch: float) -> tuple[float, int]:
+    """(epochs needed to train on `budget` tokens, that rounded up and capped to 1..MAX_RECOMMENDED_EPOCHS)."""
+    needed = budget / max(tokens_per_epoch, 1)
+    return needed, int(min(max(math.ceil(needed), 1), MAX_RECOMMENDED_EPOCHS))
+
+
 def recommend(doc_tokens: np.ndarray) -> dict:
     """block_size, stride, preset, epochs and vocab_size from the document lengths (tokens)."""
     total = int(doc_tokens.sum())
@@ -328,12 +345,7 @@ def recommend(doc_tokens: np.ndarray) -> dict:
                         "short documents are packed into it")
     long_share = float(doc_tokens[doc_tokens > block].sum()) / max(total, 1)
 
-    # Preset: the largest whose compute-optimal budget (20 tokens/parameter) this corpus reaches
-    # within MAX_USEFUL_EPOCHS passes; the small one when none does.
-    preset = "small"
-    for name, params in PRESET_PARAMS.items():
-        if total * MAX_USEFUL_EPOCHS >= TOKENS_PER_PARAM * params:
-            preset = name
+    preset = choose_preset(total)
     budget = TOKENS_PER_PARAM * PRESET_PARAMS[preset]
 
     if total >= budget:
@@ -350,8 +362,7 @@ def recommend(doc_tokens: np.ndarray) -> dict:
                           f"block_size, so stride matters little here (short documents are packed)")
     # Tokens presented per epoch: long documents are seen block/stride times over.
     per_epoch = total * (1 + long_share * (block / stride - 1))
-    epochs_needed = budget / max(per_epoch, 1)
-    epochs = int(min(max(math.ceil(epochs_needed), 1), MAX_RECOMMENDED_EPOCHS))
+    epochs_needed, epochs = epochs_for_budget(budget, per_epoch)
     repetitions = epochs * per_epoch / max(total, 1)     # times each token is trained on, on average
     vocab = next((v for limit, v in VOCAB_BY_TOKENS if total < limit), VOCAB_LARGE)
     return {"block_size": block, "block_size_reason": block_reason,
@@ -484,3 +495,192 @@ def print_analysis(report: dict) -> None:
         console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     if not report["warnings"]:
         console.print("no warnings")
+
+
+# ============================================================================ mixtures (analyze-corpus with several corpora)
+# An epoch of a mixture (as the trainer draws it, dataset.mixture_counts) holds as many tokens as
+# all its corpora together, T = sum of their tokens; corpus i gives weight_i x T of them, so it is
+# read weight_i x T / tokens_i times per epoch: above 1 it is repeated within the epoch, below 1
+# part of it waits for later epochs (each corpus is read in full before any of it repeats).
+
+MOSTLY_UNSEEN_FRACTION = 0.5    # a corpus whose recommended training reads less than this of it
+
+
+def analyze_corpora(specs: list, separator: str = DOC_SEPARATOR,
+                    tokenizer_path: str | os.PathLike | None = None, quiet: bool = False) -> dict:
+    """Several corpora of a mixture (corpus.CorpusSpec list): {"corpora": [report, ...], "mixture": {...}}.
+
+    Each report is analyze_corpus's, with the corpus's "name", "weight" and file size ("bytes")
+    added; "mixture" is mixture_report's. Every file is checked before the first (long) scan."""
+    for spec in specs:
+        require_file(spec.path, "corpus file")
+    reports = []
+    for spec in specs:
+        report = analyze_corpus(spec.path, separator=separator, tokenizer_path=tokenizer_path, quiet=quiet)
+        extra = {"name": spec.name, "weight": spec.weight, "bytes": spec.path.stat().st_size}
+        reports.append({**extra, **report})
+    return {"corpora": reports, "mixture": mixture_report(reports)}
+
+
+def mixture_report(reports: list[dict]) -> dict:
+    """Advice on a mixture from its corpora's reports (each with "name", "weight", "tokens",
+    "corpus" and optionally "bytes"; the weights sum to 1). Pure: data in, dict out.
+
+    Per corpus: its share of the tokens by size and by weight, how often an epoch reads it and how
+    often the recommended training does. Overall: tokens per epoch, tokens per parameter of every
+    preset with the whole mixture and without its largest corpus, the preset and epochs that
+    recommend's rule gives for the mixture, advice lines and warnings."""
+    total = sum(r["tokens"] for r in reports)
+    largest = max(reports, key=lambda r: r["tokens"])
+    rest = total - largest["tokens"]
+    preset = choose_preset(total)
+    needed, epochs = epochs_for_budget(TOKENS_PER_PARAM * PRESET_PARAMS[preset], total)
+    corpora = [_mixture_entry(r, total, epochs) for r in reports]
+    presets = {name: {"params": params,
+                      "tokens_per_param": _round(total / params),
+                      "tokens_per_param_without_largest": _round(rest / params),
+                      "epochs_for_20_tokens_per_param": _round(TOKENS_PER_PARAM * params / total)}
+               for name, params in PRESET_PARAMS.items()}
+    mixture = {"tokens_per_epoch": total,
+               "tokens_exact": all(r["tokens_exact"] for r in reports),
+               "largest": largest["name"],
+               "tokens_without_largest": rest,
+               "preset": preset,
+               "preset_params": PRESET_PARAMS[preset],
+               "epochs": epochs,
+               "epochs_for_20_tokens_per_param": _round(needed),
+               "corpora": corpora,
+               "presets": presets}
+    mixture["advice"] = _mixture_advice(mixture)
+    mixture["warnings"] = _mixture_warnings(mixture)
+    return mixture
+
+
+def _round(x: float) -> float:
+    """Four significant digits (tokens per parameter run from 1e-4 to 1e3)."""
+    return float(f"{x:.4g}")
+
+
+def _mixture_entry(report: dict, total: int, epochs: int) -> dict:
+    """One corpus of the mixture: sizes, shares and repetitions (see the section comment)."""
+    tokens, weight = report["tokens"], report["weight"]
+    per_epoch = weight * total / tokens
+    training = per_epoch * epochs
+    return {"name": report["name"], "path": report["corpus"], "weight": _round(weight),
+            "tokens": tokens, "bytes": report.get("bytes"),
+            "natural_share": _round(tokens / total),    # its share if weights followed the sizes
+            "share": _round(weight),                    # its share of every epoch's tokens
+            "repetitions_per_epoch": _round(per_epoch),
+            "repetitions": _round(training),            # over the recommended epochs
+            "seen_fraction": _round(min(1.0, training)),
+            # the weight that reads it MAX_USEFUL_EPOCHS times over the recommended epochs
+            "max_useful_weight": _round(min(1.0, MAX_USEFUL_EPOCHS * tokens / (epochs * total)))}
+
+
+def _epochs_text(epochs: int) -> str:
+    return f"{epochs} recommended epoch" + ("" if epochs == 1 else "s")
+
+
+def _size_text(entry: dict) -> str:
+    """'3.1 MB, 650,000 tokens' (the file size when known)."""
+    tokens = f"{entry['tokens']:,} tokens"
+    if entry["bytes"] is None:
+        return tokens
+    size = entry["bytes"]
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            break
+        size /= 1000
+    return f"{size:,.1f} {unit}, {tokens}" if unit != "B" else f"{size} B, {tokens}"
+
+
+def _mixture_advice(m: dict) -> list[str]:
+    """Plain-words lines: what an epoch reads of each corpus, and what the mixture is worth."""
+    epochs = m["epochs"]
+    lines = []
+    for c in m["corpora"]:
+        head = (f"{c['name']} is {_size_text(c)} ({100 * c['natural_share']:.1f}% of the mixture's tokens); "
+                f"at weight {c['weight']:.3g} ")
+        if c["repetitions_per_epoch"] >= 1:
+            lines.append(head + f"it is seen {c['repetitions_per_epoch']:.2f} times per epoch, "
+                                f"{c['repetitions']:.1f} times over the {_epochs_text(epochs)}")
+        else:
+            lines.append(head + f"each epoch reads {100 * c['repetitions_per_epoch']:.0f}% of it; "
+                                f"the {_epochs_text(epochs)} read it {c['repetitions']:.2f} times")
+    p = m["presets"][m["preset"]]
+    lines.append(f"an epoch holds {m['tokens_per_epoch']:,} tokens (all corpora together): "
+                 f"{p['tokens_per_param']:.3g} tokens/parameter for the {m['preset']} preset "
+                 f"(~{m['preset_params'] / 1e6:.0f}M parameters); {TOKENS_PER_PARAM} tokens/parameter take "
+                 f"{m['epochs_for_20_tokens_per_param']:.3g} epochs: --config {m['preset']} --epochs {epochs}"
+                 + (f" (capped at {MAX_RECOMMENDED_EPOCHS})"
+                    if m["epochs_for_20_tokens_per_param"] > MAX_RECOMMENDED_EPOCHS else ""))
+    lines.append(f"without {m['largest']} the rest holds {m['tokens_without_largest']:,} tokens: "
+                 f"{p['tokens_per_param_without_largest']:.3g} tokens/parameter for the {m['preset']} preset, "
+                 f"against {p['tokens_per_param']:.3g} with it")
+    return lines
+
+
+def _mixture_warnings(m: dict) -> list[str]:
+    """A mixture too small for any weights, corpora repeated past MAX_USEFUL_EPOCHS by their
+    weight, corpora mostly unseen over the recommended epochs."""
+    epochs = m["epochs"]
+    warnings = []
+    if epochs > MAX_USEFUL_EPOCHS:
+        warnings.append(f"the whole mixture ({m['tokens_per_epoch']:,} tokens) is read {epochs} times over the "
+                        f"{_epochs_text(epochs)} whatever the weights, beyond the ~{MAX_USEFUL_EPOCHS} repetitions "
+                        "after which repeated data stops paying off; more text helps more than reweighting")
+    for c in m["corpora"]:
+        # repeated within an epoch too: its weight is above its share by size (always so past the
+        # limit when the mixture itself is not; when it is, only the over-weighted corpora are named)
+        if c["repetitions"] > MAX_USEFUL_EPOCHS and c["repetitions_per_epoch"] > 1:
+            warnings.append(f"{c['name']} ({_size_text(c)}) at weight {c['weight']:.3g} is seen "
+                            f"{c['repetitions']:.1f} times over the {_epochs_text(epochs)} "
+                            f"({c['repetitions_per_epoch']:.2f} per epoch), beyond the ~{MAX_USEFUL_EPOCHS} "
+                            f"useful repetitions: its weight is too high for its size; a weight of "
+                            f"{c['max_useful_weight']:.3g} keeps it at {MAX_USEFUL_EPOCHS}")
+        elif c["seen_fraction"] < MOSTLY_UNSEEN_FRACTION:
+            read_once = c["tokens"] / (m["tokens_per_epoch"] * epochs)
+            warnings.append(f"{c['name']} ({_size_text(c)}) at weight {c['weight']:.3g} is only "
+                            f"{100 * c['seen_fraction']:.0f}% read over the {_epochs_text(epochs)}: most "
+                            f"of it is never trained on; a weight of {read_once:.3g} reads it once, or cut "
+                            "the file to what is used")
+    return warnings
+
+
+def print_corpora(result: dict) -> None:
+    """The human report for several corpora: each corpus's report under its name, then the mixture."""
+    from rich.console import Console
+    console = Console()
+    for report in result["corpora"]:
+        console.rule(f"{report['name']} (weight {report['weight']:.3g})")
+        print_analysis(report)
+    console.rule("mixture")
+    print_mixture(result["mixture"], console)
+
+
+def print_mixture(m: dict, console) -> None:
+    """The mixture's tables, advice lines and warnings."""
+    from rich.table import Table
+    estimated = "" if m["tokens_exact"] else " (estimated)"
+    t = Table(title=f"mixture: {m['tokens_per_epoch']:,} tokens per epoch{estimated}")
+    for column in ("corpus", "weight", "tokens", "share by size", "per epoch", f"over {m['epochs']} epochs"):
+        t.add_column(column, justify="left" if column == "corpus" else "right")
+    for c in m["corpora"]:
+        t.add_row(c["name"], f"{c['weight']:.3g}", f"{c['tokens']:,}", f"{100 * c['natural_share']:.1f}%",
+                  f"x{c['repetitions_per_epoch']:.2f}", f"x{c['repetitions']:.2f}")
+    console.print(t)
+    t = Table(title="tokens per parameter")
+    for column in ("preset", "parameters", "mixture", f"without {m['largest']}",
+                   f"epochs for {TOKENS_PER_PARAM}/parameter"):
+        t.add_column(column, justify="left" if column == "preset" else "right")
+    for name, p in m["presets"].items():
+        t.add_row(name + (" (recommended)" if name == m["preset"] else ""), f"~{p['params'] / 1e6:.1f}M",
+                  f"{p['tokens_per_param']:.3g}", f"{p['tokens_per_param_without_largest']:.3g}",
+                  f"{p['epochs_for_20_tokens_per_param']:.3g}")
+    console.print(t)
+    for line in m["advice"]:
+        console.print(line, highlight=False)
+    for w in m["warnings"]:
+        console.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    if not m["warnings"]:
+        console.print("no mixture warnings")

@@ -1,4 +1,4 @@
-"""Perplexity and bits per byte of a checkpoint on a test file (`python main.py evaluate`).
+"""Perplexity and bits per byte of a checkpoint on one or more test files (`python main.py evaluate`).
 
 What is scored. The test file becomes the token stream `SEP d1 SEP d2 ... SEP dn SEP` (the
 token store of dataset.py). Each document is scored on its own: every token of the document is
@@ -17,14 +17,20 @@ last one ending at the document's end; each window scores only the targets the p
 not reach. Every token is scored exactly once, with at least block_size - stride tokens of context
 except within the first block_size tokens of its document, where it sees the whole document so far.
 
+Several files. The checkpoint is loaded once and each file is scored on its own (its own token
+store, the same windows as alone); the total sums the token losses, tokens and bytes of every file,
+so it weighs each file by its tokens (its loss is not a mean of the per-file losses).
+
 Notation: N windows, L window length (inputs + 1), B batch, T time, V vocabulary.
 """
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -276,6 +282,14 @@ def first_words(tokenizer, tokens, start: int, end: int, n_words: int = FIRST_WO
 def evaluate_tokens(model, tokenizer, tokens, doc_starts, *, stride=None, batch_size=16, precision=None,
                     per_document=False, pad_id=0, quiet=False) -> dict:
     """Evaluate `model` on a token stream; the result dict printed by `evaluate` (see module doc)."""
+    return _evaluate_stream(model, tokenizer, tokens, doc_starts, stride=stride, batch_size=batch_size,
+                            precision=precision, per_document=per_document, pad_id=pad_id, quiet=quiet)[0]
+
+
+def _evaluate_stream(model, tokenizer, tokens, doc_starts, *, stride, batch_size, precision, per_document,
+                     pad_id, quiet) -> tuple[dict, float]:
+    """evaluate_tokens' result and the total loss (nats) it was computed from: a total over several
+    files sums these, never the per-file means."""
     doc_starts = np.asarray(doc_starts, dtype=np.int64)
     scores = score_documents(model, tokens, doc_starts, stride=stride, batch_size=batch_size,
                              precision=precision, pad_id=pad_id, quiet=quiet)
@@ -291,7 +305,60 @@ def evaluate_tokens(model, tokenizer, tokens, doc_starts, *, stride=None, batch_
                                                  int(doc_starts[d["document"]])))
                  for d in worst]
         result.update(per_document=docs, worst_documents=worst)
-    return result
+    return result, float(scores["loss_sum"].sum())
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint ready to score test files: model, tokenizer, device and precision resolved once
+    and shared by every file of one `evaluate` command."""
+    path: Path
+    model: torch.nn.Module
+    meta: dict
+    identity: object       # tokenizer.TokenizerIdentity
+    device: torch.device
+    precision: Precision
+    cache_dir: Path        # <checkpoint folder>/cache: the token stores, shared with training
+
+
+def load_checkpoint_for_evaluation(ckpt_path, tokenizer, *, device="auto", precision="auto",
+                                   batch_size=16) -> LoadedCheckpoint:
+    """Load the model and resolve the tokenizer identity, device and precision (UserError on bad input).
+    `tokenizer`: a TokenizerIdentity or the path of the training tokenizer.json."""
+    from checkpoint import load_model
+    from tokenizer import as_identity
+
+    ckpt_path = require_file(ckpt_path, "checkpoint")
+    dev = resolve_device(device)
+    identity = as_identity(tokenizer)
+    model, meta = load_model(ckpt_path, dev, identity)
+    prec = resolve_precision(precision, dev, n_embd=model.cfg.n_embd, vocab_size=model.cfg.vocab_size,
+                             rows=batch_size * model.cfg.block_size)
+    log_choice(prec, "evaluation")
+    return LoadedCheckpoint(path=ckpt_path, model=model, meta=meta, identity=identity, device=dev,
+                            precision=prec, cache_dir=Path(ckpt_path).resolve().parent / "cache")
+
+
+def _evaluate_file(loaded: LoadedCheckpoint, test_file, *, separator, stride, batch_size, per_document,
+                   quiet) -> tuple[dict, float]:
+    """Tokenise `test_file` through the cached token store and score it: (result, total nats)."""
+    import dataset
+
+    model = loaded.model
+    store = dataset.load_or_build_token_store(test_file, loaded.identity, loaded.cache_dir, separator=separator,
+                                              quiet=quiet)
+    if model.cfg.sep_token_id is not None and store.sep_id != model.cfg.sep_token_id:
+        raise UserError(f"the tokenizer's separator id {store.sep_id} differs from the model's "
+                        f"{model.cfg.sep_token_id}; pass the training tokenizer.json")
+    log.info(f"evaluating {loaded.path.name} (step {loaded.meta.get('step', '?')}, block {model.cfg.block_size}) "
+             f"on {test_file}: {store.n_docs} documents, {len(store.tokens)} tokens, device {loaded.device.type}")
+    result, nats = _evaluate_stream(model, loaded.identity.tokenizer, store.tokens, store.doc_starts,
+                                    stride=stride, batch_size=batch_size, precision=loaded.precision,
+                                    per_document=per_document, pad_id=store.pad_id, quiet=quiet)
+    result.update(checkpoint=str(loaded.path), test_file=str(test_file), device=loaded.device.type,
+                  precision=loaded.precision.to_dict())
+    log.info(f"{result['tokens']} tokens in {result['seconds']:.1f}s ({result['tokens_per_second']:.0f} tokens/s)")
+    return result, nats
 
 
 def evaluate(ckpt_path, tokenizer, test_file, *, separator=DOC_SEPARATOR, stride=None, batch_size=16,
@@ -299,33 +366,48 @@ def evaluate(ckpt_path, tokenizer, test_file, *, separator=DOC_SEPARATOR, stride
     """Load the checkpoint and tokenizer, tokenise `test_file` (cached beside the checkpoint, in
     <checkpoint folder>/cache, shared with training), and evaluate. UserError on bad input.
     `tokenizer`: a TokenizerIdentity or the path of the training tokenizer.json."""
-    import dataset
-    from checkpoint import load_model
-    from tokenizer import as_identity
-
     test_file = require_file(test_file, "test file")
-    ckpt_path = require_file(ckpt_path, "checkpoint")
-    dev = resolve_device(device)
-    identity = as_identity(tokenizer)
-    model, meta = load_model(ckpt_path, dev, identity)
-    cache_dir = Path(ckpt_path).resolve().parent / "cache"
-    store = dataset.load_or_build_token_store(test_file, identity, cache_dir, separator=separator,
-                                              quiet=quiet)
-    if model.cfg.sep_token_id is not None and store.sep_id != model.cfg.sep_token_id:
-        raise UserError(f"the tokenizer's separator id {store.sep_id} differs from the model's "
-                        f"{model.cfg.sep_token_id}; pass the training tokenizer.json")
-    log.info(f"evaluating {Path(ckpt_path).name} (step {meta.get('step', '?')}, block {model.cfg.block_size}) "
-             f"on {test_file}: {store.n_docs} documents, {len(store.tokens)} tokens, device {dev.type}")
-    prec = resolve_precision(precision, dev, n_embd=model.cfg.n_embd, vocab_size=model.cfg.vocab_size,
-                             rows=batch_size * model.cfg.block_size)
-    log_choice(prec, "evaluation")
-    result = evaluate_tokens(model, identity.tokenizer, store.tokens, store.doc_starts, stride=stride,
-                             batch_size=batch_size, precision=prec, per_document=per_document,
-                             pad_id=store.pad_id, quiet=quiet)
-    result.update(checkpoint=str(ckpt_path), test_file=str(test_file), device=dev.type,
-                  precision=prec.to_dict())
-    log.info(f"{result['tokens']} tokens in {result['seconds']:.1f}s ({result['tokens_per_second']:.0f} tokens/s)")
-    return result
+    loaded = load_checkpoint_for_evaluation(ckpt_path, tokenizer, device=device, precision=precision,
+                                            batch_size=batch_size)
+    return _evaluate_file(loaded, test_file, separator=separator, stride=stride, batch_size=batch_size,
+                          per_document=per_document, quiet=quiet)[0]
+
+
+def refuse_repeated_files(paths) -> list[Path]:
+    """The paths, checked to be readable files, none of them the same file as another (UserError)."""
+    checked = [require_file(p, "test file") for p in paths]
+    for i, p in enumerate(checked):
+        for q in checked[:i]:
+            if os.path.samefile(p, q):
+                what = f"test file {q} is given twice" if str(p) == str(q) else f"{q} and {p} are the same file"
+                raise UserError(f"{what}: give each test file to --test-file once")
+    return checked
+
+
+def combine_files(results: list[dict], nats: list[float]) -> dict:
+    """The total over several files, from their summed token losses, tokens and bytes (not a mean
+    of the per-file means): loss, perplexity, bits_per_byte, tokens, bytes, documents, files, seconds."""
+    total = summarize(np.array(nats, dtype=np.float64), np.array([r["tokens"] for r in results], dtype=np.int64),
+                      np.array([r["bytes"] for r in results], dtype=np.int64))
+    seconds = sum(r["seconds"] for r in results)
+    total.update(documents=sum(r["documents"] for r in results), files=len(results), seconds=round(seconds, 3),
+                 tokens_per_second=round(total["tokens"] / max(seconds, 1e-9), 1))
+    return total
+
+
+def evaluate_files(ckpt_path, tokenizer, test_files, *, separator=DOC_SEPARATOR, stride=None, batch_size=16,
+                   device="auto", precision="auto", per_document=False, quiet=False) -> dict:
+    """Evaluate one checkpoint on several test files, loading it once: {"checkpoint", "files": [one
+    `evaluate` result per file, in order], "total": combine_files(...), "device", "precision"}.
+    The same file given twice is a UserError."""
+    test_files = refuse_repeated_files(test_files)
+    loaded = load_checkpoint_for_evaluation(ckpt_path, tokenizer, device=device, precision=precision,
+                                            batch_size=batch_size)
+    scored = [_evaluate_file(loaded, f, separator=separator, stride=stride, batch_size=batch_size,
+                             per_document=per_document, quiet=quiet) for f in test_files]
+    results, nats = [r for r, _ in scored], [n for _, n in scored]
+    return {"checkpoint": str(loaded.path), "files": results, "total": combine_files(results, nats),
+            "device": loaded.device.type, "precision": loaded.precision.to_dict()}
 
 
 # =========================================================================== human output
@@ -334,13 +416,17 @@ def _num(v, fmt: str = ".4f") -> str:
     return "n/a" if v is None else format(v, fmt)
 
 
+def _console(file):
+    from rich.console import Console
+    return Console(file=file or sys.stdout, soft_wrap=False)
+
+
 def print_report(result: dict, file=None) -> None:
     """Small rich tables on stdout: the totals, then (with --per-document) every document and the
     worst ones."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=file or sys.stdout, soft_wrap=False)
+    console = _console(file)
     table = Table(title="evaluation", show_header=False, title_justify="left")
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")
@@ -353,8 +439,39 @@ def print_report(result: dict, file=None) -> None:
                         ("block size / stride", f"{result['block_size']} / {result['stride']}")]:
         table.add_row(name, value)
     console.print(table)
-    if "per_document" not in result:
-        return
+    if "per_document" in result:
+        _print_documents(console, result)
+
+
+def print_files_report(result: dict, file=None) -> None:
+    """One rich table for an `evaluate_files` result: a row per test file and a final total row,
+    then (with --per-document) each file's document tables under its name."""
+    from rich.table import Table
+
+    console = _console(file)
+    first = result["files"][0]
+    table = Table(title=f"evaluation (block size / stride {first['block_size']} / {first['stride']})",
+                  title_justify="left")
+    table.add_column("file", overflow="fold")
+    for col in ("documents", "tokens", "loss", "perplexity", "bits/byte"):
+        table.add_column(col, justify="right")
+    rows = [(r["test_file"], r) for r in result["files"]] + [("total", result["total"])]
+    last = len(rows) - 1
+    for i, (name, r) in enumerate(rows):
+        table.add_row(name, f"{r['documents']:,}", f"{r['tokens']:,}", _num(r["loss"]),
+                      _num(r["perplexity"], ".3f"), _num(r["bits_per_byte"]),
+                      style="bold" if i == last else None, end_section=i == last - 1)
+    console.print(table)
+    for r in result["files"]:
+        if "per_document" in r:
+            console.rule(r["test_file"], align="left")
+            _print_documents(console, r)
+
+
+def _print_documents(console, result: dict) -> None:
+    """The per-document table and the worst documents of one file's result."""
+    from rich.table import Table
+
     docs = Table(title="per document", title_justify="left")
     for col in ("document", "tokens", "bytes", "loss", "perplexity", "bits/byte"):
         docs.add_column(col, justify="right")

@@ -14,7 +14,7 @@ import sys
 
 from common import (DEVICES, EXIT_INTERRUPTED, EXIT_USAGE, UserError, log, parse_duration, refuse_same_file,
                     require_file, setup_logging)
-from config import PRESETS, preset_parameters, train_flags
+from config import INIT_FROM_LR_FACTOR, PRESETS, preset_parameters, train_flags
 from tokenizer import DOC_SEPARATOR, load_identity  # the tokenizer is loaded and hashed once per command
 
 
@@ -60,12 +60,19 @@ def cmd_prepare_corpus(args) -> int:
 
 def cmd_analyze_corpus(args) -> int:
     import analysis
-    report = analysis.analyze_corpus(args.corpus, separator=args.separator, tokenizer_path=args.tokenizer,
-                                     quiet=args.quiet or args.json)
+    from corpus import parse_corpus_specs
+    specs = parse_corpus_specs(args.corpus, option="--corpus")
+    options = {"separator": args.separator, "tokenizer_path": args.tokenizer, "quiet": args.quiet or args.json}
+    if len(specs) == 1:                       # one corpus: its report alone (a weight means nothing)
+        report = analysis.analyze_corpus(specs[0].path, **options)
+        show = analysis.print_analysis
+    else:
+        report = analysis.analyze_corpora(specs, **options)
+        show = analysis.print_corpora
     if args.json:
         emit_json(report)
     else:
-        analysis.print_analysis(report)
+        show(report)
     return 0
 
 
@@ -100,7 +107,7 @@ def cmd_train(args) -> int:
     try:
         summary = training.train(load_identity(args.tokenizer), args.corpus, args.outdir, args.config, overrides,
                                  separator=args.separator, resume=args.resume, force=args.force,
-                                 quiet=args.quiet)
+                                 quiet=args.quiet, init_from=args.init_from)
     except runs.Interrupted as e:
         sys.stderr.write(f"error: {e.reason}; files saved before the signal are intact "
                          f"(run the same command again to continue)\n")
@@ -140,17 +147,23 @@ def cmd_generate(args) -> int:
 # =========================================================================== evaluate
 
 def cmd_evaluate(args) -> int:
-    for path, what in ((args.test_file, "test file"), (args.ckpt, "checkpoint"), (args.tokenizer, "tokenizer file")):
+    checks = [(f, "test file") for f in args.test_file]
+    for path, what in checks + [(args.ckpt, "checkpoint"), (args.tokenizer, "tokenizer file")]:
         require_file(path, what)  # fail fast, before torch is imported
     import evaluation  # torch is only imported by the stages that need it
-    result = evaluation.evaluate(args.ckpt, load_identity(args.tokenizer), args.test_file, separator=args.separator,
-                                 stride=args.stride, batch_size=args.batch_size, device=args.device,
-                                 precision=_precision_arg(args), per_document=args.per_document,
-                                 quiet=args.quiet)
+    options = dict(separator=args.separator, stride=args.stride, batch_size=args.batch_size, device=args.device,
+                   precision=_precision_arg(args), per_document=args.per_document, quiet=args.quiet)
+    identity = load_identity(args.tokenizer)
+    if len(args.test_file) == 1:  # the single-file result, as before several files were accepted
+        result = evaluation.evaluate(args.ckpt, identity, args.test_file[0], **options)
+        show = evaluation.print_report
+    else:
+        result = evaluation.evaluate_files(args.ckpt, identity, args.test_file, **options)
+        show = evaluation.print_files_report
     if args.json:
         emit_json(result)
     else:
-        evaluation.print_report(result)
+        show(result)
     return 0
 
 
@@ -300,8 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze-corpus", formatter_class=fmt, help="corpus statistics and recommended hyperparameters",
                        description="Documents, tokens (exact with --tokenizer, else estimated from characters), "
                                    "document length distribution, recommended block size / stride / preset / "
-                                   "epochs / vocabulary size, and warnings. The report goes to stdout.")
-    p.add_argument("--corpus", required=True, help="cleaned corpus file")
+                                   "epochs / vocabulary size, and warnings. With several corpora (a mixture, "
+                                   "as train --corpus takes it): each one's report, then how often an epoch "
+                                   "reads each corpus at its weight and tokens per parameter with and without "
+                                   "the largest corpus. The report goes to stdout.")
+    p.add_argument("--corpus", nargs="+", required=True, metavar="PATH[:WEIGHT]",
+                   help="cleaned corpus file(s); several form a mixture, each optionally with a weight "
+                        "(historia.txt:0.7 general.txt:0.3; a plain path weighs 1; weights are normalised)")
     p.add_argument("--separator", default=DOC_SEPARATOR, help="document separator line")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer.json for exact token counts; without it they are estimated from characters")
@@ -331,8 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "130 SIGINT / 143 SIGTERM (after saving ckpt_last.pt).")
     unset = argparse.SUPPRESS
     p.add_argument("--tokenizer", required=True, default=unset, help="tokenizer.json from init-tokenizer")
-    p.add_argument("--corpus", required=True, default=unset, help="cleaned corpus file")
+    p.add_argument("--corpus", required=True, nargs="+", default=unset, metavar="PATH[:WEIGHT]",
+                   help="cleaned corpus file, or several with weights (historia.txt:0.7 general.txt:0.3; a plain "
+                        "path weighs 1): each epoch draws windows from them in those proportions by tokens")
     p.add_argument("--outdir", required=True, default=unset, help="run folder (checkpoints, history, logs)")
+    p.add_argument("--init-from", default=None, metavar="PATH",
+                   help="start a new run from the weights (and model shape) of a ckpt_best.pt / ckpt_last.pt or "
+                        "of a folder written by export; optimizer, schedule, data position and history start "
+                        "fresh, and the default lr is the preset's x " + f"{INIT_FROM_LR_FACTOR:g}")
     p.add_argument("--config", choices=[*PRESETS, "custom"], default="small",
                    help="preset (" + ", ".join(f"{name} ~{preset_parameters(name) / 1e6:.0f}M" for name in PRESETS)
                         + " parameters at a 32k vocabulary); any model/training flag below overrides that "
@@ -386,10 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     # ---- evaluate
-    p = sub.add_parser("evaluate", formatter_class=fmt, help="perplexity and bits per byte on a test file")
+    p = sub.add_parser("evaluate", formatter_class=fmt,
+                       help="perplexity and bits per byte on one or more test files")
     p.add_argument("--tokenizer", required=True, help="tokenizer.json the model was trained with")
     p.add_argument("--ckpt", required=True, help="checkpoint to evaluate")
-    p.add_argument("--test-file", required=True, help="test text (cleaned corpus format or raw text)")
+    p.add_argument("--test-file", required=True, nargs="+", metavar="FILE",
+                   help="test text (cleaned corpus format or raw text); several files give one row each "
+                        "and the total")
     p.add_argument("--separator", default=DOC_SEPARATOR, help="document separator line")
     p.add_argument("--stride", type=_positive_int, default=None, help="sliding-window stride (default: half the block)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="windows per batch")

@@ -325,3 +325,93 @@ def test_bad_inputs_are_user_errors(workdir, tmp_path):
 
     with pytest.raises(UserError, match="--stride 33"):
         evaluation.evaluate(ckpt, tokenizer, test, stride=BLOCK + 1, device="cpu", quiet=True)
+
+
+# --------------------------------------------------------------------------- several test files
+
+@pytest.fixture(scope="module")
+def general_file(workdir):
+    """A second test file: 8 other documents of the corpus (not those of test.txt)."""
+    docs = corpus_slice("wiki_es.txt", n_docs=40).split("<|doc|>\n")[30:38]
+    path = workdir / "general.txt"
+    path.write_text("<|doc|>\n".join(docs), encoding="utf-8")
+    return path
+
+
+def evaluate_files_cli(cli, workdir, files, *extra):
+    """`evaluate --test-file FILE...` on the tiny checkpoint."""
+    return cli("evaluate", "--tokenizer", workdir / "tokenizer.json", "--ckpt", workdir / "run" / "ckpt_best.pt",
+               "--device", "cpu", *extra, "--test-file", *files)
+
+
+@pytest.fixture(scope="module")
+def two_files_result(workdir, general_file):
+    return evaluation.evaluate_files(workdir / "run" / "ckpt_best.pt", workdir / "tokenizer.json",
+                                     [workdir / "test.txt", general_file], device="cpu", per_document=True,
+                                     quiet=True)
+
+
+def test_each_file_row_equals_evaluating_that_file_alone(workdir, general_file, two_files_result):
+    files = [workdir / "test.txt", general_file]
+    assert [r["test_file"] for r in two_files_result["files"]] == [str(f) for f in files]
+    for row, path in zip(two_files_result["files"], files):
+        alone = evaluation.evaluate(workdir / "run" / "ckpt_best.pt", workdir / "tokenizer.json", path,
+                                    device="cpu", per_document=True, quiet=True)
+        assert row.keys() == alone.keys()  # the same dict as a single-file evaluation
+        for key in ("tokens", "bytes", "documents", "block_size", "stride", "windows"):
+            assert row[key] == alone[key]
+        for key in ("loss", "perplexity", "bits_per_byte"):
+            assert row[key] == pytest.approx(alone[key], rel=1e-12)
+        assert [d["loss"] for d in row["per_document"]] == pytest.approx(
+            [d["loss"] for d in alone["per_document"]], rel=1e-12)
+    assert two_files_result["checkpoint"] == str(workdir / "run" / "ckpt_best.pt")
+    assert two_files_result["device"] == "cpu" and "precision" in two_files_result
+
+
+def test_total_weighs_files_by_tokens_and_bytes_not_a_mean_of_means(two_files_result):
+    files, total = two_files_result["files"], two_files_result["total"]
+    nats = [r["loss"] * r["tokens"] for r in files]
+    tokens, n_bytes = sum(r["tokens"] for r in files), sum(r["bytes"] for r in files)
+    assert files[0]["tokens"] != files[1]["tokens"]  # unequal files: a mean of means would differ
+    assert total["tokens"] == tokens and total["bytes"] == n_bytes
+    assert total["documents"] == sum(r["documents"] for r in files) and total["files"] == 2
+    assert total["loss"] == pytest.approx(sum(nats) / tokens, rel=1e-12)
+    assert total["loss"] != pytest.approx(sum(r["loss"] for r in files) / 2, rel=1e-6)
+    assert total["perplexity"] == pytest.approx(math.exp(total["loss"]), rel=1e-12)
+    assert total["bits_per_byte"] == pytest.approx(sum(nats) / math.log(2) / n_bytes, rel=1e-12)
+
+
+def test_cli_several_files_json_and_table(cli, workdir, general_file):
+    proc = evaluate_files_cli(cli, workdir, [workdir / "test.txt", general_file], "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)  # exactly one JSON object
+    assert set(r) == {"checkpoint", "files", "total", "device", "precision"}
+    assert len(r["files"]) == 2 and r["files"][1]["test_file"] == str(general_file)
+    for key in ("loss", "perplexity", "bits_per_byte", "tokens", "bytes", "documents"):
+        assert key in r["total"]
+    assert r["total"]["tokens"] == sum(f["tokens"] for f in r["files"])
+
+    proc = evaluate_files_cli(cli, workdir, [workdir / "test.txt", general_file], "--per-document", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    rows = [l for l in lines if "general.txt" in l or "test.txt" in l or "total" in l]
+    assert any(l.split("│")[1].strip() == "total" for l in rows if "│" in l)
+    assert f"{r['total']['loss']:.4f}" in proc.stdout and f"{r['files'][1]['loss']:.4f}" in proc.stdout
+    assert proc.stdout.count("per document") == 2  # one per-document table under each file's name
+
+
+def test_cli_same_file_twice_is_one_error_line(cli, workdir):
+    again = workdir / "run" / ".." / "test.txt"  # another spelling of the same file
+    proc = evaluate_files_cli(cli, workdir, [workdir / "test.txt", again])
+    assert_user_error(proc)
+    assert "same file" in proc.stderr and "--test-file once" in proc.stderr
+
+
+def test_cli_one_file_keeps_the_single_file_json(cli, workdir):
+    proc = evaluate_cli(cli, workdir, "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    alone = evaluation.evaluate(workdir / "run" / "ckpt_best.pt", workdir / "tokenizer.json",
+                                workdir / "test.txt", device="cpu", quiet=True)
+    assert set(r) == set(alone) and "files" not in r and "total" not in r
+    assert r["test_file"] == str(workdir / "test.txt") and r["loss"] == pytest.approx(alone["loss"], rel=1e-12)
