@@ -233,13 +233,13 @@ KILLER = textwrap.dedent("""
             return out
         training.optimizer_step = optimizer_step
     elif moment == "mid-evaluation":
-        real_val = training.Trainer.validation_loss
-        def validation_loss(self):
+        real_val = training.Trainer.validation_losses
+        def validation_losses(self):
             value = real_val(self)
             if self.state.step == at_step:
                 die()
             return value
-        training.Trainer.validation_loss = validation_loss
+        training.Trainer.validation_losses = validation_losses
     elif moment == "mid-checkpoint-write":
         real_save = runs.RunFolder.save_checkpoint
         def save_checkpoint(self, path, state):
