@@ -53,6 +53,10 @@ def test_every_readme_command_runs(tmp_path):
     raw = corpus_slice("wiki_es.txt", n_docs=120)
     (tmp_path / "datos_raw.txt").write_text(raw, encoding="utf-8")
     (tmp_path / "prompts.txt").write_text("La historia de\n\nEl río más largo\n", encoding="utf-8")
+    docs = corpus_slice("wiki_es.txt", n_docs=200).split("<|doc|>\n")   # the domain adaptation examples
+    for name, part in (("historia.txt", docs[120:170]), ("historia_test.txt", docs[170:185]),
+                       ("general.txt", docs[:60]), ("general_test.txt", docs[185:199])):
+        (tmp_path / name).write_text("".join(d + "<|doc|>\n" for d in part), encoding="utf-8")
     commands = readme_commands()
     stages = [c[0] for c in commands]
     for needed in ("quickstart", "prepare-corpus", "analyze-corpus", "init-tokenizer", "train",
