@@ -231,6 +231,22 @@ def check_weights(weights: dict, cfg: ModelConfig, path, hint: str) -> dict:
     return state
 
 
+def read_model_checkpoint(path: Path, what: str, hint: str) -> tuple[dict, ModelConfig, dict]:
+    """(checkpoint dict, its ModelConfig, its meta or {}) of one of our checkpoints, read with
+    weights_only and checked for the entries a model needs; UserError naming `what` otherwise."""
+    ckpt = read_checkpoint(path, f"{what} {path} cannot be loaded", hint)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
+            or not isinstance(ckpt.get("model_config"), dict):
+        name = path if what == "checkpoint" else f"{what} {path}"
+        raise UserError(f"{name} is not a mini-llm checkpoint (no 'model' / 'model_config' entries); {hint}")
+    check_version(ckpt, path)
+    try:
+        cfg = ModelConfig.from_dict(ckpt["model_config"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{what} {path} has a bad model config: {e}")
+    return ckpt, cfg, ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+
+
 def load_model(ckpt_path, device="cpu", tokenizer=None):
     """Load a training checkpoint -> (GPT in eval mode on `device`, the checkpoint's meta dict).
 
@@ -241,16 +257,7 @@ def load_model(ckpt_path, device="cpu", tokenizer=None):
     """
     path = require_file(ckpt_path, "checkpoint")
     hint = "pass a ckpt_best.pt or ckpt_last.pt written by `main.py train`"
-    ckpt = read_checkpoint(path, f"checkpoint {path} cannot be loaded", hint)
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
-            or not isinstance(ckpt.get("model_config"), dict):
-        raise UserError(f"{path} is not a mini-llm checkpoint (no 'model' / 'model_config' entries); {hint}")
-    check_version(ckpt, path)
-    try:
-        cfg = ModelConfig.from_dict(ckpt["model_config"])
-    except (TypeError, ValueError) as e:
-        raise UserError(f"checkpoint {path} has a bad model config: {e}")
-    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+    ckpt, cfg, meta = read_model_checkpoint(path, "checkpoint", hint)
 
     if tokenizer is not None:
         tokenizer_path, tok_hash, tok_vocab = tokenizer.path, tokenizer.sha256, tokenizer.vocab_size
@@ -353,16 +360,7 @@ def load_init_source(path, tokenizer) -> InitSource:
                         f"{hint}")
     else:
         require_file(path, "--init-from checkpoint")
-        ckpt = read_checkpoint(path, f"--init-from {path} cannot be loaded", hint)
-        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict) \
-                or not isinstance(ckpt.get("model_config"), dict):
-            raise UserError(f"--init-from {path} is not a mini-llm checkpoint (no 'model' / 'model_config'); {hint}")
-        check_version(ckpt, path)
-        try:
-            cfg = ModelConfig.from_dict(ckpt["model_config"])
-        except (TypeError, ValueError) as e:
-            raise UserError(f"--init-from {path} has a bad model config: {e}")
-        meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+        ckpt, cfg, meta = read_model_checkpoint(path, "--init-from", hint)
         weights, kind, digest, step = ckpt["model"], "checkpoint", file_sha256(path), meta.get("step")
         want = meta.get("tokenizer_hash")
         same = want is None or want == tokenizer.sha256

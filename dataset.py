@@ -511,7 +511,20 @@ class WindowDataset:
         return x, y
 
 
-class ResumableSampler:
+class _EpochBatches:
+    """What a batch sampler of one epoch shares: subclasses give indices() and num_batches();
+    iteration yields the batches from start_batch on (the last one may be smaller)."""
+
+    def __len__(self) -> int:
+        return max(0, self.num_batches() - self.start_batch)
+
+    def __iter__(self):
+        idx = self.indices()
+        for b in range(self.start_batch, self.num_batches()):
+            yield idx[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+
+
+class ResumableSampler(_EpochBatches):
     """Batch sampler: a permutation of range(n) fixed by (seed, epoch), cut into batches.
 
     - `start_batch` skips the batches already done (exact resume inside an epoch).
@@ -546,14 +559,6 @@ class ResumableSampler:
         per_rank = math.ceil(self.n / self.world_size)
         return math.ceil(per_rank / self.batch_size)
 
-    def __len__(self) -> int:
-        return max(0, self.num_batches() - self.start_batch)
-
-    def __iter__(self):
-        idx = self.indices()
-        for b in range(self.start_batch, self.num_batches()):
-            yield idx[b * self.batch_size:(b + 1) * self.batch_size].tolist()
-
 
 # ---------------------------------------------------------------------------------------- mixtures
 
@@ -586,7 +591,7 @@ def mixture_counts(window_tokens: list[np.ndarray], weights: list[float]) -> np.
                     dtype=np.int64)
 
 
-class MixtureSampler:
+class MixtureSampler(_EpochBatches):
     """Batch sampler over a ConcatWindows: each epoch takes counts[k] windows of corpus k, then
     shuffles them together and cuts them into batches.
 
@@ -626,11 +631,3 @@ class MixtureSampler:
 
     def num_batches(self) -> int:
         return math.ceil(int(self.counts.sum()) / self.batch_size)
-
-    def __len__(self) -> int:
-        return max(0, self.num_batches() - self.start_batch)
-
-    def __iter__(self):
-        idx = self.indices()
-        for b in range(self.start_batch, self.num_batches()):
-            yield idx[b * self.batch_size:(b + 1) * self.batch_size].tolist()
