@@ -3,6 +3,7 @@
 on the domain corpus alone, each scored on held-out domain text and on held-out general text.
 
     .venv/bin/python bench/domain.py [--general-ckpt CKPT] [--tokens 500000] [--lr-factors 0.25,0.5,1]
+                                     [--warmup-fractions 0,0.2]
                                      [--domain FILE] [--json] [--quick]
     .venv/bin/python bench/domain.py --show result.json
 
@@ -15,7 +16,8 @@ on the domain corpus alone, each scored on held-out domain text and on held-out 
 - Every run is `main.py train` with the presets' defaults at the general model's shape and the
   same number of training tokens (--tokens), then `main.py evaluate` of its ckpt_best.pt on both
   test files in one call. Runs: "domain only" (from scratch), "init-from x F" for each lr factor F
-  (--lr = the preset's lr x F), and "init-from + 20% general" (a mixture at the default lr).
+  (--lr = the preset's lr x F), "init-from ..., warmup W" at the default lr for each warmup
+  fraction W of --warmup-fractions (the others use the default, 5%), and "init-from + 20% general" (a mixture at the default lr).
 - Result: bits per byte on each test file per run; --json prints one object.
 """
 from __future__ import annotations
@@ -66,13 +68,18 @@ def quality_files() -> dict:
     return {"general_train": f / "train.txt", "general_test": f / "heldout.txt", "tokenizer": f / "tokenizer.json"}
 
 
+def run_steps(tokens: int, shape: dict) -> int:
+    import config
+    return max(2, math.ceil(tokens / (config.PRESETS[config.CUSTOM_BASE]["batch_size"] * shape["block_size"])))
+
+
 def run_one(name: str, a, files: dict, shape: dict, extra: list[str], log) -> dict:
     import config
     outdir = a.workdir / "runs" / name.replace(" ", "_").replace("%", "pct").replace("+", "plus")
     if (outdir / "result.json").is_file():
         return json.loads((outdir / "result.json").read_text())
     batch = config.PRESETS[config.CUSTOM_BASE]["batch_size"]
-    steps = max(2, math.ceil(a.tokens / (batch * shape["block_size"])))
+    steps = run_steps(a.tokens, shape)
     args = ["train", "--tokenizer", files["tokenizer"], "--outdir", outdir, "--config", "custom",
             "--max-steps", steps, "--json", "--force", *extra]
     if "--init-from" not in extra:
@@ -118,6 +125,9 @@ def main() -> int:
     p.add_argument("--domain-test-docs", type=int, default=50)
     p.add_argument("--tokens", type=int, default=500_000, help="training tokens of every domain run")
     p.add_argument("--lr-factors", default="0.25,0.5,1", help="init-from lr = preset lr x each")
+    p.add_argument("--warmup-fractions", default="0,0.2",
+                   help="extra init-from runs at the default lr with these warmups (fractions of the steps; "
+                        "the lr runs use the default, 5%%)")
     p.add_argument("--general-weight", type=float, default=0.2, help="share of general text in the mixture run")
     p.add_argument("--workdir", type=Path, default=WORKDIR)
     p.add_argument("--json", action="store_true")
@@ -150,6 +160,11 @@ def main() -> int:
             runs.append(run_one(f"init-from, lr x {factor:g}", a, files, shape,
                                 ["--corpus", files["domain_train"], "--init-from", files["general_ckpt"],
                                  "--lr", f"{base_lr * factor:g}"], log))
+        steps = run_steps(a.tokens, shape)
+        for frac in (float(f) for f in a.warmup_fractions.split(",") if f):
+            runs.append(run_one(f"init-from, lr x {config.INIT_FROM_LR_FACTOR:g}, warmup {frac:.0%}", a, files, shape,
+                                ["--corpus", files["domain_train"], "--init-from", files["general_ckpt"],
+                                 "--warmup-steps", round(frac * steps)], log))
         w = a.general_weight
         runs.append(run_one(f"init-from + {w:.0%} general", a, files, shape,
                             ["--corpus", f"{files['domain_train']}:{1 - w:g}", f"{files['general_train']}:{w:g}",

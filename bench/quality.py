@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import hashlib
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -67,7 +65,7 @@ QUICK = dict(corpus=str(QUICK_CORPUS), train_bytes=150_000, heldout_docs=4, held
              n_layer=2, n_head=4, n_embd=64, block_size=64, tokens=20_000, seconds=8.0)
 
 
-from compare import BenchError  # noqa: E402  (bench/ is on sys.path when this runs as a script)
+from compare import BenchError, machine_info  # noqa: E402  (bench/ is on sys.path when this runs as a script)
 
 
 # =========================================================================== data
@@ -146,9 +144,54 @@ def ours_flag(extra: list[str], name: str, default: int) -> int:
     return default
 
 
+INITS = ("scaled", "zero-proj", "plain")
+
+
+def budget_a_steps(a, extra: list[str]) -> int:
+    """Optimizer steps worth --tokens at the batch the extra train flags give."""
+    import config
+    batch = ours_flag(extra, "--batch-size", config.PRESETS[config.CUSTOM_BASE]["batch_size"])
+    return max(2, math.ceil(a.tokens / (batch * ours_flag(extra, "--accumulation-steps", 1) * a.block_size)))
+
+
+def init_checkpoint(a, data: dict, budget: str, extra: list[str], path: Path) -> list[str]:
+    """For --init other than the model's own ("scaled": N(0, 0.02) with residual projections at
+    0.02 / sqrt(2 n_layer)): a step-0 checkpoint at `path` initialised that way ("zero-proj": the
+    residual projections zeroed; "plain": every matrix N(0, 0.02)), and the train flags that start
+    from it with the schedule of a fresh run (--init-from would otherwise halve the lr)."""
+    import torch
+    import config
+    from common import atomic_path
+    from model import GPT
+    from tokenizer import load_identity
+    identity = load_identity(data["files"]["tokenizer"])
+    shape = {"n_layer": a.n_layer, "n_head": a.n_head, "n_embd": a.n_embd, "block_size": a.block_size}
+    family = next((extra[i + 1] for i, x in enumerate(extra[:-1]) if x == "--family"), None)
+    mcfg, tcfg = config.make_configs("custom", shape | {"family": family}, vocab_size=identity.vocab_size,
+                                     sep_token_id=identity.special["sep"])
+    torch.manual_seed(a.seed)
+    model = GPT(mcfg)
+    with torch.no_grad():
+        for block in model.blocks:
+            for proj in (block.attn.proj, block.mlp.proj):
+                if a.init == "zero-proj":
+                    proj.weight.zero_()
+                else:
+                    proj.weight.normal_(0.0, 0.02)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save({"version": 2, "model": model.state_dict(), "model_config": mcfg.to_dict(),
+                    "meta": {"tokenizer_hash": identity.sha256, "vocab_size": identity.vocab_size, "step": 0}}, tmp)
+    flags = ["--init-from", str(path)]
+    if "--lr" not in extra:
+        flags += ["--lr", f"{tcfg.lr:g}"]
+    if budget == "A" and "--warmup-steps" not in extra:  # B: the init-from warmup share, 5% as a fresh run's
+        flags += ["--warmup-steps", str(min(config.WARMUP_MAX, int(budget_a_steps(a, extra) * config.WARMUP_FRACTION)))]
+    return flags
+
+
 def train_ours(a, data: dict, budget: str, log) -> dict:
     """`main.py train` at budget A (a step cap worth --tokens) or B (--time-budget), then evaluate."""
-    import config
     files = data["files"]
     extra = shlex.split(a.ours_args)
     outdir = data["folder"] / "runs" / f"ours-{a.tag}-{budget}"
@@ -158,12 +201,11 @@ def train_ours(a, data: dict, budget: str, log) -> dict:
             "--config", "custom", "--n-layer", str(a.n_layer), "--n-head", str(a.n_head), "--n-embd", str(a.n_embd),
             "--block-size", str(a.block_size), "--json"]
     if budget == "A":
-        batch = ours_flag(extra, "--batch-size", config.PRESETS[config.CUSTOM_BASE]["batch_size"])
-        accum = ours_flag(extra, "--accumulation-steps", 1)
-        steps = max(2, math.ceil(a.tokens / (batch * accum * a.block_size)))
-        args += ["--max-steps", str(steps)]
+        args += ["--max-steps", str(budget_a_steps(a, extra))]
     else:
         args += ["--time-budget", f"{a.seconds:g}s"]
+    if a.init != "scaled":
+        extra += init_checkpoint(a, data, budget, extra, outdir.parent / f"init-{a.tag}-{budget}.pt")
     log(f"ours, budget {budget}: main.py {' '.join(args[1:2])} ... {' '.join(args[-2:] + extra)}")
     t = time.perf_counter()
     summary = json.loads(main_py(*args, *extra).stdout)
@@ -345,6 +387,8 @@ def parse_args(argv=None):
     ap.add_argument("--budget", choices=["A", "B", "both"], default="both")
     ap.add_argument("--only", choices=["ours", "peer", "both"], default="both")
     ap.add_argument("--ours-args", default="", help="extra `main.py train` flags for our run (ablations)")
+    ap.add_argument("--init", choices=INITS, default="scaled",
+                    help="residual projections at init: scaled (the model's), zero-proj (zeros) or plain (0.02)")
     ap.add_argument("--tag", default=None, help="name of our run folder (default: from --ours-args)")
     ap.add_argument("--quick", action="store_true", help="tiny configuration on the shipped test corpus (tests)")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout (progress on stderr)")
@@ -364,14 +408,6 @@ def parse_args(argv=None):
     if a.tag is None:
         a.tag = hashlib.sha256(a.ours_args.encode()).hexdigest()[:8] if a.ours_args.strip() else "default"
     return a
-
-
-def machine_info() -> dict:
-    from compare import cpu_model
-    from precision import cpu_native_bf16
-    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
-            "native_bf16": cpu_native_bf16() is not None, "torch": torch.__version__,
-            "python": platform.python_version(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
 def run(a, log) -> dict:

@@ -92,3 +92,23 @@ def test_missing_corpus_is_one_line_and_exit_2(tmp_path):
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "not found" in proc.stderr
+
+
+def test_zero_proj_init_ablation_starts_from_zeroed_projections_at_the_fresh_schedule(tmp_path):
+    proc = subprocess.run([sys.executable, str(QUALITY), "--quick", "--budget", "A", "--only", "ours", "--json",
+                           "--init", "zero-proj", "--tag", "zp", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 0 < json.loads(proc.stdout)["results"]["ours.A"]["bits_per_byte"] < 8
+    (init,) = tmp_path.glob("data-*/runs/init-zp-A.pt")
+    weights = torch.load(init, weights_only=True)["model"]
+    projs = [k for k in weights if k.endswith(("attn.proj.weight", "mlp.proj.weight"))]
+    assert projs and all(not weights[k].any() for k in projs)
+    assert weights["tok_emb.weight"].std() > 0.01
+    (run,) = tmp_path.glob("data-*/runs/ours-zp-A")
+    cfg = json.loads((run / "config.json").read_text())
+    import config
+    assert cfg["init_from"]["path"] == str(init.resolve()) and cfg["init_from"]["step"] == 0
+    assert cfg["train"]["lr"] == config.PRESETS[config.CUSTOM_BASE]["lr"]       # not halved as for trained weights
+    steps = cfg["train"]["total_steps"]
+    assert cfg["train"]["warmup_steps"] == min(config.WARMUP_MAX, int(steps * config.WARMUP_FRACTION))
