@@ -512,15 +512,32 @@ class WindowDataset:
 
 
 class _EpochBatches:
-    """What a batch sampler of one epoch shares: subclasses give indices() and num_batches();
-    iteration yields the batches from start_batch on (the last one may be smaller)."""
+    """What a batch sampler of one epoch shares: subclasses give indices() and num_batches(), and
+    set `batch_size`, `start_batch`, `rank` and `world_size`.
+
+    Sharding (DDP) is by batch, so the data position is global and means the same at any number
+    of ranks: from `start_batch` on, the epoch's batches are dealt round-robin, rank r taking
+    batches start_batch + r, start_batch + r + world_size, ... up to epoch_end() (the last
+    (num_batches - start_batch) % world_size batches are left out, so every rank runs as many).
+    With one rank: every batch from start_batch on (the last one may be smaller)."""
+
+    rank, world_size = 0, 1
+
+    def _check_rank(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} not in [0, {self.world_size})")
+
+    def epoch_end(self) -> int:
+        """The global batch index this epoch stops at (num_batches with one rank)."""
+        start = min(self.start_batch, self.num_batches())
+        return start + (self.num_batches() - start) // self.world_size * self.world_size
 
     def __len__(self) -> int:
-        return max(0, self.num_batches() - self.start_batch)
+        return max(0, self.epoch_end() - self.start_batch) // self.world_size
 
     def __iter__(self):
         idx = self.indices()
-        for b in range(self.start_batch, self.num_batches()):
+        for b in range(self.start_batch + self.rank, self.epoch_end(), self.world_size):
             yield idx[b * self.batch_size:(b + 1) * self.batch_size].tolist()
 
 
@@ -528,8 +545,7 @@ class ResumableSampler(_EpochBatches):
     """Batch sampler: a permutation of range(n) fixed by (seed, epoch), cut into batches.
 
     - `start_batch` skips the batches already done (exact resume inside an epoch).
-    - Sharding: the permutation is padded by wrapping to a multiple of world_size and rank r takes
-      every world_size-th index, so all ranks get the same number of batches.
+    - `rank` / `world_size`: this rank's share of the batches (_EpochBatches).
     - The last batch may be smaller (drop_last False). Use as DataLoader(batch_sampler=...).
     """
 
@@ -537,27 +553,21 @@ class ResumableSampler(_EpochBatches):
                  rank: int = 0, world_size: int = 1):
         if n < 0 or batch_size < 1:
             raise ValueError(f"need n >= 0 and batch_size >= 1 (got n={n}, batch_size={batch_size})")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} not in [0, {world_size})")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.rank, self.world_size = rank, world_size
+        self._check_rank()
         self.epoch, self.start_batch = epoch, start_batch
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
     def indices(self) -> np.ndarray:
-        """This rank's indices for the current epoch, in order."""
-        perm = _rng(self.seed, self.epoch).permutation(self.n)
-        total = -(-self.n // self.world_size) * self.world_size
-        if total > self.n:
-            perm = np.resize(perm, total)                # wraps around
-        return perm[self.rank::self.world_size]
+        """The epoch's window indices, in order (the same on every rank)."""
+        return _rng(self.seed, self.epoch).permutation(self.n)
 
     def num_batches(self) -> int:
-        """Batches per epoch on every rank (ceil of this rank's share / batch_size)."""
-        per_rank = math.ceil(self.n / self.world_size)
-        return math.ceil(per_rank / self.batch_size)
+        """Batches in the whole epoch (all ranks together)."""
+        return math.ceil(self.n / self.batch_size)
 
 
 # ---------------------------------------------------------------------------------------- mixtures
@@ -599,13 +609,15 @@ class MixtureSampler(_EpochBatches):
     fixed by (seed, k, cycle)); epoch e reads positions [e x counts[k], (e + 1) x counts[k]) of it,
     so a small corpus is repeated evenly and a large one is read in full before any repetition.
     Everything is a function of (seed, epoch): `start_batch` resumes inside an epoch exactly.
-    Same interface as ResumableSampler (set_epoch, indices, num_batches, iteration).
+    Same interface as ResumableSampler (set_epoch, indices, num_batches, iteration, rank / world_size).
     """
 
     def __init__(self, sizes: list[int], counts: np.ndarray, batch_size: int, seed: int, epoch: int = 0,
-                 start_batch: int = 0):
+                 start_batch: int = 0, rank: int = 0, world_size: int = 1):
         if batch_size < 1 or len(sizes) != len(counts) or min(sizes) < 1:
             raise ValueError(f"need batch_size >= 1 and a non-empty corpus per count (sizes {sizes})")
+        self.rank, self.world_size = rank, world_size
+        self._check_rank()
         self.sizes, self.counts = [int(s) for s in sizes], np.asarray(counts, np.int64)
         self.offsets = np.concatenate(([0], np.cumsum(self.sizes))).astype(np.int64)
         self.batch_size, self.seed, self.epoch, self.start_batch = batch_size, seed, epoch, start_batch

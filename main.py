@@ -104,6 +104,7 @@ def cmd_train(args) -> int:
             except ValueError as e:
                 raise UserError(f"{flag.option}: {e}")
     overrides["precision"] = _precision_arg(args)
+    import distributed
     try:
         summary = training.train(load_identity(args.tokenizer), args.corpus, args.outdir, args.config, overrides,
                                  separator=args.separator, resume=args.resume, force=args.force,
@@ -112,6 +113,10 @@ def cmd_train(args) -> int:
         sys.stderr.write(f"error: {e.reason}; files saved before the signal are intact "
                          f"(run the same command again to continue)\n")
         return e.code
+    finally:
+        distributed.shutdown()
+    if not distributed.from_env().is_main:        # torchrun: rank 0 prints the summary
+        return runs.exit_code(summary["stopped_reason"])
     if args.json:
         emit_json(summary)
     return runs.exit_code(summary["stopped_reason"])
@@ -485,7 +490,8 @@ def main(argv=None) -> int:
         _check_text_args(args)
         return args.func(args) or 0
     except UserError as e:
-        _error_line(str(e))
+        if not getattr(e, "shared", False):       # torchrun: an error all ranks agreed on is printed by rank 0
+            _error_line(str(e))
         return e.code
     except OSError as e:   # the file system refused something no check foresaw: still one line
         where = f" {e.filename}" if e.filename else ""

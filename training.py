@@ -24,9 +24,14 @@ Exit codes of the train stage: 0 finished (epochs done, --max-steps, --time-budg
 early stopping), 1 the loss diverged (3 non-finite losses in a row; ckpt_best.pt is left intact),
 2 bad input, 3 the outdir is locked by another run, 130 SIGINT, 143 SIGTERM (both after saving
 ckpt_last.pt).
+
+Under torchrun (distributed.py) every rank runs the same loop on its share of each step's
+micro-batches (DistributedDataParallel averages the gradients on the last one), all shared
+decisions go through distributed's collectives, and only rank 0 locks and writes the run folder.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import io
@@ -44,12 +49,13 @@ import numpy as np
 import torch
 
 import dataset
+import distributed
 import tokenizer as tokenizer_lib   # `tokenizer` is a local name in train()
 from common import (Progress, UserError, add_log_file, available_memory, file_sha256, format_seconds, log, perplexity,
                     require_file, resolve_device, stderr_is_terminal)
 from config import MODEL_FIELDS, TrainConfig, init_from_defaults, lr_at, make_configs, resolve_schedule
 from checkpoint import (InitSource, TrainState, check_init_shape, empty_window, load_init_source,
-                        load_resume_checkpoint, restore_run, run_checkpoint)
+                        load_resume_checkpoint, restore_run, run_checkpoint, set_rng_state)
 from corpus import CorpusSpec, parse_corpus_specs
 from model import GPT, ModelConfig, document_positions
 from optimizers import make_optimizer
@@ -103,17 +109,22 @@ class Trainer:
         self.tokenizer, self.tokenizer_path = identity.tokenizer, identity.path
         self.folder, self.separator, self.quiet, self.stop, self.on_step = folder, separator, quiet, stop, on_step
         self.t_start = time.monotonic()
-        self.state = TrainState(seed=tcfg.seed, batch_size=tcfg.batch_size)   # all the progress: checkpointed
+        self.dist = distributed.current()           # this process's rank (torchrun) or the single process
+        self.state = TrainState(seed=tcfg.seed, batch_size=tcfg.batch_size,  # all the progress: checkpointed
+                                world_size=self.dist.world_size)
         self.last_saved_step = -1
         self.last_norm = float("nan")
         self.budget: Optional[TimeBudget] = None    # --time-budget (plan_time_budget)
         self._batches = None                        # the epoch's batch iterator (_next_micro_batches)
+        self._epoch_end = 0                         # and the global batch it stops at
 
     # ----------------------------------------------------------------------- setup
 
     def setup(self) -> None:
         cfg = self.cfg
         self.device = resolve_device(cfg.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -139,9 +150,21 @@ class Trainer:
                                                       vocab_size=m.vocab_size, rows=cfg.batch_size * m.block_size)
         self.optimizer = make_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.use_scaler)
-        self.train_model = torch.compile(self.model) if cfg.compile else self.model
+        self.train_model = self.model
+        if self.dist.enabled:                         # the same weights on every rank: DDP broadcasts rank 0's
+            from torch.nn.parallel import DistributedDataParallel
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.dist.rank:                        # dropout differs per rank; rank 0 keeps the seed's stream
+                torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+        d = self.dist
         log.info(f"device {self.device}{', torch.compile' if cfg.compile else ''}"
-                 f"{', gradient checkpointing' if cfg.gradient_checkpointing else ''}")
+                 f"{', gradient checkpointing' if cfg.gradient_checkpointing else ''}"
+                 + (f"; DDP over {d.world_size} processes ({'nccl' if self.device.type == 'cuda' else 'gloo'}): "
+                    f"global batch {cfg.batch_size} x {cfg.accumulation_steps} x {d.world_size} = "
+                    f"{cfg.batch_size * cfg.accumulation_steps * d.world_size} windows" if d.enabled else ""))
         log_choice(self.precision, "training")
 
     def _check_memory(self) -> None:
@@ -175,10 +198,15 @@ class Trainer:
         if cfg.select_on is not None and not len(self.corpora[names.index(cfg.select_on)].val_ds):
             raise UserError(f"--select-on {cfg.select_on}: that corpus has no validation split; "
                             f"raise --val-fraction or select on another corpus")
+        self.world_size = self.dist.world_size
         self.n_batches = self._sampler(0, 0).num_batches()
         self.state.n_windows = self.epoch_windows = len(self.train_ds) if self.mixture is None \
             else int(self.mixture.sum())
-        self.steps_per_epoch = -(-self.n_batches // cfg.accumulation_steps)
+        per_rank = self.n_batches // self.world_size       # batches per rank in an epoch started at batch 0
+        self.steps_per_epoch = -(-per_rank // cfg.accumulation_steps)
+        if per_rank == 0:
+            raise UserError(f"{self.n_batches} batch(es) per epoch cannot feed {self.world_size} processes; "
+                            f"lower --batch-size or --nproc_per_node, or use a bigger corpus")
         self.requested_cfg = cfg                   # before the data-dependent defaults
         self.cfg = cfg = resolve_schedule(cfg, self.steps_per_epoch)
         for c in self.corpora:
@@ -196,8 +224,14 @@ class Trainer:
     def _load_corpus(self, spec: CorpusSpec, stride: int) -> "CorpusData":
         """One corpus's token store and train/validation windows (split by its own documents)."""
         cfg, m = self.cfg, self.mcfg
-        store = dataset.load_or_build_token_store(spec.path, self.identity, self.folder.cache,
-                                                  separator=self.separator, quiet=self.quiet)
+        store = None
+        with distributed.together("building the token store"):    # rank 0 builds it, the others then open it
+            if self.dist.is_main:
+                store = dataset.load_or_build_token_store(spec.path, self.identity, self.folder.cache,
+                                                          separator=self.separator, quiet=self.quiet)
+        if store is None:
+            store = dataset.load_or_build_token_store(spec.path, self.identity, self.folder.cache,
+                                                      separator=self.separator, quiet=True)
         if store.vocab_size != m.vocab_size or store.sep_id != m.sep_token_id:
             raise UserError(f"token store {store.path} does not match the tokenizer (vocab {store.vocab_size} "
                             f"vs {m.vocab_size}); delete {self.folder.cache} and run again")
@@ -225,11 +259,13 @@ class Trainer:
 
     def _sampler(self, epoch: int, start_batch: int):
         """The batch sampler of an epoch: a permutation of the windows, or a mixture's draw."""
+        d = self.dist
         if self.mixture is None:
-            return dataset.ResumableSampler(len(self.train_ds), self.cfg.batch_size, self.cfg.seed,
-                                            epoch=epoch, start_batch=start_batch)
+            return dataset.ResumableSampler(len(self.train_ds), self.cfg.batch_size, self.cfg.seed, epoch=epoch,
+                                            start_batch=start_batch, rank=d.rank, world_size=d.world_size)
         return dataset.MixtureSampler([len(c.train_ds) for c in self.corpora], self.mixture, self.cfg.batch_size,
-                                      self.cfg.seed, epoch=epoch, start_batch=start_batch)
+                                      self.cfg.seed, epoch=epoch, start_batch=start_batch, rank=d.rank,
+                                      world_size=d.world_size)
 
     def _fixed_val_batches(self, val_ds) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """eval_batches batches of validation windows spread evenly over a validation set, the
@@ -270,8 +306,13 @@ class Trainer:
         if self.init_record is not None:
             meta["init_from"] = self.init_record
         state = dataclasses.replace(self.state, elapsed_seconds=self.elapsed())
-        return run_checkpoint(self.model, self.optimizer, self.scaler, state,  # the uncompiled module
+        ckpt = run_checkpoint(self.model, self.optimizer, self.scaler, state,  # the uncompiled module
                               train_config=self.cfg.to_dict(), meta=meta)
+        if self.dist.enabled:                         # every rank's RNG state, by rank (rank 0's also on top)
+            ranks = distributed.gather(ckpt["state"]["rng"])
+            if ranks is not None:
+                ckpt["state"]["rng"]["ranks"] = ranks
+        return ckpt
 
     def save_last(self) -> None:
         self.folder.save_checkpoint(self.folder.ckpt_last, self.checkpoint_state())
@@ -286,6 +327,18 @@ class Trainer:
     def restore(self, ckpt: dict, path: Path) -> None:
         """Continue from a checkpoint dict (already checked by load_resume_checkpoint)."""
         st = self.state = restore_run(ckpt, self.model, self.optimizer, self.scaler, self.cfg, self.epoch_windows)
+        was, d = st.world_size, self.dist
+        if d.enabled:                                  # rank 0 has its own RNG state (restore_run); the others:
+            ranks = (st.rng or {}).get("ranks")
+            if isinstance(ranks, list) and len(ranks) == d.world_size:
+                set_rng_state(ranks[d.rank])
+            elif d.rank:
+                torch.manual_seed(self.cfg.seed + 1_000_003 * d.rank + st.step)
+        if was != d.world_size:
+            log.info(f"resumed on {d.world_size} process(es), the run was on {was}: from batch {st.batch_in_epoch} "
+                     f"of epoch {st.epoch + 1} on, each step takes the next {self.cfg.accumulation_steps} x "
+                     f"{d.world_size} batches of the epoch's permutation, rank r the r-th of every {d.world_size}")
+        st.world_size = d.world_size
         old_cfg = ckpt.get("train_config", {})
         st.budget_fixed = st.budget_fixed and self.cfg.time_budget is not None
         self.requested_cfg, self.cfg = kept_schedule(self.requested_cfg, self.cfg, old_cfg, st.budget_fixed)
@@ -314,20 +367,23 @@ class Trainer:
         corpus: (its mean token loss, None). A mixture: each corpus's mean token loss by name, and
         the total weighted by the mixture's weights (over the corpora that have a validation set)."""
         self.model.eval()
-        losses = {}
+        losses, d = {}, self.dist
+        sums = []                                      # (token loss sum, tokens) of each corpus, this rank's share
         for c, batches in zip(self.corpora, self.val_batches):
-            if not batches:
-                continue
             total = torch.zeros((), dtype=torch.float64, device=self.device)
             count = 0
-            for x, y in batches:
+            for x, y in batches[d.rank::d.world_size]:
                 n = int((y != -1).sum())
                 positions = document_positions(x, self.mcfg.sep_token_id).to(self.device)
                 with self.autocast():
                     _, loss = self.model(x.to(self.device), y.to(self.device), positions=positions)
                 total += loss.double() * n
                 count += n
-            losses[c.spec.name] = float(total) / max(1, count)
+            sums += [float(total), count]
+        sums = distributed.all_sum(sums)               # over all ranks: sum of token losses / sum of tokens
+        for i, (c, batches) in enumerate(zip(self.corpora, self.val_batches)):
+            if batches:
+                losses[c.spec.name] = sums[2 * i] / max(1, sums[2 * i + 1])
         self.model.train()
         if not losses:
             return None, None
@@ -341,6 +397,8 @@ class Trainer:
         """SAMPLE_TOKENS greedy tokens after the sample prompt (generation.complete switches to
         eval mode, runs without grad, then frees its KV cache and restores train mode)."""
         import generation
+        if not self.dist.is_main:                      # only rank 0 records it
+            return ""
         return self.sample_prompt + generation.complete(self.model, self.tokenizer, self.sample_prompt,
                                                         max_new_tokens=SAMPLE_TOKENS, temperature=0.0)
 
@@ -349,7 +407,7 @@ class Trainer:
         history.json. Evaluation never touches the training RNG streams. False, with nothing
         written, when the weights or the validation loss are not finite (the run diverged)."""
         t0 = time.monotonic()
-        if not self.weights_finite():
+        if not distributed.all_sum([float(self.weights_finite())])[0] == self.dist.world_size:
             log.error(f"step {self.state.step:,}: the weights are not finite after the update; not saved")
             return False
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -495,15 +553,13 @@ class Trainer:
             while reason is None:
                 t_step = time.monotonic()
                 group = self._next_micro_batches()
-                tokens = sum(int((y != -1).sum()) for _, y in group)
                 lr = lr_at(self.state.step, self.cfg)
                 t0 = time.monotonic()
-                loss, self.last_norm = optimizer_step(self.model, self.train_model, self.optimizer, self.scaler,
-                                                      group, lr=lr, grad_clip=self.cfg.grad_clip,
-                                                      device=self.device, autocast=self.autocast,
-                                                      z_loss=self.cfg.z_loss)
+                loss, self.last_norm, tokens = optimizer_step(
+                    self.model, self.train_model, self.optimizer, self.scaler, group, lr=lr,
+                    grad_clip=self.cfg.grad_clip, device=self.device, autocast=self.autocast, z_loss=self.cfg.z_loss)
                 seconds = time.monotonic() - t0
-                end_of_epoch = self._advance(len(group), tokens, loss, seconds)
+                end_of_epoch = self._advance(len(group) * self.world_size, tokens, loss, seconds)
                 self._report(progress, loss, tokens, seconds, t_loop, start_step, terminal)
                 self._budget_tick(time.monotonic() - t_step, progress, start_step)
                 if self.state.nonfinite_streak >= MAX_NONFINITE_STEPS:
@@ -515,16 +571,24 @@ class Trainer:
                         break
                 if self.on_step is not None:
                     self.on_step(self)
-                reason = self.stop.requested() or self._stop_before_step() or self._max_time_reached()
+                reason = self._shared_stop() or self._stop_before_step()
         self.stop.armed = False
         return reason
+
+    STOP_CODES = (None, "interrupted", "terminated", "max_time")
+
+    def _shared_stop(self) -> Optional[str]:
+        """A signal or --max-time on any rank stops every rank after the same step (one collective)."""
+        local = self.stop.requested() or self._max_time_reached()
+        return self.STOP_CODES[distributed.all_max([self.STOP_CODES.index(local)])[0]]
 
     def _next_micro_batches(self) -> list:
         """The next accumulation_steps micro-batches of the epoch (fewer at its end)."""
         if self._batches is None:
             self._batches = self._epoch_batches(self.state.epoch, self.state.batch_in_epoch)
-        n = min(self.cfg.accumulation_steps, self.n_batches - self.state.batch_in_epoch)
-        return [next(self._batches) for _ in range(n)]
+            self._epoch_end = self._sampler(self.state.epoch, self.state.batch_in_epoch).epoch_end()
+        left = (self._epoch_end - self.state.batch_in_epoch) // self.world_size    # on this rank
+        return [next(self._batches) for _ in range(min(self.cfg.accumulation_steps, left))]
 
     def _advance(self, n_micro: int, tokens: int, loss: Optional[float], seconds: float) -> bool:
         """Count a finished step in the state (loss None: skipped, non-finite); True at the end of an epoch."""
@@ -545,7 +609,7 @@ class Trainer:
             if math.isfinite(self.last_norm):
                 w["norm_sum"] += self.last_norm
                 w["norm_n"] += 1
-        if st.batch_in_epoch < self.n_batches:
+        if st.batch_in_epoch < self._epoch_end:
             return False
         st.epoch, st.batch_in_epoch, self._batches = st.epoch + 1, 0, None
         return True
@@ -629,43 +693,52 @@ def corpora_hash(hashes: list[str], specs: list[CorpusSpec]) -> str:
 
 def optimizer_step(model: GPT, train_model, optimizer, scaler, micro_batches: list, *, lr: float,
                    grad_clip: float, device: torch.device, autocast,
-                   z_loss: float = 0.0) -> tuple[Optional[float], float]:
+                   z_loss: float = 0.0) -> tuple[Optional[float], float, int]:
     """One optimizer step: set lr -> micro-steps (autocast, loss / n, backward) -> unscale ->
     clip (recording the pre-clip norm) -> step -> scaler update -> zero_grad(set_to_none=True).
 
-    `train_model` is `model` or its torch.compile wrapper; `autocast()` returns the autocast
-    context. Returns (mean loss, pre-clip gradient norm); the loss is None when the step was
-    skipped without an update because the loss (or, without a scaler, the gradient norm) was
-    not finite. With an fp16 GradScaler, inf gradients are the scaler's business (it skips the
+    `train_model` is `model`, its DistributedDataParallel wrapper (gradients are averaged over
+    the ranks on the last micro-step only; no_sync before) and/or its torch.compile wrapper;
+    `autocast()` returns the autocast context. Returns (loss, pre-clip gradient norm, target
+    tokens), the loss and tokens over all ranks: the sum of token losses / the sum of tokens. The
+    loss is None when the step was skipped without an update because the loss (or, without a
+    scaler, the gradient norm) was not finite: the same decision on every rank, as both are
+    global. With an fp16 GradScaler, inf gradients are the scaler's business (it skips the
     update and lowers its scale) and do not count as a skipped step.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
     n = len(micro_batches)
-    loss_sum = torch.zeros((), device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    tokens = 0
     sep = model.cfg.sep_token_id
-    for x, y in micro_batches:
+    no_sync = getattr(train_model, "no_sync", None)   # DDP: reduce the gradients once, on the last micro-step
+    for i, (x, y) in enumerate(micro_batches):
         positions = document_positions(x, sep).to(device, non_blocking=True)  # read on the host copy
+        n_tok = int((y != -1).sum())
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        with autocast():
-            _, loss = train_model(x, y, positions=positions, z_loss=z_loss)
-        loss_sum += loss.detach().float()
-        scaler.scale(loss / n).backward()
-    loss_val = loss_sum.item() / n
+        with no_sync() if no_sync is not None and i < n - 1 else contextlib.nullcontext():
+            with autocast():
+                _, loss = train_model(x, y, positions=positions, z_loss=z_loss)
+            scaler.scale(loss / n).backward()
+        loss_sum += loss.detach().double() * n_tok
+        tokens += n_tok
+    loss_total, tokens_total = distributed.all_sum([loss_sum.item(), tokens])
+    loss_val, tokens = loss_total / max(1.0, tokens_total), int(tokens_total)
     if not math.isfinite(loss_val):
         optimizer.zero_grad(set_to_none=True)
-        return None, float("nan")
+        return None, float("nan"), tokens
     scaler.unscale_(optimizer)
     max_norm = grad_clip if grad_clip > 0 else float("inf")
     norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))  # pre-clip norm
     if not math.isfinite(norm) and not scaler.is_enabled():
         optimizer.zero_grad(set_to_none=True)
-        return None, norm
+        return None, norm, tokens
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return loss_val, norm
+    return loss_val, norm, tokens
 
 
 def _collate(items: list, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -723,40 +796,37 @@ def train(tokenizer, corpus, outdir: str | os.PathLike,
     if tcfg.select_on is not None and (len(specs) == 1 or tcfg.select_on not in names):
         raise UserError(f"--select-on {tcfg.select_on}: " + (f"not one of the corpora ({', '.join(names)})"
                         if len(specs) > 1 else "it picks one corpus of several --corpus files"))
-    resolve_device(tcfg.device)                     # fail before touching the outdir
+    d, _ = distributed.init(resolve_device(tcfg.device))   # fail before touching the outdir; torchrun: join
+    if d.enabled and tcfg.time_budget is not None:
+        raise UserError("--time-budget fits the schedule to one process's measured step time; under torchrun "
+                        "use --max-steps (and --max-time to cap the wall clock)")
     data_hash = corpora_hash([file_sha256(s.path) for s in specs], specs)
+    folder = RunFolder(outdir, enabled=d.is_main)          # only rank 0 writes
     before, level = list(log.handlers), log.level
-    log.setLevel(logging.DEBUG)                     # train.log records everything, CLI or library use
-    with StopSignals() as stop, RunLock(outdir):
-        add_log_file(folder.log)
+    log.setLevel(logging.DEBUG if d.is_main else logging.WARNING)   # train.log records everything (rank 0)
+    with StopSignals() as stop, contextlib.ExitStack() as held:
+        with distributed.together("locking the run folder"):
+            if d.is_main:
+                held.enter_context(RunLock(outdir))
+                add_log_file(folder.log)
         try:
             folder.remove_stale_temp_files()
             log.debug(f"train: {' '.join(sys.argv)}")
             trainer = Trainer(mcfg, tcfg, identity=identity, corpora=specs, preset=preset, folder=folder,
-                              separator=separator, quiet=quiet, stop=stop, on_step=on_step, init=source,
-                              init_record=lineage)
+                              separator=separator, quiet=quiet or not d.is_main, stop=stop, on_step=on_step,
+                              init=source, init_record=lineage)
             ckpt = None
             folder.check_writable()
-            if folder.ckpt_last.exists() and source is None:
-                if not resume:
-                    log.info(f"found {folder.ckpt_last}: continuing that run (use another --outdir to start over)")
-                ckpt = load_resume_checkpoint(folder.ckpt_last, mcfg, identity.sha256, data_hash, force)
-                note = folder.read_divergence()
-                if note:
-                    log.warning(f"warning: the last run on this folder diverged at step {note.get('step')}; "
-                                f"continuing from the last good checkpoint, step {note.get('last_good_step')}")
-            elif resume:
-                raise UserError(f"--resume: nothing to resume, {folder.ckpt_last} does not exist; "
-                                f"drop --resume to start a new run")
-            elif source is None:
-                folder.check_new_run(force)
+            with distributed.together("reading the run folder"):
+                ckpt = _starting_checkpoint(folder, source, mcfg, identity, data_hash, resume, force)
             try:
-                trainer.setup()
-                if ckpt is not None:
-                    trainer.restore(ckpt, folder.ckpt_last)
-                    del ckpt
-                if trainer.cfg.time_budget is not None and not trainer.state.budget_fixed:
-                    trainer.plan_time_budget()
+                with distributed.together("setting up"):
+                    trainer.setup()
+                    if ckpt is not None:
+                        trainer.restore(ckpt, folder.ckpt_last)
+                        del ckpt
+                    if trainer.cfg.time_budget is not None and not trainer.state.budget_fixed:
+                        trainer.plan_time_budget()
                 folder.write_config(trainer.run_config())
                 reason = trainer.fit()
             except Exception as e:
@@ -773,6 +843,27 @@ def train(tokenizer, corpus, outdir: str | os.PathLike,
                     log.removeHandler(h)
                     h.close()
             log.setLevel(level)
+
+
+def _starting_checkpoint(folder: RunFolder, source, mcfg: ModelConfig, identity, data_hash: str, resume: bool,
+                         force: bool) -> Optional[dict]:
+    """The checkpoint a run continues from (the folder's ckpt_last.pt, checked), or None for a
+    new run (refused when the folder holds another run's files, unless `force`)."""
+    if folder.ckpt_last.exists() and source is None:
+        if not resume:
+            log.info(f"found {folder.ckpt_last}: continuing that run (use another --outdir to start over)")
+        ckpt = load_resume_checkpoint(folder.ckpt_last, mcfg, identity.sha256, data_hash, force)
+        note = folder.read_divergence()
+        if note:
+            log.warning(f"warning: the last run on this folder diverged at step {note.get('step')}; "
+                        f"continuing from the last good checkpoint, step {note.get('last_good_step')}")
+        return ckpt
+    if resume:
+        raise UserError(f"--resume: nothing to resume, {folder.ckpt_last} does not exist; "
+                        f"drop --resume to start a new run")
+    if source is None:
+        folder.check_new_run(force)
+    return None
 
 
 def _init_source(init_from, identity, folder: RunFolder, resume: bool, force: bool):

@@ -442,11 +442,20 @@ def test_sampler_deterministic_complete_and_resumable():
     assert list(s) == list(dataset.ResumableSampler(103, 10, seed=5, epoch=3))
 
 
-def test_sampler_shards_by_rank():
-    shards = [list(dataset.ResumableSampler(101, 8, seed=1, rank=r, world_size=4)) for r in range(4)]
-    assert len({len(b) for b in shards}) == 1                 # every rank runs the same number of batches
-    seen = [i for sh in shards for b in sh for i in b]
-    assert set(seen) == set(range(101)) and len(seen) == 104  # padded by wrapping
+def test_sampler_deals_batches_to_ranks_from_a_global_position():
+    whole = list(dataset.ResumableSampler(101, 8, seed=1))                  # 13 batches, the last of 5
+    for start in (0, 3):
+        shards = [list(dataset.ResumableSampler(101, 8, seed=1, start_batch=start, rank=r, world_size=4))
+                  for r in range(4)]
+        assert len({len(sh) for sh in shards}) == 1                        # every rank runs as many batches
+        end = start + (13 - start) // 4 * 4
+        for r, sh in enumerate(shards):                                     # round-robin from the position
+            assert sh == whole[start + r:end:4]
+        assert dataset.ResumableSampler(101, 8, seed=1, start_batch=start, world_size=4).epoch_end() == end
+    mixture = dataset.MixtureSampler([30, 12], np.array([20, 10]), 4, seed=3)
+    shards = [list(dataset.MixtureSampler([30, 12], np.array([20, 10]), 4, seed=3, rank=r, world_size=2))
+              for r in range(2)]
+    assert [b for pair in zip(*shards) for b in pair] == list(mixture)[:8]  # 8 of 8 batches: none left out
     with pytest.raises(ValueError):
         dataset.ResumableSampler(10, 2, seed=0, rank=2, world_size=2)
 
