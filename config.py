@@ -194,7 +194,7 @@ WARMUP_FRACTION = 0.05                # default warmup: 5% of the schedule ...
 WARMUP_MAX = 500                      # ... at most this many steps
 MIN_LR_RATIO = 0.1                    # default min_lr = lr * MIN_LR_RATIO
 INIT_FROM_LR_FACTOR = 0.5            # train --init-from: default peak lr = the preset's x this (README:
-INIT_FROM_WARMUP_FRACTION = 0.05     # "Domain adaptation", measured) and this share of warmup
+INIT_FROM_WARMUP_FRACTION = 0.2      # "Domain adaptation", measured) and this share of warmup
 WSD_DECAY_FRACTION = 0.2              # --schedule wsd (and --time-budget): the decay's share of the steps
 SCHEDULES = ("cosine", "wsd")
 MAX_WORKERS = 64                      # data loader processes: more only thrashes (and could exhaust the PIDs)
@@ -222,7 +222,8 @@ class TrainConfig:
                           f"decay: the peak lr, then a linear decay over the last {WSD_DECAY_FRACTION:.0%} of the "
                           "steps); --time-budget runs always use wsd", choices=SCHEDULES)
     warmup_steps: Optional[int] = _flag(None, "int>=0", "linear warmup in optimizer steps",
-                                        default_text=f"{WARMUP_FRACTION:.0%} of the schedule, at most "
+                                        default_text=f"{WARMUP_FRACTION:.0%} of the schedule, "
+                                                     f"{INIT_FROM_WARMUP_FRACTION:.0%} with --init-from; at most "
                                                      f"{WARMUP_MAX}")
     optimizer: str = _flag("adamw", "choice", "adamw, or muon: Muon on the matrices inside the blocks, AdamW on "
                            "the embedding, norms and biases (one --lr for both)", choices=OPTIMIZERS)

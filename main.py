@@ -14,7 +14,7 @@ import sys
 
 from common import (DEVICES, EXIT_INTERRUPTED, EXIT_USAGE, UserError, log, parse_duration, refuse_same_file,
                     require_file, setup_logging)
-from config import INIT_FROM_LR_FACTOR, PRESETS, preset_parameters, train_flags
+from config import INIT_FROM_LR_FACTOR, INIT_FROM_WARMUP_FRACTION, PRESETS, preset_parameters, train_flags
 from tokenizer import DOC_SEPARATOR, load_identity  # the tokenizer is loaded and hashed once per command
 
 
@@ -361,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, metavar="PATH",
                    help="start a new run from the weights (and model shape) of a ckpt_best.pt / ckpt_last.pt or "
                         "of a folder written by export; optimizer, schedule, data position and history start "
-                        "fresh, and the default lr is the preset's x " + f"{INIT_FROM_LR_FACTOR:g}")
+                        "fresh, and the default lr is the preset's x " + f"{INIT_FROM_LR_FACTOR:g}, the default warmup "
+                             f"{INIT_FROM_WARMUP_FRACTION:.0%} of the run")
     p.add_argument("--config", choices=[*PRESETS, "custom"], default="small",
                    help="preset (" + ", ".join(f"{name} ~{preset_parameters(name) / 1e6:.0f}M" for name in PRESETS)
                         + " parameters at a 32k vocabulary); any model/training flag below overrides that "
