@@ -168,3 +168,30 @@ def test_bad_input_under_torchrun_is_one_error_line_and_exit_2_on_every_rank(dat
     lone = run_cli("train", "--tokenizer", data["tok"], "--corpus", data["corpus"], "--outdir", tmp_path / "x",
                    *SHAPE, "--max-steps", "2", env={"WORLD_SIZE": "2", "RANK": "5"})
     assert_user_error(lone)
+
+
+def _together_worker(rank: int, port: int, out: str) -> None:
+    import distributed
+    from common import UserError
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    distributed.init(torch.device("cpu"))
+    result = {}
+    try:
+        with distributed.together("opening the corpus"):
+            if rank == 1:
+                raise UserError("corpus file /data/x.txt not found", code=2)
+        result["raised"] = None
+    except UserError as e:
+        result = {"raised": str(e), "code": e.code, "shared": getattr(e, "shared", False)}
+    result["sum"] = distributed.all_sum([rank + 1.0, 1.0])        # the group still works afterwards
+    distributed.shutdown()
+    Path(out, f"{rank}.json").write_text(json.dumps(result))
+
+
+def test_an_error_on_one_rank_is_raised_on_every_rank_and_printed_by_rank_0_only(tmp_path):
+    torch.multiprocessing.spawn(_together_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1))
+    assert r0 == {"raised": "rank 1 failed opening the corpus: corpus file /data/x.txt not found", "code": 2,
+                  "shared": False, "sum": [3.0, 2.0]}
+    assert r1 == {"raised": "corpus file /data/x.txt not found", "code": 2, "shared": True, "sum": [3.0, 2.0]}
