@@ -564,3 +564,18 @@ def test_load_model_checks_the_tokenizer(tmp_path):
     _save_ckpt(small, tiny_model(vocab_size=vocab - 1), tokenizer_hash=file_sha256(tok_path))
     with pytest.raises(UserError, match="tokens"):
         CK.load_model(small, tokenizer=load_identity(tok_path))
+
+
+@pytest.mark.parametrize("family", list(M.FAMILIES))
+def test_training_forward_compiles_to_one_graph_without_breaks(family):
+    """--compile: the training forward (document-aware positions, fused loss, z-loss) is one
+    torch.compile graph. torch._dynamo.explain traces it without compiling, so this runs on CPU."""
+    torch._dynamo.reset()
+    model = M.GPT(M.ModelConfig(vocab_size=512, block_size=32, n_layer=2, n_head=2, n_embd=32, family=family))
+    x = torch.randint(3, 512, (2, 32), generator=torch.Generator().manual_seed(0))
+    x[:, 0] = 0
+    x[0, 10] = 0                                    # a second document inside the first window
+    y = torch.randint(3, 512, (2, 32), generator=torch.Generator().manual_seed(1))
+    ex = torch._dynamo.explain(model)(x, y, positions=M.document_positions(x, 0), z_loss=1e-4)
+    assert (ex.graph_count, ex.graph_break_count) == (1, 0), [b.reason for b in ex.break_reasons]
+    torch._dynamo.reset()
