@@ -465,17 +465,24 @@ class Trainer:
     # ----------------------------------------------------------------------- time budget
 
     def plan_time_budget(self) -> None:
-        """--time-budget: probe the step and evaluation costs, then plan the schedule (budget.py)."""
-        self.budget = TimeBudget(self.requested_cfg, self.steps_per_epoch, self._probe_costs())
-        self.cfg, self.state.budget_fixed = self.budget.plan(self.state.step, self.elapsed())
+        """--time-budget: probe the step and evaluation costs, then plan the schedule (budget.py).
+        Under torchrun every rank probes (the probe's steps are collective) and rank 0's plan is
+        everyone's."""
+        costs = distributed.broadcast(self._probe_costs())
+        self.budget = TimeBudget(self.requested_cfg, self.steps_per_epoch, costs)
+        plan = self.budget.plan(self.state.step, self.elapsed()) if self.dist.is_main else None
+        self.cfg, self.state.budget_fixed = distributed.broadcast(plan)
+        self.budget.estimate = distributed.broadcast(self.budget.estimate)
 
     def _budget_tick(self, seconds: float, progress: Progress, start_step: int) -> None:
         """After each step of a budgeted run: fix the schedule once the decay is due."""
         if self.budget is None or self.state.budget_fixed:
             return
         self.budget.record(seconds)
-        if self.budget.decay_due(self.cfg, self.state.step, self.elapsed()):
-            self.cfg = self.budget.fix(self.cfg, self.state.step, self.elapsed())
+        due = self.dist.is_main and self.budget.decay_due(self.cfg, self.state.step, self.elapsed())
+        if distributed.any_of(due):                    # rank 0's clock decides for all
+            fixed = self.budget.fix(self.cfg, self.state.step, self.elapsed()) if self.dist.is_main else None
+            self.cfg = distributed.broadcast(fixed)
             self.state.budget_fixed = True
             self.folder.write_config(self.run_config())
             progress.set_total(self.cfg.total_steps - start_step)
@@ -797,9 +804,6 @@ def train(tokenizer, corpus, outdir: str | os.PathLike,
         raise UserError(f"--select-on {tcfg.select_on}: " + (f"not one of the corpora ({', '.join(names)})"
                         if len(specs) > 1 else "it picks one corpus of several --corpus files"))
     d, _ = distributed.init(resolve_device(tcfg.device))   # fail before touching the outdir; torchrun: join
-    if d.enabled and tcfg.time_budget is not None:
-        raise UserError("--time-budget fits the schedule to one process's measured step time; under torchrun "
-                        "use --max-steps (and --max-time to cap the wall clock)")
     data_hash = corpora_hash([file_sha256(s.path) for s in specs], specs)
     folder = RunFolder(outdir, enabled=d.is_main)          # only rank 0 writes
     before, level = list(log.handlers), log.level

@@ -159,15 +159,28 @@ def test_two_launchers_with_nnodes_2_over_localhost_train_together(data, tmp_pat
     assert_same_weights(one, out)
 
 
-def test_bad_input_under_torchrun_is_one_error_line_and_exit_2_on_every_rank(data, tmp_path):
-    proc = subprocess.run(torchrun(*train_args(data, tmp_path / "bad", 20, "--time-budget", "1m")), cwd=ROOT,
+def test_bad_input_under_torchrun_is_an_error_line_and_exit_2_with_nothing_written(data, tmp_path):
+    proc = subprocess.run(torchrun(*train_args(data, tmp_path / "bad", 20, "--lr", "-1")), cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0                  # (torchrun then reports the failed workers in its own words)
-    assert "error: --time-budget fits the schedule to one process" in proc.stderr
+    assert "error: invalid" in proc.stderr and "lr" in proc.stderr
     assert not (tmp_path / "bad").exists()
     lone = run_cli("train", "--tokenizer", data["tok"], "--corpus", data["corpus"], "--outdir", tmp_path / "x",
                    *SHAPE, "--max-steps", "2", env={"WORLD_SIZE": "2", "RANK": "5"})
     assert_user_error(lone)
+
+
+def test_time_budget_under_torchrun_follows_rank_0s_plan_on_every_rank(data, tmp_path):
+    out = tmp_path / "budget"
+    args = ["train", "--tokenizer", data["tok"], "--corpus", data["corpus"], "--outdir", out, *SHAPE,
+            "--time-budget", "15s"]
+    proc = subprocess.run(torchrun(*args), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["stopped_reason"] == "time_budget"
+    cfg = json.loads((out / "config.json").read_text())["train"]
+    assert summary["steps"] == cfg["total_steps"] and cfg["decay_start"] is not None
+    assert weights(out)["state"]["budget_fixed"] is True
 
 
 def _together_worker(rank: int, port: int, out: str) -> None:
