@@ -247,8 +247,9 @@ class TrainConfig:
     precision: str = _flag("auto", "precision", "numeric precision")  # main.py adds --amp and the help
     compile: bool = _flag(False, "bool", "torch.compile the model")
     gradient_checkpointing: bool = _flag(False, "bool", "recompute activations per block to save memory")
-    flash_attention: bool = _flag(False, "bool", "use the flash-attn package when installed on a supported "
-                                  "GPU (else SDPA)")
+    flash_attention: bool = _flag(False, "bool", "CUDA attention kernels: flash-attn when installed (its "
+                                  "varlen kernel for windows holding several documents), else FlexAttention "
+                                  "for those; SDPA elsewhere (the choice is logged)")
     num_workers: int = _flag(0, "int>=0", "data loader worker processes")
     seed: int = _flag(1337, "int", "random seed (weights, data order, dropout)")
     log_every: int = _flag(10, "int>=1", "when stderr is not a terminal, one log line every N steps")

@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a new run from the weights (and model shape) of a ckpt_best.pt / ckpt_last.pt or "
                         "of a folder written by export; optimizer, schedule, data position and history start "
                         "fresh, and the default lr is the preset's x " + f"{INIT_FROM_LR_FACTOR:g}, the default warmup "
-                             f"{INIT_FROM_WARMUP_FRACTION:.0%} of the run")
+                             f"{INIT_FROM_WARMUP_FRACTION * 100:.0f}%% of the run")
     p.add_argument("--config", choices=[*PRESETS, "custom"], default="small",
                    help="preset (" + ", ".join(f"{name} ~{preset_parameters(name) / 1e6:.0f}M" for name in PRESETS)
                         + " parameters at a 32k vocabulary); any model/training flag below overrides that "

@@ -27,7 +27,7 @@ H heads, D head dim (C // H), V vocabulary.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -87,6 +87,31 @@ def document_positions(idx: torch.Tensor, sep_id: Optional[int]) -> torch.Tensor
         return ar
     start = torch.where(is_sep, ar, 0).cummax(dim=1).values  # (B, T) latest SEP at/before t (0 if none)
     return ar - start  # (B, T)
+
+
+class Segments(NamedTuple):
+    """The document layout of a batch, built once on the data side (segment_layout), on the CPU:
+    RoPE positions (B, T) restarting at 0 on every SEP, and for flash-attn's varlen kernel the
+    cumulative lengths of the segments over the flattened B x T tokens (int32 (n + 1,)) and the
+    longest segment (a Python int, so the kernel needs no host sync)."""
+    positions: torch.Tensor
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+
+    def to(self, device, non_blocking: bool = False) -> "Segments":
+        return Segments(self.positions.to(device, non_blocking=non_blocking),
+                        self.cu_seqlens.to(device, non_blocking=non_blocking), self.max_seqlen)
+
+
+def segment_layout(idx: torch.Tensor, sep_id: Optional[int]):
+    """document_positions(idx, sep_id), and when rows hold several documents the whole Segments
+    layout. Call it on the CPU copy of the batch (the data loader's side)."""
+    positions = document_positions(idx, sep_id)
+    if positions.dim() == 1:
+        return positions
+    starts = (positions.reshape(-1) == 0).nonzero()[:, 0]   # every row starts a segment (position 0)
+    cu = torch.cat((starts, torch.tensor([positions.numel()]))).to(torch.int32)
+    return Segments(positions, cu, int((cu[1:] - cu[:-1]).max()))
 
 
 def segment_mask(positions: torch.Tensor) -> torch.Tensor:
@@ -200,6 +225,35 @@ def reference_attention(q, k, v, mask=None, is_causal=False):
 
 
 _flash_attn_func = None  # flash_attn.flash_attn_func once use_flash_attn(True) found it usable
+_flash_attn_varlen_func = None  # and flash_attn.flash_attn_varlen_func (documents packed in a window)
+
+try:                     # FlexAttention: document masks without a dense (B, 1, T, T) mask (CUDA for training)
+    from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
+except ImportError:      # an older torch
+    BlockMask = create_block_mask = flex_attention = None
+
+# How document-aware passes (windows holding several documents) attend: "sdpa" with the dense
+# segment mask (every device; the reference), "flex" (FlexAttention with a block mask; CUDA,
+# no dropout) or "varlen" (flash-attn's variable-length kernel over the packed segments; CUDA,
+# fp16/bf16). GPT.use_flash_attn chooses and logs it.
+DOCUMENT_KERNELS = ("sdpa", "flex", "varlen")
+
+
+class Varlen(NamedTuple):
+    """The varlen kernel's view of a Segments layout, passed down to every attention layer."""
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+
+
+def document_block_mask(positions: torch.Tensor) -> "BlockMask":
+    """FlexAttention's block mask for positions (B, T): causal and within one segment."""
+    seg = (positions == 0).cumsum(dim=1)  # (B, T) segment id
+
+    def same_document(b, h, q, kv):
+        return (seg[b, q] == seg[b, kv]) & (q >= kv)
+
+    B, T = positions.shape
+    return create_block_mask(same_document, B, None, T, T, device=positions.device)
 
 
 class KVCache(nn.Module):
@@ -264,7 +318,14 @@ class CausalSelfAttention(nn.Module):
             if k.dtype != q.dtype:
                 k, v = k.to(q.dtype), v.to(q.dtype)
         dropout_p = self.dropout if self.training else 0.0
-        if self.use_flash and mask is None and q.dtype in (torch.float16, torch.bfloat16):
+        if isinstance(mask, Varlen):  # packed documents, flash-attn over (B*T, H, D) with their lengths
+            y = _flash_attn_varlen_func(q.transpose(1, 2).reshape(B * T, H, D), k.transpose(1, 2).reshape(B * T, H, D),
+                                        v.transpose(1, 2).reshape(B * T, H, D), mask.cu_seqlens, mask.cu_seqlens,
+                                        mask.max_seqlen, mask.max_seqlen, dropout_p=dropout_p, causal=True)
+            y = y.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+        elif BlockMask is not None and isinstance(mask, BlockMask):
+            y = flex_attention(q, k, v, block_mask=mask)  # (B, H, T, D)
+        elif self.use_flash and mask is None and q.dtype in (torch.float16, torch.bfloat16):
             # flash-attn wants (B, T, H, D); it only does plain causal attention (no segment mask)
             y = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                  dropout_p=dropout_p, causal=True).transpose(1, 2)  # (B, H, T, D)
@@ -327,6 +388,7 @@ class GPT(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, D)
         self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, D)
         self.gradient_checkpointing = False  # recompute each block in backward (training mode only)
+        self.document_kernel = "sdpa"        # set_document_kernel / use_flash_attn
         self._init_weights()
 
     # ----------------------------------------------------------------------- parameters
@@ -374,31 +436,58 @@ class GPT(nn.Module):
     # ----------------------------------------------------------------------- attention backends
 
     def use_flash_attn(self, enable: bool) -> bool:
-        """Use the flash-attn package for plain causal attention when it is installed and the
-        model is on CUDA; otherwise log a one-line notice and keep SDPA. Returns whether it is on.
-
-        flash-attn cannot apply the document mask, so forward passes that need it (training and
-        evaluation with `cfg.sep_token_id` set) and cached decoding keep using SDPA (which picks
-        its own flash / memory-efficient kernel on GPU); flash-attn also needs fp16/bf16 inputs.
-        """
-        global _flash_attn_func
-        on = False
+        """Use the flash-attn package when it is installed and the model is on CUDA: its plain
+        causal kernel for windows inside one document, its varlen kernel for windows holding
+        several (fed the Segments layout the data side builds). Without flash-attn on CUDA,
+        windows holding several documents use FlexAttention with a block mask; elsewhere SDPA
+        with the dense mask. The choice is logged in one line. Returns whether flash-attn is on.
+        flash-attn needs fp16/bf16 inputs; in fp32 SDPA runs instead."""
+        global _flash_attn_func, _flash_attn_varlen_func
+        on, kernel = False, "sdpa"
+        cuda = self.tok_emb.weight.device.type == "cuda"
+        why = "not asked (--flash-attention)"
         if enable:
             try:
-                from flash_attn import flash_attn_func
+                from flash_attn import flash_attn_func, flash_attn_varlen_func
             except Exception:  # ImportError, or a build that does not match this torch / GPU
-                log.info("note: the flash-attn package is not installed (or does not load); using SDPA attention")
+                why = "the flash-attn package is not installed (or does not load)"
             else:
-                if self.tok_emb.weight.device.type != "cuda":
-                    log.info("note: flash-attn needs a CUDA GPU; using SDPA attention")
+                if not cuda:
+                    why = "flash-attn needs a CUDA GPU"
                 else:
-                    _flash_attn_func = flash_attn_func
-                    on = True
-                    if self.cfg.sep_token_id is not None:
-                        log.info("note: flash-attn cannot mask documents; document-aware passes use SDPA")
+                    _flash_attn_func, _flash_attn_varlen_func = flash_attn_func, flash_attn_varlen_func
+                    on, kernel = True, "varlen"
+            if not on and cuda and flex_attention is not None:
+                kernel = "flex"
         for block in self.blocks:
             block.attn.use_flash = on
+        self.set_document_kernel(kernel)
+        if enable:
+            docs = {"varlen": "flash-attn varlen", "flex": "FlexAttention with a document block mask",
+                    "sdpa": "SDPA with a dense document mask"}[kernel]
+            log.info(f"attention: {'flash-attn' if on else 'SDPA'} within one document, {docs} across documents"
+                     + ("" if on else f" ({why})"))
         return on
+
+    def _document_mask(self, positions: torch.Tensor, layout: Optional[Segments], dtype):
+        """What the attention layers get for windows holding several documents: the dense
+        (B, 1, T, T) mask, a FlexAttention block mask, or the varlen lengths (document_kernel)."""
+        kind = self.document_kernel
+        half = self.tok_emb.weight.dtype in (torch.float16, torch.bfloat16) \
+            or torch.is_autocast_enabled(positions.device.type)
+        if kind == "varlen" and layout is not None and half:   # flash-attn runs fp16 / bf16 only
+            return Varlen(layout.cu_seqlens, layout.max_seqlen)
+        if kind == "flex" and not (self.training and self.dropout > 0):
+            return document_block_mask(positions)
+        return segment_mask(positions)  # (B, 1, T, T)
+
+    def set_document_kernel(self, kind: str) -> None:
+        """How windows holding several documents attend (DOCUMENT_KERNELS); "sdpa" by default."""
+        if kind not in DOCUMENT_KERNELS:
+            raise ValueError(f"document kernel {kind!r} must be one of {', '.join(DOCUMENT_KERNELS)}")
+        if kind == "flex" and flex_attention is None:
+            raise ValueError("FlexAttention needs a newer torch")
+        self.document_kernel = kind
 
     # ----------------------------------------------------------------------- KV cache
 
@@ -465,7 +554,8 @@ class GPT(nn.Module):
 
         input_pos (T,) long: cached decoding at those cache slots (see the module docstring);
         key_mask (B, S) bool, False = padding slot; positions (T,) or (B, T) long RoPE positions
-        (default: input_pos). kv_len (int): the slots written so far, input_pos included, when the
+        (default: input_pos); in training also a Segments (segment_layout), which the "varlen"
+        document kernel needs. kv_len (int): the slots written so far, input_pos included, when the
         caller knows it (eager decoding): attention reads only those, with no mask for one new
         token or a prefill from slot 0. None: every slot of the cache, masked (fixed shapes,
         as torch.compile wants them).
@@ -477,8 +567,11 @@ class GPT(nn.Module):
                 raise ValueError(f"sequence length {T} exceeds block_size={self.cfg.block_size}")
             if positions is None:
                 positions = document_positions(idx, self.cfg.sep_token_id)
+            layout = positions if isinstance(positions, Segments) else None
+            if layout is not None:
+                positions = layout.positions
             if positions.dim() == 2:
-                mask = segment_mask(positions)  # (B, 1, T, T)
+                mask = self._document_mask(positions, layout, idx.dtype)
         else:
             cache = self.blocks[0].attn.kv_cache
             if cache is None:

@@ -57,7 +57,7 @@ from config import MODEL_FIELDS, TrainConfig, init_from_defaults, lr_at, make_co
 from checkpoint import (InitSource, TrainState, check_init_shape, empty_window, load_init_source,
                         load_resume_checkpoint, restore_run, run_checkpoint, set_rng_state)
 from corpus import CorpusSpec, parse_corpus_specs
-from model import GPT, ModelConfig, document_positions
+from model import GPT, ModelConfig, document_positions, segment_layout
 from optimizers import make_optimizer
 from precision import Precision, log_choice, resolve_precision
 from runs import RunFolder, RunLock, StopSignals, versions
@@ -721,7 +721,7 @@ def optimizer_step(model: GPT, train_model, optimizer, scaler, micro_batches: li
     sep = model.cfg.sep_token_id
     no_sync = getattr(train_model, "no_sync", None)   # DDP: reduce the gradients once, on the last micro-step
     for i, (x, y) in enumerate(micro_batches):
-        positions = document_positions(x, sep).to(device, non_blocking=True)  # read on the host copy
+        positions = segment_layout(x, sep).to(device, non_blocking=True)  # built on the host copy
         n_tok = int((y != -1).sum())
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)

@@ -173,7 +173,7 @@ def test_bad_input_under_torchrun_is_an_error_line_and_exit_2_with_nothing_writt
 def test_time_budget_under_torchrun_follows_rank_0s_plan_on_every_rank(data, tmp_path):
     out = tmp_path / "budget"
     args = ["train", "--tokenizer", data["tok"], "--corpus", data["corpus"], "--outdir", out, *SHAPE,
-            "--time-budget", "15s"]
+            "--time-budget", "15s", "--patience", "0"]   # the budget, not early stopping, ends it
     proc = subprocess.run(torchrun(*args), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)

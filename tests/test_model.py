@@ -245,7 +245,9 @@ def test_use_flash_attn_falls_back_to_sdpa_on_cpu(caplog):
     want, _ = m(idx)
     with caplog.at_level(logging.INFO, logger="mini_llm"):
         assert m.use_flash_attn(True) is False
-    assert any("using SDPA" in r.getMessage() for r in caplog.records)
+    assert any(r.getMessage().startswith("attention: SDPA within one document, SDPA with a dense document mask")
+               for r in caplog.records)
+    assert m.document_kernel == "sdpa"
     got, _ = m(idx)
     assert torch.equal(got, want)
 
@@ -579,3 +581,69 @@ def test_training_forward_compiles_to_one_graph_without_breaks(family):
     ex = torch._dynamo.explain(model)(x, y, positions=M.document_positions(x, 0), z_loss=1e-4)
     assert (ex.graph_count, ex.graph_break_count) == (1, 0), [b.reason for b in ex.break_reasons]
     torch._dynamo.reset()
+
+
+def test_segment_layout_gives_the_lengths_of_the_packed_documents():
+    idx = torch.tensor([[0, 5, 6, 0, 7, 8, 9, 0], [4, 4, 4, 4, 0, 4, 4, 4]])
+    lay = M.segment_layout(idx, 0)
+    assert torch.equal(lay.positions, M.document_positions(idx, 0))
+    assert lay.cu_seqlens.dtype == torch.int32
+    assert lay.cu_seqlens.tolist() == [0, 3, 7, 8, 12, 16] and lay.max_seqlen == 4
+    plain = M.segment_layout(torch.tensor([[0, 5, 6, 7]]), 0)
+    assert isinstance(plain, torch.Tensor) and plain.tolist() == [0, 1, 2, 3]   # one document: no layout
+
+
+@pytest.mark.parametrize("family", list(M.FAMILIES))
+def test_flex_document_mask_equals_the_dense_mask_on_packed_documents(family):
+    """FlexAttention with the document block mask gives SDPA's dense-mask outputs. On CPU only
+    forward (FlexAttention has no CPU backward; training uses it on CUDA, see the gpu tests)."""
+    if M.flex_attention is None:
+        pytest.skip("this torch has no FlexAttention")
+    import warnings
+    m = tiny_model(family=family).eval()
+    idx = random_tokens(2, 32)
+    idx[:, 0] = 0
+    idx[0, 9] = idx[0, 20] = idx[1, 17] = 0
+    lay = M.segment_layout(idx, 0)
+    with torch.no_grad():
+        want = m.hidden_states(idx, positions=lay)
+        m.set_document_kernel("flex")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")                # eager FlexAttention warns it is unfused
+            got = m.hidden_states(idx, positions=lay)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    with pytest.raises(ValueError):
+        m.set_document_kernel("dense")
+
+
+def _document_kernel_step(kernel: str, autocast: bool):
+    """Loss and gradients of one training forward/backward on packed documents, on CUDA."""
+    m = tiny_model().cuda().train()
+    m.set_document_kernel(kernel)
+    idx = random_tokens(2, 64).cuda()
+    idx[:, 0] = SEP
+    idx[0, 9] = idx[0, 40] = idx[1, 17] = SEP
+    lay = M.segment_layout(idx.cpu(), SEP).to("cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+        _, loss = m(idx, idx, positions=lay)
+    loss.backward()
+    return float(loss), torch.cat([p.grad.flatten().float() for p in m.parameters()])
+
+
+@pytest.mark.gpu
+def test_flex_document_attention_trains_like_the_dense_mask_on_cuda():
+    want_loss, want_grad = _document_kernel_step("sdpa", autocast=False)
+    loss, grad = _document_kernel_step("flex", autocast=False)
+    assert loss == pytest.approx(want_loss, rel=1e-4)
+    assert torch.allclose(grad, want_grad, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.gpu
+def test_flash_attn_varlen_trains_like_the_dense_mask_on_cuda():
+    pytest.importorskip("flash_attn")
+    m = tiny_model().cuda()
+    assert m.use_flash_attn(True) and m.document_kernel == "varlen"
+    want_loss, want_grad = _document_kernel_step("sdpa", autocast=True)
+    loss, grad = _document_kernel_step("varlen", autocast=True)
+    assert loss == pytest.approx(want_loss, rel=1e-2)
+    assert torch.allclose(grad, want_grad, atol=2e-2, rtol=5e-2)

@@ -169,7 +169,7 @@ def test_train_help_is_derived_from_presets_and_fields():
         assert f"--{field.replace('_', '-')}" in text and f"(preset: {shown})" in text, field
     for name in C.PRESETS:
         assert f"{name} ~{C.preset_parameters(name) / 1e6:.0f}M" in text
-    assert "(default: 1337)" in text and "(default: 5% of the schedule, at most 500)" in text
+    assert "(default: 1337)" in text and "(default: 5% of the schedule, 20% with --init-from; at most 500)" in text
 
 
 def test_every_flag_field_reaches_its_config(data):
