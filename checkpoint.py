@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from common import UserError, log, require_file
-from model import GPT, ModelConfig
+from model import GPT, ModelConfig, pad_vocab_state
 
 CHECKPOINT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -133,6 +133,7 @@ def restore_run(ckpt: dict, model: GPT, optimizer, scaler, cfg, n_windows: int) 
                         f"pass --optimizer {was}, or use another --outdir")
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
+    pad_vocab_state(model, optimizer)
     for group in optimizer.param_groups:   # the current command's hyperparameters win
         if "betas" in group:               # AdamW's (Muon has a momentum instead)
             group["betas"] = (cfg.beta1, cfg.beta2)

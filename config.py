@@ -53,6 +53,7 @@ class Flag:
 
 # Far above any model this tool trains; a config beyond them (a damaged or foreign checkpoint)
 # is refused before anything is allocated.
+VOCAB_MULTIPLE = 64  # the embedding is padded to a multiple of this (ModelConfig.padded_vocab_size)
 MODEL_LIMITS = {"vocab_size": 1 << 21, "block_size": 1 << 17, "n_layer": 512, "n_head": 1024, "n_embd": 1 << 19}
 
 # The architecture families: each a fixed set of choices, each exported exactly to its Hugging Face
@@ -156,6 +157,14 @@ class ModelConfig:
         mlp = 3 * C * I if self.gated_mlp else (C * I + I * b) + (I * C + C * b)
         qk_norm = 2 * self.head_dim if self.family == "qwen3" else 0
         return self.vocab_size * C + self.n_layer * (2 * norm + attn + mlp + qk_norm) + norm
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding / output head in memory: vocab_size rounded up to a multiple of
+        VOCAB_MULTIPLE, so the head's matmul has GPU-friendly shapes. The padding rows stay zero,
+        their logits are -inf (never sampled, no gradient), and checkpoints and exports hold
+        only the vocab_size real rows."""
+        return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -49,19 +49,22 @@ def _unwrap(model):
 
 
 class _Batch:
-    """Left-padded contexts in the cache: slot s of row i holds position s - pad[i]."""
+    """Left-padded contexts in the cache: slot s of row i holds position s - pad[i].
 
-    def __init__(self, contexts: list[list[int]], S: int, device, pad_id: int):
+    `fixed`: always tensors (`pad` (B, 1), `key_mask` (B, S)), even without padding, so a
+    compiled decode step sees the same kinds of argument at every step and every call."""
+
+    def __init__(self, contexts: list[list[int]], S: int, device, pad_id: int, fixed: bool = False):
         P = max(len(c) for c in contexts)
         pads = [P - len(c) for c in contexts]
         self.P = P
         self.idx = torch.tensor([[pad_id] * p + c for p, c in zip(pads, contexts)],
                                 dtype=torch.long, device=device)  # (B, P)
-        if any(pads):
-            pad = torch.tensor(pads, device=device)[:, None]  # (B, 1)
+        self.pad = torch.tensor(pads, device=device)[:, None]  # (B, 1)
+        if any(pads) or fixed:
             slots = torch.arange(S, device=device)[None, :]  # (1, S)
-            self.key_mask = slots >= pad  # (B, S) False = padding slot
-            self.positions = (slots - pad).clamp(min=0)  # (B, S) RoPE position of each slot
+            self.key_mask = slots >= self.pad  # (B, S) False = padding slot
+            self.positions = (slots - self.pad).clamp(min=0)  # (B, S) RoPE position of each slot
         else:
             self.key_mask = self.positions = None  # plain causal, position = slot
 
@@ -69,11 +72,34 @@ class _Batch:
         return None if self.positions is None else self.positions[:, start:end]
 
 
-def _prefill(model, contexts, S, slots, device, pad_id) -> tuple[_Batch, torch.Tensor]:
-    batch = _Batch(contexts, S, device, pad_id)
+def _prefill(model, contexts, S, slots, device, pad_id, fixed=False) -> tuple[_Batch, torch.Tensor]:
+    batch = _Batch(contexts, S, device, pad_id, fixed)
     logits, _ = model(batch.idx, input_pos=slots[:batch.P], key_mask=batch.key_mask,
                       positions=batch.positions_at(0, batch.P), kv_len=batch.P, last_only=True)
     return batch, logits[:, -1]  # (B, V)
+
+
+def _decode_step(model, idx: torch.Tensor, input_pos: torch.Tensor, key_mask: torch.Tensor,
+                 pad: torch.Tensor) -> torch.Tensor:
+    """One cached decoding step over the whole fixed-size cache: idx (B, 1) at slot input_pos (1,),
+    RoPE position input_pos - pad per row -> next-token logits (B, V). Every argument is a tensor
+    of the same shape at every step, so its compiled form is traced once."""
+    positions = (input_pos[None, :] - pad).clamp(min=0)  # (B, 1)
+    logits, _ = model(idx, input_pos=input_pos, key_mask=key_mask, positions=positions)
+    return logits[:, -1]  # (B, V)
+
+
+_compiled_steps: dict = {}  # compile mode -> the compiled _decode_step (compiled once per process)
+
+
+def compiled_decode_step(device: torch.device):
+    """torch.compile(_decode_step): with CUDA graphs (mode "reduce-overhead") on CUDA, where a
+    batch-1 step is launch-bound; inductor's default mode elsewhere. Traced once per batch size
+    and dtype (the cache keeps its size: model.setup_cache reuses it)."""
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    if mode not in _compiled_steps:
+        _compiled_steps[mode] = torch.compile(_decode_step, mode=mode, fullgraph=True, dynamic=False)
+    return _compiled_steps[mode]
 
 
 class _Penalties:
@@ -116,7 +142,7 @@ class _Penalties:
 @torch.inference_mode()
 def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: SamplingConfig, *,
                    generator: Optional[torch.Generator] = None, stop_ids: Sequence[int] = (0, 1),
-                   pad_id: int = 0) -> Iterator[list[int]]:
+                   pad_id: int = 0, compile: bool = False) -> Iterator[list[int]]:
     """KV-cached decoding of B prompts (lists of token ids, each starting with the SEP/BOS id).
     Yields, per step, a list of B new token ids; -1 marks a row that already ended (it produced
     one of `stop_ids`, which is yielded once). Stops after `max_new_tokens` steps or when every
@@ -129,6 +155,10 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
     its most recent SLIDE_KEEP_FRACTION * block_size tokens, re-prefilled at positions 0.. (the
     shared cache is refilled when its last slot is used; rows that still fit keep their context).
     Per step on the host: one transfer of the B sampled ids, plus list bookkeeping.
+
+    `compile`: the decoding step runs compiled (compiled_decode_step) over a cache of block_size
+    slots kept between calls, with tensor arguments of fixed shapes, so it is traced once and,
+    on CUDA, replayed as a CUDA graph; the prefill stays eager. Greedy tokens equal the eager ones.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (the SEP/BOS id)")
@@ -141,7 +171,7 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
     keep = max(1, int(block * SLIDE_KEEP_FRACTION))
     history = [list(p) for p in prompts]  # all tokens of each row (prompt + output), on the host
     starts = [max(0, len(h) - block) for h in history]  # each row's context: history[i][starts[i]:]
-    S = min(block, max(len(h) - s for h, s in zip(history, starts)) + max_new_tokens)
+    S = block if compile else min(block, max(len(h) - s for h, s in zip(history, starts)) + max_new_tokens)
     stop = set(stop_ids)
     finished = [False] * B
 
@@ -152,10 +182,12 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
         return sample(logits, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                       min_p=cfg.min_p, generator=generator)
 
-    model.setup_cache(B, S)
+    model.setup_cache(B, S, reuse=compile)
+    step_fn = compiled_decode_step(device) if compile else None
     try:
         slots = torch.arange(S, device=device)
-        batch, logits = _prefill(model, [h[s:] for h, s in zip(history, starts)], S, slots, device, pad_id)
+        batch, logits = _prefill(model, [h[s:] for h, s in zip(history, starts)], S, slots, device, pad_id,
+                                 compile)
         pos = batch.P  # next free cache slot
         for step in range(max_new_tokens):
             new = next_ids(logits)  # (B,)
@@ -179,15 +211,20 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                 for i, h in enumerate(history):
                     if len(h) - starts[i] > block:
                         starts[i] = len(h) - keep
-                batch, logits = _prefill(model, [h[s:] for h, s in zip(history, starts)], S, slots, device, pad_id)
+                batch, logits = _prefill(model, [h[s:] for h, s in zip(history, starts)], S, slots, device, pad_id,
+                                         compile)
                 pos = batch.P
+            elif step_fn is not None:
+                logits = step_fn(model, new[:, None], slots[pos:pos + 1].clone(), batch.key_mask, batch.pad)
+                pos += 1
             else:
                 logits, _ = model(new[:, None], input_pos=slots[pos:pos + 1], key_mask=batch.key_mask,
                                   positions=batch.positions_at(pos, pos + 1), kv_len=pos + 1)
                 logits = logits[:, -1]
                 pos += 1
     finally:
-        model.clear_cache()
+        if not compile:      # a compiled step keeps its cache (a new one would be traced again)
+            model.clear_cache()
         model.train(was_training)
 
 
@@ -327,7 +364,7 @@ def encode_prompt(tokenizer, prompt: str, sep_id: int = 0) -> list[int]:
 
 def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, cfg: SamplingConfig,
                    stop_strings: Sequence[str] = (), num_samples: int = 1, batch_size: int = 1,
-                   generator: Optional[torch.Generator] = None,
+                   generator: Optional[torch.Generator] = None, compile: bool = False,
                    on_start: Optional[Callable[[int], None]] = None,
                    on_text: Optional[Callable[[int, str], None]] = None) -> list[Generation]:
     """Generate `num_samples` continuations of each prompt -> results, prompt-major
@@ -337,6 +374,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     `on_text(r, piece)` with each final piece of its text as it is produced (streaming).
     batch_size > 1: rows run in left-padded batches (similar prompt lengths together); the
     callbacks are not available. Greedy results do not depend on the batch size.
+    `compile`: a compiled decoding step (generate_batch).
     """
     if (on_start or on_text) and batch_size != 1:
         raise ValueError("streaming callbacks need batch_size == 1")
@@ -355,7 +393,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
             on_start(chunk[0])
         streams = [TextStream(tokenizer, stop_strings) for _ in chunk]
         steps = generate_batch(model, [encoded[rows[r][0]] for r in chunk], max_new_tokens, cfg,
-                               generator=generator, stop_ids=stop_ids, pad_id=ids["pad"])
+                               generator=generator, stop_ids=stop_ids, pad_id=ids["pad"], compile=compile)
         for step in steps:
             for r, s, t in zip(chunk, streams, step):
                 if s.done or t < 0:
@@ -449,11 +487,14 @@ def _utf8_stdout():
 def run_generate(*, tokenizer, ckpt_path, prompts: Sequence[str], max_new_tokens: int,
                  cfg: SamplingConfig, stop_strings: Sequence[str] = (), seed: Optional[int] = None,
                  num_samples: int = 1, stream: bool = False, batch_size: int = 1,
-                 output=None, device: str = "auto", precision: str = "auto") -> list[Generation]:
+                 output=None, device: str = "auto", precision: str = "auto",
+                 compile: bool = False) -> list[Generation]:
     """The generate stage: load, generate, print (stdout) or write `output` (.jsonl = JSON Lines,
     else plain text), log tokens/s. Streaming prints each piece of text as soon as it is final;
     its stdout is byte for byte what the same run without streaming prints. `precision`: see
-    precision.resolve_precision (measured on the decoding shapes: batch_size rows per step)."""
+    precision.resolve_precision (measured on the decoding shapes: batch_size rows per step).
+    `compile`: torch.compile the decoding step (CUDA graphs on CUDA); the first step of each
+    batch size pays the compilation (tens of seconds), so it pays off for long or many samples."""
     if any(s == "" for s in stop_strings):
         raise UserError("--stop: empty stop strings are not allowed; pass the text that ends a sample")
     if seed is not None and not 0 <= seed < 2**63:
@@ -497,7 +538,8 @@ def run_generate(*, tokenizer, ckpt_path, prompts: Sequence[str], max_new_tokens
     with prec.autocast():
         results = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, cfg=cfg,
                                  stop_strings=stop_strings, num_samples=num_samples, batch_size=batch_size,
-                                 generator=generator, **(dict(on_start=on_start, on_text=on_text) if stream else {}))
+                                 generator=generator, compile=compile,
+                                 **(dict(on_start=on_start, on_text=on_text) if stream else {}))
     elapsed = time.perf_counter() - start
     if stream:
         out.write(parts(n_results - 1)[1])
@@ -511,5 +553,6 @@ def run_generate(*, tokenizer, ckpt_path, prompts: Sequence[str], max_new_tokens
         _write_results(output, results, len(prompts), num_samples)
     n_tokens = sum(g.tokens for g in results)
     log.info(f"generated {n_tokens} tokens in {elapsed:.2f}s ({n_tokens / max(elapsed, 1e-9):.1f} tokens/s"
-             f"{f', batches of {batch_size}' if batch_size > 1 else ''}, {dev.type}, {prec.name})")
+             f"{f', batches of {batch_size}' if batch_size > 1 else ''}, {dev.type}, {prec.name}"
+             f"{', compiled, compilation included' if compile else ''})")
     return results

@@ -150,7 +150,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     the plain cross-entropy, so logged training losses stay comparable with validation losses."""
 
     @staticmethod
-    def forward(ctx, h, W, targets, chunk, z_loss=0.0):  # h (N, C), W (V, C), targets (N,) with -1 = ignored
+    def forward(ctx, h, W, targets, chunk, z_loss=0.0, vocab=None):  # h (N, C), W (V', C), targets (N,), -1 = ignored
         dt = _matmul_dtype(h.device.type)
         with torch.autocast(h.device.type, enabled=False):
             hm, Wm = (h, W) if dt is None else (h.to(dt), W.to(dt))
@@ -162,7 +162,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total = torch.zeros((), dtype=torch.float32, device=h.device)
             for s in range(0, h.shape[0], chunk):
                 hc, yc = hm[s:s + chunk], targets[s:s + chunk].clamp(min=0)
-                logits = (hc @ Wm.t()).float()  # (c, V)
+                logits = _mask_padding((hc @ Wm.t()).float(), vocab)  # (c, V')
                 lse = torch.logsumexp(logits, dim=-1)  # (c,)
                 total += ((lse - logits.gather(1, yc[:, None])[:, 0]) * valid[s:s + chunk]).sum()
                 p = logits.sub_(lse[:, None]).exp_()  # softmax
@@ -180,24 +180,32 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         grad_h, grad_W = ctx.saved_tensors
-        return (grad_h * grad).to(ctx.dtypes[0]), (grad_W * grad).to(ctx.dtypes[1]), None, None, None
+        return (grad_h * grad).to(ctx.dtypes[0]), (grad_W * grad).to(ctx.dtypes[1]), None, None, None, None
+
+
+def _mask_padding(logits: torch.Tensor, vocab: Optional[int]) -> torch.Tensor:
+    """logits (N, V') with the columns from `vocab` on (the embedding's padding rows) set to -inf."""
+    if vocab is not None and vocab < logits.shape[-1]:
+        logits[:, vocab:] = float("-inf")
+    return logits
 
 
 def linear_cross_entropy(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor,
-                         reduction: str = "mean", z_loss: float = 0.0) -> torch.Tensor:
-    """Cross-entropy of the logits h @ W.T (h (N, C), W (V, C)) against targets (N,), -1 =
-    ignored, computed in row chunks without the whole (N, V) logits: "mean" (as F.cross_entropy,
+                         reduction: str = "mean", z_loss: float = 0.0, vocab: Optional[int] = None) -> torch.Tensor:
+    """Cross-entropy of the logits h @ W.T (h (N, C), W (V', C)) against targets (N,), -1 =
+    ignored, computed in row chunks without the whole (N, V') logits: "mean" (as F.cross_entropy,
     differentiable; `z_loss` adds z-loss to its gradient, see _LinearCrossEntropy) or "none"
-    (per-row losses, 0 where ignored; no gradient)."""
+    (per-row losses, 0 where ignored; no gradient). `vocab`: only W's first `vocab` rows are
+    tokens (the rest is padding: -inf logits, so no probability and no gradient)."""
     chunk = _loss_chunk_rows(W.shape[0])
     if reduction == "mean" and torch.is_grad_enabled() and (h.requires_grad or W.requires_grad):
-        return _LinearCrossEntropy.apply(h, W, targets, chunk, float(z_loss))
+        return _LinearCrossEntropy.apply(h, W, targets, chunk, float(z_loss), vocab)
     dt = _matmul_dtype(h.device.type)
     out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
     with torch.autocast(h.device.type, enabled=False):
         hm, Wm = (h, W) if dt is None else (h.to(dt), W.to(dt))
         for s in range(0, h.shape[0], chunk):
-            logits = (hm[s:s + chunk] @ Wm.t()).float()  # (c, V)
+            logits = _mask_padding((hm[s:s + chunk] @ Wm.t()).float(), vocab)  # (c, V')
             out[s:s + chunk] = F.cross_entropy(logits, targets[s:s + chunk], ignore_index=-1, reduction="none")
     if reduction == "none":
         return out
@@ -243,6 +251,19 @@ class Varlen(NamedTuple):
     """The varlen kernel's view of a Segments layout, passed down to every attention layer."""
     cu_seqlens: torch.Tensor
     max_seqlen: int
+
+
+_compiled_flex = None  # torch.compile(flex_attention): its fused kernel on CUDA (eager, it computes dense scores)
+
+
+def _flex_attention(q, k, v, block_mask):
+    """FlexAttention, compiled on CUDA (inlined when the whole model is already compiled)."""
+    global _compiled_flex
+    if not q.is_cuda:
+        return flex_attention(q, k, v, block_mask=block_mask)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=block_mask)
 
 
 def document_block_mask(positions: torch.Tensor) -> "BlockMask":
@@ -324,7 +345,7 @@ class CausalSelfAttention(nn.Module):
                                         mask.max_seqlen, mask.max_seqlen, dropout_p=dropout_p, causal=True)
             y = y.view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         elif BlockMask is not None and isinstance(mask, BlockMask):
-            y = flex_attention(q, k, v, block_mask=mask)  # (B, H, T, D)
+            y = _flex_attention(q, k, v, mask)  # (B, H, T, D)
         elif self.use_flash and mask is None and q.dtype in (torch.float16, torch.bfloat16):
             # flash-attn wants (B, T, H, D); it only does plain causal attention (no segment mask)
             y = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
@@ -374,6 +395,40 @@ class Block(nn.Module):
 
 # =========================================================================== model
 
+_VOCAB_ROWS = ("tok_emb.weight", "lm_head.weight")
+
+
+def _drop_vocab_padding(module, state: dict, prefix: str, local_metadata) -> None:
+    """state_dict post-hook: the embedding / head hold their vocab_size real rows only (a copy,
+    so a saved checkpoint does not carry the padding in the slice's storage)."""
+    V, cut = module.cfg.vocab_size, {}
+    for name in _VOCAB_ROWS:
+        w = state.get(prefix + name)
+        if w is not None and w.shape[0] > V:   # the tied pair stays one tensor
+            state[prefix + name] = cut.setdefault(w.data_ptr(), w[:V].clone())
+
+
+def _add_vocab_padding(module, state: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: zero padding rows under the vocab_size real ones."""
+    rows = module.cfg.padded_vocab_size
+    for name in _VOCAB_ROWS:
+        w = state.get(prefix + name)
+        if isinstance(w, torch.Tensor) and w.dim() == 2 and w.shape[0] == module.cfg.vocab_size < rows:
+            state[prefix + name] = torch.cat((w, w.new_zeros(rows - w.shape[0], w.shape[1])))
+
+
+def pad_vocab_state(model: "GPT", optimizer) -> None:
+    """Zero-pad optimizer state written for an unpadded embedding (checkpoints from before the
+    padding) to the embedding's padded rows, so such a run resumes."""
+    emb = model.tok_emb.weight
+    for opt in getattr(optimizer, "optimizers", [optimizer]):
+        state = opt.state.get(emb, {})
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[0] < emb.shape[0] \
+                    and value.shape[1] == emb.shape[1]:
+                state[key] = torch.cat((value, value.new_zeros(emb.shape[0] - value.shape[0], value.shape[1])))
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -383,7 +438,13 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = make_norm(cfg, cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        # padded_vocab_size rows in memory (built at vocab_size first: the same random draws)
+        self.tok_emb.weight = nn.Parameter(self.tok_emb.weight.new_zeros(cfg.padded_vocab_size, cfg.n_embd))
+        self.tok_emb.num_embeddings = self.lm_head.out_features = cfg.padded_vocab_size
         self.lm_head.weight = self.tok_emb.weight  # weight tying: one tensor
+        # state dicts (checkpoints, exports) hold the vocab_size real rows only
+        self.register_state_dict_post_hook(_drop_vocab_padding)
+        self.register_load_state_dict_pre_hook(_add_vocab_padding)
         cos, sin = rope_cache(cfg.block_size, cfg.head_dim, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, D)
         self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, D)
@@ -398,14 +459,15 @@ class GPT(nn.Module):
         """All initialisation in one place: N(0, 0.02) for matrices and the (tied) embedding,
         zeros for biases, ones for norm scales (QK-norm included); the two residual output projections of each
         block get std 0.02 / sqrt(2 * n_layer) so the residual stream does not grow with depth."""
-        std = 0.02
+        std, V = 0.02, self.cfg.vocab_size
         for module in self.modules():
-            if isinstance(module, nn.Linear):
+            if module is self.tok_emb or module is self.lm_head:  # the real rows (the draws of an
+                nn.init.normal_(module.weight[:V], mean=0.0, std=std)  # unpadded model); padding 0
+                nn.init.zeros_(module.weight[V:])
+            elif isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
             elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 nn.init.ones_(module.weight)
                 if getattr(module, "bias", None) is not None:
@@ -416,8 +478,10 @@ class GPT(nn.Module):
             nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=resid_std)
 
     def num_parameters(self) -> int:
-        """Trainable parameter count; the tied embedding / head matrix is counted once."""
-        return sum(p.numel() for p in self.parameters())  # parameters() yields a shared tensor once
+        """Trainable parameter count; the tied embedding / head matrix is counted once, its
+        padding rows not at all."""
+        padding = (self.cfg.padded_vocab_size - self.cfg.vocab_size) * self.cfg.n_embd
+        return sum(p.numel() for p in self.parameters()) - padding  # parameters() yields a shared tensor once
 
     def configure_optimizer_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups: weight decay on matrices (every >= 2-D weight, the tied
@@ -491,19 +555,26 @@ class GPT(nn.Module):
 
     # ----------------------------------------------------------------------- KV cache
 
-    def setup_cache(self, batch_size: int, max_seq_len: int, device=None, dtype=None) -> None:
+    def setup_cache(self, batch_size: int, max_seq_len: int, device=None, dtype=None, reuse: bool = False) -> None:
         """Preallocate (batch_size, H, max_seq_len, D) key/value buffers in every layer.
 
         max_seq_len is limited to cfg.block_size (the RoPE tables and the trained context).
-        dtype defaults to the parameters' dtype.
+        dtype defaults to the parameters' dtype. `reuse`: keep the buffers already there when
+        they have this shape, device and dtype (a compiled decode step keeps its inputs; slots
+        not yet written in a call are masked, so their old contents are never read).
         """
         if not 0 < max_seq_len <= self.cfg.block_size:
             raise ValueError(f"max_seq_len={max_seq_len} must be in 1..block_size={self.cfg.block_size}")
         if batch_size <= 0:
             raise ValueError(f"batch_size={batch_size} must be positive")
         p = self.tok_emb.weight
-        device = p.device if device is None else device
+        device = p.device if device is None else torch.device(device)
         dtype = p.dtype if dtype is None else dtype
+        cache = self.blocks[0].attn.kv_cache
+        if reuse and cache is not None and cache.k.shape == (batch_size, self.cfg.n_head, max_seq_len,
+                                                                self.cfg.head_dim) \
+                and cache.k.dtype == dtype and cache.k.device == device:
+            return
         for block in self.blocks:
             block.attn.kv_cache = KVCache(batch_size, self.cfg.n_head, max_seq_len, self.cfg.head_dim,
                                           device=device, dtype=dtype)
@@ -526,10 +597,10 @@ class GPT(nn.Module):
         x = self.hidden_states(idx, input_pos=input_pos, key_mask=key_mask, positions=positions, kv_len=kv_len)
         if targets is not None:
             return None, linear_cross_entropy(x.flatten(0, 1), self.lm_head.weight, targets.reshape(-1),
-                                              z_loss=z_loss)
+                                              z_loss=z_loss, vocab=self.cfg.vocab_size)
         if last_only:
             x = x[:, -1:]
-        return self.lm_head(x).float(), None  # (B, T, V)
+        return self.lm_head(x)[..., :self.cfg.vocab_size].float(), None  # (B, T, V): the padding dropped
 
     @torch.no_grad()
     def token_losses(self, idx, targets, *, positions=None) -> torch.Tensor:
@@ -538,10 +609,12 @@ class GPT(nn.Module):
         x = self.hidden_states(idx, positions=positions).flatten(0, 1)  # (B*T, C)
         y = targets.reshape(-1)
         if bool((y != -1).all()):
-            return linear_cross_entropy(x, self.lm_head.weight, y, reduction="none").view(targets.shape)
+            return linear_cross_entropy(x, self.lm_head.weight, y, reduction="none",
+                                        vocab=self.cfg.vocab_size).view(targets.shape)
         out = torch.zeros(y.shape, dtype=torch.float32, device=x.device)
         scored = (y != -1).nonzero()[:, 0]
-        out[scored] = linear_cross_entropy(x[scored], self.lm_head.weight, y[scored], reduction="none")
+        out[scored] = linear_cross_entropy(x[scored], self.lm_head.weight, y[scored], reduction="none",
+                                           vocab=self.cfg.vocab_size)
         return out.view(targets.shape)
 
     def hidden_states(self, idx, *, input_pos=None, key_mask=None, positions=None, kv_len=None) -> torch.Tensor:

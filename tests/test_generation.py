@@ -485,3 +485,21 @@ def test_complete_restores_mode_and_frees_the_cache():
     assert all(b.attn.kv_cache is None for b in model.blocks)
     model.eval()
     assert G.complete(model, tok, "La fotosíntesis", max_new_tokens=20) == text
+
+
+def test_compiled_decode_step_equals_eager_and_is_traced_once():
+    """generate_batch(compile=True): greedy tokens equal the uncached reference (padding and a
+    sliding context included), and a second call with other prompts of the same batch size
+    reuses the traced step (fixed-size cache, tensor arguments): no new graph."""
+    from torch._dynamo.utils import counters
+    model = random_model(seed=3, block=32)
+    prompts = [[0, 5], [0] + list(range(20, 45)), [0, 7, 8, 9, 10, 11]]  # 26 + 30 > 32: slides
+    want = [uncached_greedy(model, p, 30, stop_ids=()) for p in prompts]
+    steps = list(G.generate_batch(model, prompts, 30, GREEDY, stop_ids=(), compile=True))
+    assert [[s[i] for s in steps] for i in range(3)] == want
+    graphs = counters["stats"]["unique_graphs"]
+    others = [[0, 9, 9], [0, 3], [0, 60, 61, 62, 63]]
+    steps = list(G.generate_batch(model, others, 12, GREEDY, stop_ids=(), compile=True))
+    assert [[s[i] for s in steps] for i in range(3)] == [uncached_greedy(model, p, 12, stop_ids=()) for p in others]
+    assert counters["stats"]["unique_graphs"] == graphs          # traced once, not per call or per step
+    model.clear_cache()

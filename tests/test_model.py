@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 
 import pytest
@@ -647,3 +648,63 @@ def test_flash_attn_varlen_trains_like_the_dense_mask_on_cuda():
     loss, grad = _document_kernel_step("varlen", autocast=True)
     assert loss == pytest.approx(want_loss, rel=1e-2)
     assert torch.allclose(grad, want_grad, atol=2e-2, rtol=5e-2)
+
+
+# =========================================================================== vocabulary padding
+
+def test_vocabulary_is_padded_in_memory_only_and_the_padding_never_counts():
+    """97 tokens live in 128 embedding rows: logits, losses, gradients and state dicts see the
+    97 real ones; the padding stays zero through training with weight decay."""
+    m = tiny_model().train()
+    V = m.cfg.vocab_size
+    assert m.cfg.padded_vocab_size == 128 and m.tok_emb.weight.shape == (128, 32)
+    assert not m.tok_emb.weight[V:].any()
+    sd = m.state_dict()
+    assert sd["tok_emb.weight"].shape == (V, 32) and sd["lm_head.weight"] is sd["tok_emb.weight"]
+    assert m.num_parameters() == m.cfg.num_parameters()
+    x, y = random_tokens(2, 16), random_tokens(2, 16, seed=2)
+    logits, _ = m(x)
+    assert logits.shape == (2, 16, V)
+    # the loss over the padded head equals the loss over the real rows alone, gradients included
+    h = m.hidden_states(x).flatten(0, 1).detach().requires_grad_()
+    W = m.lm_head.weight.detach().clone().requires_grad_()
+    M.linear_cross_entropy(h, W, y.reshape(-1), vocab=V, z_loss=1e-3).backward()
+    h2, W2 = h.detach().clone().requires_grad_(), W.detach()[:V].clone().requires_grad_()
+    M.linear_cross_entropy(h2, W2, y.reshape(-1), z_loss=1e-3).backward()
+    assert torch.allclose(h.grad, h2.grad, atol=1e-7) and torch.allclose(W.grad[:V], W2.grad, atol=1e-7)
+    assert not W.grad[V:].any()
+    ref = F.cross_entropy(logits.flatten(0, 1), y.reshape(-1))
+    assert float(m(x, y)[1]) == pytest.approx(float(ref), rel=1e-5)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        m(x, y)[1].backward()
+        opt.step()
+        opt.zero_grad()
+    assert not m.tok_emb.weight[V:].any()
+    again = M.GPT(m.cfg)
+    again.load_state_dict(m.state_dict())                       # 97 rows in, padded again
+    assert torch.equal(again.tok_emb.weight, m.tok_emb.weight)
+
+
+def test_optimizer_state_of_an_unpadded_embedding_is_padded_on_resume():
+    """A checkpoint written before the padding holds (97, C) AdamW moments for the embedding:
+    pad_vocab_state makes them fit, and the next step equals the one from the padded state."""
+    m = tiny_model().train()
+    V = m.cfg.vocab_size
+    x, y = random_tokens(2, 16), random_tokens(2, 16, seed=2)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    m(x, y)[1].backward()
+    opt.step()
+    opt.zero_grad()
+    old = copy.deepcopy(opt.state_dict())                       # (load_state_dict would share its tensors)
+    emb = next(i for i, p in enumerate(m.parameters()) if p is m.tok_emb.weight)
+    old["state"][emb] = {k: (v[:V].clone() if v.dim() == 2 else v) for k, v in old["state"][emb].items()}
+    twin = M.GPT(m.cfg).train()
+    twin.load_state_dict(m.state_dict())
+    opt2 = torch.optim.AdamW(twin.parameters(), lr=1e-2)
+    opt2.load_state_dict(old)
+    M.pad_vocab_state(twin, opt2)
+    for model, o in ((m, opt), (twin, opt2)):
+        model(x, y)[1].backward()
+        o.step()
+    assert torch.equal(twin.tok_emb.weight, m.tok_emb.weight)
