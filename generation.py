@@ -92,6 +92,16 @@ def _decode_step(model, idx: torch.Tensor, input_pos: torch.Tensor, key_mask: to
 _compiled_steps: dict = {}  # compile mode -> the compiled _decode_step (compiled once per process)
 
 
+def _compile_errors() -> tuple:
+    """The exceptions of a torch.compile that failed to build its kernels (no compiler, ...)."""
+    from torch._dynamo.exc import BackendCompilerFailed
+    try:
+        from torch._inductor.exc import InductorError
+    except ImportError:
+        return (BackendCompilerFailed,)
+    return (BackendCompilerFailed, InductorError)
+
+
 def compiled_decode_step(device: torch.device):
     """torch.compile(_decode_step): with CUDA graphs (mode "reduce-overhead") on CUDA, where a
     batch-1 step is launch-bound; inductor's default mode elsewhere. Traced once per batch size
@@ -535,11 +545,16 @@ def run_generate(*, tokenizer, ckpt_path, prompts: Sequence[str], max_new_tokens
         out.flush()
 
     start = time.perf_counter()
-    with prec.autocast():
-        results = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, cfg=cfg,
-                                 stop_strings=stop_strings, num_samples=num_samples, batch_size=batch_size,
-                                 generator=generator, compile=compile,
-                                 **(dict(on_start=on_start, on_text=on_text) if stream else {}))
+    try:
+        with prec.autocast():
+            results = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, cfg=cfg,
+                                     stop_strings=stop_strings, num_samples=num_samples, batch_size=batch_size,
+                                     generator=generator, compile=compile,
+                                     **(dict(on_start=on_start, on_text=on_text) if stream else {}))
+    except _compile_errors() as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"--compile: torch.compile failed on this machine ({first}); run without --compile "
+                        f"(inductor needs a C++ compiler on CPU, Triton on GPU)")
     elapsed = time.perf_counter() - start
     if stream:
         out.write(parts(n_results - 1)[1])

@@ -176,3 +176,25 @@ def test_more_bad_input_in_process(files, args, capsys):
     assert code == 2 and captured.out == ""
     assert len([l for l in captured.err.splitlines() if l.startswith("error:")]) == 1, captured.err
     assert "Traceback" not in captured.err
+
+
+def test_compile_gives_the_same_text_and_a_failed_compile_is_one_line(files, tmp_path):
+    """--compile prints what the eager run prints; without a working C++ compiler (inductor's CPU
+    backend) it is one error line and exit 2, not a traceback."""
+    prompt = "Durante el Imperio Romano"
+    args = ("--prompt", prompt, "--max-tokens", 40, "--temperature", 0)
+    env = dict(os.environ, PYTHONIOENCODING="utf-8", TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    _, tok, ckpt = files
+    base = [sys.executable, str(ROOT / "main.py"), "generate", "--tokenizer", str(tok), "--ckpt", str(ckpt),
+            "--device", "cpu", *map(str, args), "--compile"]
+    proc = subprocess.run(base, cwd=ROOT, capture_output=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    want = expected(files, [prompt], max_new_tokens=40, cfg=G.SamplingConfig(temperature=0))[0]
+    assert proc.stdout.decode("utf-8") == prompt + want.text + "\n"
+    assert "compiled" in proc.stderr.decode()
+    broken = subprocess.run(base, cwd=ROOT, capture_output=True, timeout=600,
+                            env={**env, "CXX": str(tmp_path / "no-such-compiler"),
+                                 "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-2")})
+    broken.stderr = broken.stderr.decode("utf-8", "replace")
+    assert_user_error(broken)
+    assert "--compile" in broken.stderr and "run without --compile" in broken.stderr
