@@ -11,6 +11,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench_module(name: str):
+    """bench/NAME.py imported as module bench_NAME (bench/ goes on sys.path: the scripts import
+    each other), for the tests of the benchmark scripts' pure parts."""
+    import importlib.util
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module                        # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 # The text the tests read: public-domain and CC0 Spanish, ~440 KB (tests/data/README.md says
 # where it comes from; tests/data/make_corpus_es.py made it).
 SHIPPED_CORPUS = ROOT / "tests" / "data" / "corpus_es.txt"

@@ -10,20 +10,12 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, assert_user_error
+from conftest import ROOT, assert_user_error, bench_module
 
 transformers = pytest.importorskip("transformers")  # test/benchmark dependency (requirements-dev.txt)
 
 COMPARE = ROOT / "bench" / "compare.py"
 SPECIAL = {"sep": 0, "eos": 1, "pad": 2}
-
-
-def _compare_module():
-    spec = importlib.util.spec_from_file_location("bench_compare", COMPARE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module                        # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +70,7 @@ def test_transformers_models_built_from_our_config_and_weights():
     """GPT-NeoX from our weights gives our logits (every weight moved off its init, so a
     mis-mapped tensor shows); the Llama model matches our parameter count within 2%, tied."""
     from model import GPT, ModelConfig
-    compare = _compare_module()
+    compare = bench_module("compare")
     cfg = ModelConfig(vocab_size=300, block_size=32, n_layer=2, n_head=4, n_embd=32, sep_token_id=0)
     torch.manual_seed(0)
     ours = GPT(cfg).eval()

@@ -3,7 +3,6 @@ whole benchmark path (`--device cpu --tiny --no-compile`) reporting every row wi
 numbers. The GPU run itself is bench/gpu.sh's."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,19 +10,11 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, bench_module
 from config import ModelConfig
 from model import GPT
 
 GPU_BENCH = ROOT / "bench" / "gpu.py"
-
-
-def _gpu_module():
-    spec = importlib.util.spec_from_file_location("bench_gpu", GPU_BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module                        # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_flops_per_token_is_6n_plus_12lct_by_hand():
@@ -36,11 +27,11 @@ def test_flops_per_token_is_6n_plus_12lct_by_hand():
     #   N = 131,584; 6 N = 789,504; 12 L C T = 12 * 2 * 64 * 64 = 98,304
     cfg = ModelConfig(vocab_size=512, block_size=64, n_layer=2, n_head=4, n_embd=64, family="qwen3", sep_token_id=0)
     assert GPT(cfg).num_parameters() == 131_584
-    assert _gpu_module().flops_per_token(cfg) == 789_504 + 98_304
+    assert bench_module("gpu").flops_per_token(cfg) == 789_504 + 98_304
 
 
 def test_peak_table_lookup():
-    gpu = _gpu_module()
+    gpu = bench_module("gpu")
     assert gpu.lookup_peak("NVIDIA H200")[0] == 989e12
     assert gpu.lookup_peak("NVIDIA H100 80GB HBM3")[0] == 989e12
     assert gpu.lookup_peak("NVIDIA H100 PCIe")[0] == 756e12
@@ -66,7 +57,7 @@ def tiny_report(tmp_path_factory):
 
 
 def test_tiny_cpu_run_reports_every_row_with_positive_numbers(tiny_report):
-    gpu = _gpu_module()
+    gpu = bench_module("gpu")
     rows = tiny_report["rows"]
     assert {r["name"] for r in rows} == {"train tiny eager flash-off", "train tiny eager flash-on",
                                          "memory tiny checkpointing b2x64",

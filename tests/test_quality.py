@@ -2,7 +2,6 @@
 exactly as transformers scores itself, and a quick run trains and evaluates both sides."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -12,23 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, bench_module
 
 transformers = pytest.importorskip("transformers")  # test/benchmark dependency (requirements-dev.txt)
 
 QUALITY = ROOT / "bench" / "quality.py"
 
 
-def _quality_module():
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("bench_quality", QUALITY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_split_holds_out_the_last_documents_and_cuts_training_at_a_document(tmp_path):
-    q = _quality_module()
+    q = bench_module("quality")
     docs = [f"Título {i}\n¿Qué pasó en el año {1800 + i}? «Ñandú» " * (i + 3) + "\n" for i in range(12)]
     corpus = tmp_path / "c.txt"
     corpus.write_text("".join(d + "<|doc|>\n" for d in docs), encoding="utf-8")
@@ -48,7 +39,7 @@ def test_split_holds_out_the_last_documents_and_cuts_training_at_a_document(tmp_
 def test_peer_scorer_gives_transformers_own_loss():
     """evaluate_tokens over the peer equals transformers' labels=input_ids loss on the same windows."""
     import evaluation
-    q = _quality_module()
+    q = bench_module("quality")
     a = q.parse_args(["--quick"])
     hf = q.peer_model(a, {"sep": 0, "eos": 1, "pad": 2}, 512).eval()
     T = a.block_size
