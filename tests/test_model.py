@@ -571,15 +571,18 @@ def test_load_model_checks_the_tokenizer(tmp_path):
 
 @pytest.mark.parametrize("family", list(M.FAMILIES))
 def test_training_forward_compiles_to_one_graph_without_breaks(family):
-    """--compile: the training forward (document-aware positions, fused loss, z-loss) is one
-    torch.compile graph. torch._dynamo.explain traces it without compiling, so this runs on CPU."""
+    """--compile: the training forward (the Segments layout training passes, fused loss over a
+    padded vocabulary, z-loss) is one torch.compile graph. torch._dynamo.explain traces it
+    without compiling, so this runs on CPU."""
     torch._dynamo.reset()
-    model = M.GPT(M.ModelConfig(vocab_size=512, block_size=32, n_layer=2, n_head=2, n_embd=32, family=family))
-    x = torch.randint(3, 512, (2, 32), generator=torch.Generator().manual_seed(0))
+    model = M.GPT(M.ModelConfig(vocab_size=500, block_size=32, n_layer=2, n_head=2, n_embd=32, family=family))
+    x = torch.randint(3, 500, (2, 32), generator=torch.Generator().manual_seed(0))
     x[:, 0] = 0
     x[0, 10] = 0                                    # a second document inside the first window
-    y = torch.randint(3, 512, (2, 32), generator=torch.Generator().manual_seed(1))
-    ex = torch._dynamo.explain(model)(x, y, positions=M.document_positions(x, 0), z_loss=1e-4)
+    y = torch.randint(3, 500, (2, 32), generator=torch.Generator().manual_seed(1))
+    layout = M.segment_layout(x, 0)
+    assert isinstance(layout, M.Segments)
+    ex = torch._dynamo.explain(model)(x, y, positions=layout, z_loss=1e-4)
     assert (ex.graph_count, ex.graph_break_count) == (1, 0), [b.reason for b in ex.break_reasons]
     torch._dynamo.reset()
 
