@@ -261,7 +261,8 @@ class TrainConfig:
                                   "for those; SDPA elsewhere (the choice is logged)")
     num_workers: int = _flag(0, "int>=0", "data loader worker processes")
     seed: int = _flag(1337, "int", "random seed (weights, data order, dropout)")
-    log_every: int = _flag(10, "int>=1", "when stderr is not a terminal, one log line every N steps")
+    log_every: int = _flag(10, "int>=1", "read the training statistics from the device every N steps, "
+                             "and write a log line then when stderr is not a terminal")
     sample_prompt: Optional[str] = _flag(
         None, "text", "prompt of the greedy sample logged and kept in history.json at each evaluation",
         default_text="the first words of a validation document")

@@ -89,8 +89,13 @@ def init(device: torch.device) -> tuple[Dist, torch.device]:
     return d, device
 
 
-def shutdown() -> None:
+def shutdown(finished: bool = False) -> None:
+    """Leave the process group. `finished`: every rank got here the same way, so they first wait
+    for each other (a rank that tears gloo down while another still finishes its last writes can
+    abort at exit)."""
     if torch_dist.is_initialized():
+        if finished:
+            torch_dist.barrier()
         torch_dist.destroy_process_group()
     _state.update(dist=SINGLE, device=torch.device("cpu"))
 
@@ -102,6 +107,14 @@ def all_sum(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=_state["device"])
     torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def all_sum_(t: torch.Tensor) -> torch.Tensor:
+    """Sum the tensor `t` (on this rank's device) over all ranks in place, without reading it on
+    the host: the training step's loss and token sums stay on the GPU."""
+    if current().enabled:
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.SUM)
+    return t
 
 
 def all_max(values: list[int]) -> list[int]:

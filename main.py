@@ -105,16 +105,18 @@ def cmd_train(args) -> int:
                 raise UserError(f"{flag.option}: {e}")
     overrides["precision"] = _precision_arg(args)
     import distributed
+    finished = False
     try:
         summary = training.train(load_identity(args.tokenizer), args.corpus, args.outdir, args.config, overrides,
                                  separator=args.separator, resume=args.resume, force=args.force,
                                  quiet=args.quiet, init_from=args.init_from)
+        finished = True
     except runs.Interrupted as e:
         sys.stderr.write(f"error: {e.reason}; files saved before the signal are intact "
                          f"(run the same command again to continue)\n")
         return e.code
     finally:
-        distributed.shutdown()
+        distributed.shutdown(finished)
     if not distributed.from_env().is_main:        # torchrun: rank 0 prints the summary
         return runs.exit_code(summary["stopped_reason"])
     if args.json:

@@ -75,10 +75,14 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One update. Where `self.found_inf` is set (a 0-d tensor, as fused AdamW takes it from
+        `step_unless`), the update is made on the device and kept only where it is 0: no host sync,
+        and a kept update equals the plain one exactly."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
             lr, wd, mom = group["lr"], group["weight_decay"], group["momentum"]
             for p in group["params"]:
@@ -87,12 +91,20 @@ class Muon(torch.optim.Optimizer):
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                buf = state["momentum_buffer"]
-                buf.lerp_(p.grad, 1 - mom)
-                update = p.grad.lerp(buf, mom) if group["nesterov"] else buf
+                buf, grad = state["momentum_buffer"], p.grad
+                keep = None if found_inf is None else found_inf.to(p.device) == 0
+                if keep is None:
+                    buf.lerp_(grad, 1 - mom)
+                else:
+                    grad = torch.where(keep, grad, 0)      # a skipped step's NaNs never reach the state
+                    buf.copy_(torch.where(keep, buf.lerp(grad, 1 - mom), buf))
+                update = grad.lerp(buf, mom) if group["nesterov"] else buf
                 update = newton_schulz(update, self._dtype(p.device))
-                p.mul_(1 - lr * wd)
-                p.add_(update, alpha=-lr * 0.2 * math.sqrt(max(p.shape)))   # "match_rms_adamw"
+                new = p if keep is None else p.clone()
+                new.mul_(1 - lr * wd)
+                new.add_(update, alpha=-lr * 0.2 * math.sqrt(max(p.shape)))   # "match_rms_adamw"
+                if keep is not None:
+                    p.copy_(torch.where(keep, new, p))
         return loss
 
 
@@ -130,6 +142,28 @@ class OptimizerPair:
                              f"optimizers, not {len(self.optimizers)}")
         for o, s in zip(self.optimizers, parts):
             o.load_state_dict(s)
+
+
+def takes_found_inf(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether `optimizer` can skip its own update on the device (fused AdamW, our Muon)."""
+    return isinstance(optimizer, Muon) or bool(optimizer.defaults.get("fused"))
+
+
+def step_unless(optimizer, found_inf: torch.Tensor) -> None:
+    """`optimizer.step()`, skipped where the 0-d float tensor `found_inf` is not 0 (a non-finite
+    loss or gradient). The flag stays on the device for optimizers that take it (fused AdamW,
+    Muon), so nothing waits for the GPU; others read it on the host first."""
+    parts = optimizer.optimizers if isinstance(optimizer, OptimizerPair) else (optimizer,)
+    for o in parts:
+        if not takes_found_inf(o):
+            if not found_inf.item():
+                o.step()
+            continue
+        o.found_inf, o.grad_scale = found_inf.to(torch.float32), None
+        try:
+            o.step()
+        finally:
+            del o.found_inf, o.grad_scale
 
 
 def hidden_matrices(model) -> list[torch.nn.Parameter]:

@@ -58,7 +58,7 @@ from checkpoint import (InitSource, TrainState, check_init_shape, empty_window, 
                         load_resume_checkpoint, restore_run, run_checkpoint, set_rng_state)
 from corpus import CorpusSpec, parse_corpus_specs
 from model import GPT, ModelConfig, document_positions, segment_layout
-from optimizers import make_optimizer
+from optimizers import make_optimizer, step_unless
 from precision import Precision, log_choice, resolve_precision
 from runs import RunFolder, RunLock, StopSignals, versions
 from budget import TimeBudget, kept_schedule
@@ -114,6 +114,10 @@ class Trainer:
                                 world_size=self.dist.world_size)
         self.last_saved_step = -1
         self.last_norm = float("nan")
+        self.last_loss: Optional[float] = None      # the latest step read on the host (read_steps)
+        self.last_tok_s = 0.0
+        self._unread: list[tuple[int, float, torch.Tensor]] = []   # (step, seconds, statistics) not read yet
+        self.streak_limit_step: Optional[int] = None  # the step at which MAX_NONFINITE_STEPS was reached
         self.budget: Optional[TimeBudget] = None    # --time-budget (plan_time_budget)
         self._batches = None                        # the epoch's batch iterator (_next_micro_batches)
         self._epoch_end = 0                         # and the global batch it stops at
@@ -474,11 +478,14 @@ class Trainer:
         self.cfg, self.state.budget_fixed = distributed.broadcast(plan)
         self.budget.estimate = distributed.broadcast(self.budget.estimate)
 
-    def _budget_tick(self, seconds: float, progress: Progress, start_step: int) -> None:
-        """After each step of a budgeted run: fix the schedule once the decay is due."""
+    def _budget_tick(self, seconds: float, progress: Progress, start_step: int, read: bool) -> None:
+        """After each step of a budgeted run: record its time; at read points, fix the schedule
+        once the decay is due."""
         if self.budget is None or self.state.budget_fixed:
             return
         self.budget.record(seconds)
+        if not read:
+            return
         due = self.dist.is_main and self.budget.decay_due(self.cfg, self.state.step, self.elapsed())
         if distributed.any_of(due):                    # rank 0's clock decides for all
             fixed = self.budget.fix(self.cfg, self.state.step, self.elapsed()) if self.dist.is_main else None
@@ -503,9 +510,9 @@ class Trainer:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             for _ in range(PROBE_STEPS):
                 t = time.monotonic()
-                optimizer_step(self.model, self.train_model, self.optimizer, self.scaler, group, lr=self.cfg.lr,
-                               grad_clip=self.cfg.grad_clip, device=self.device, autocast=self.autocast,
-                               z_loss=self.cfg.z_loss)
+                read_step(optimizer_step(self.model, self.train_model, self.optimizer, self.scaler, group,
+                                         lr=self.cfg.lr, grad_clip=self.cfg.grad_clip, device=self.device,
+                                         autocast=self.autocast, z_loss=self.cfg.z_loss))   # waits: a timing
                 times.append(time.monotonic() - t)
             t = time.monotonic()
             self.validation_loss()
@@ -562,30 +569,42 @@ class Trainer:
                 group = self._next_micro_batches()
                 lr = lr_at(self.state.step, self.cfg)
                 t0 = time.monotonic()
-                loss, self.last_norm, tokens = optimizer_step(
+                stats = optimizer_step(
                     self.model, self.train_model, self.optimizer, self.scaler, group, lr=lr,
                     grad_clip=self.cfg.grad_clip, device=self.device, autocast=self.autocast, z_loss=self.cfg.z_loss)
-                seconds = time.monotonic() - t0
-                end_of_epoch = self._advance(len(group) * self.world_size, tokens, loss, seconds)
-                self._report(progress, loss, tokens, seconds, t_loop, start_step, terminal)
-                self._budget_tick(time.monotonic() - t_step, progress, start_step)
-                if self.state.nonfinite_streak >= MAX_NONFINITE_STEPS:
+                end_of_epoch = self._advance(len(group) * self.world_size, stats, time.monotonic() - t0)
+                evaluate = end_of_epoch or self.state.step % self.cfg.eval_every == 0
+                # The host reads the device's results only here: at log and evaluation points
+                # (and every step for an on_step hook), so a GPU never waits for it in between.
+                read = (evaluate or self.on_step is not None or self.state.step % self.cfg.log_every == 0
+                        or self.state.step == start_step + 1)
+                if read:
+                    self.read_steps()
+                self._report(progress, t_loop, start_step, terminal, read)
+                self._budget_tick(time.monotonic() - t_step, progress, start_step, read)
+                if self.streak_limit_step is not None:
                     reason = "diverged"
                     break
-                if (end_of_epoch or self.state.step % self.cfg.eval_every == 0) and self.state.nonfinite_streak == 0:
+                if evaluate and self.state.nonfinite_streak == 0:
                     if not self.evaluate_and_save():   # (never right after a non-finite loss)
                         reason = "diverged"
                         break
                 if self.on_step is not None:
                     self.on_step(self)
-                reason = self._shared_stop() or self._stop_before_step()
+                reason = self._shared_stop(read) or self._stop_before_step()
+            self.read_steps()                          # the steps since the last read point
+            if self.streak_limit_step is not None:
+                reason = "diverged"
         self.stop.armed = False
         return reason
 
     STOP_CODES = (None, "interrupted", "terminated", "max_time")
 
-    def _shared_stop(self) -> Optional[str]:
-        """A signal or --max-time on any rank stops every rank after the same step (one collective)."""
+    def _shared_stop(self, read: bool) -> Optional[str]:
+        """A signal or --max-time on any rank stops every rank after the same step: under torchrun
+        one collective at each read point (every rank has the same ones), else after every step."""
+        if self.dist.enabled and not read:
+            return None
         local = self.stop.requested() or self._max_time_reached()
         return self.STOP_CODES[distributed.all_max([self.STOP_CODES.index(local)])[0]]
 
@@ -597,48 +616,72 @@ class Trainer:
         left = (self._epoch_end - self.state.batch_in_epoch) // self.world_size    # on this rank
         return [next(self._batches) for _ in range(min(self.cfg.accumulation_steps, left))]
 
-    def _advance(self, n_micro: int, tokens: int, loss: Optional[float], seconds: float) -> bool:
-        """Count a finished step in the state (loss None: skipped, non-finite); True at the end of an epoch."""
-        st, w = self.state, self.state.window
+    def _advance(self, n_micro: int, stats: torch.Tensor, seconds: float) -> bool:
+        """Count a finished step in the state (its statistics are read later, by read_steps);
+        True at the end of an epoch."""
+        st = self.state
         st.step += 1
         st.batch_in_epoch += n_micro
-        st.tokens_seen += tokens
-        w["tokens"] += tokens
-        w["seconds"] += seconds
-        if loss is None:
-            st.nonfinite_streak += 1
-            log.warning(f"warning: step {st.step:,}: non-finite loss or gradients; step skipped, "
-                        f"no update ({st.nonfinite_streak}/{MAX_NONFINITE_STEPS} in a row)")
-        else:
-            st.nonfinite_streak = 0
-            w["loss_sum"] += loss
-            w["loss_n"] += 1
-            if math.isfinite(self.last_norm):
-                w["norm_sum"] += self.last_norm
-                w["norm_n"] += 1
+        self._unread.append((st.step, seconds, stats))
         if st.batch_in_epoch < self._epoch_end:
             return False
         st.epoch, st.batch_in_epoch, self._batches = st.epoch + 1, 0, None
         return True
 
+    def read_steps(self) -> None:
+        """Read the statistics of the steps since the last read on the host (one sync for all of
+        them) and account for them in order: tokens, the window's loss and gradient norm, and the
+        non-finite streak (a warning per skipped step; streak_limit_step once it reaches
+        MAX_NONFINITE_STEPS)."""
+        if not self._unread:
+            return
+        t0 = time.monotonic()
+        rows = torch.stack([stats for _, _, stats in self._unread]).tolist()
+        wait = time.monotonic() - t0                   # the device finishing the queued steps
+        st, w = self.state, self.state.window
+        tokens = seconds = 0.0
+        for (step, step_seconds, _), (loss, n_tok, norm, skipped) in zip(self._unread, rows):
+            st.tokens_seen += int(n_tok)
+            tokens, seconds = tokens + n_tok, seconds + step_seconds
+            if skipped:
+                st.nonfinite_streak += 1
+                log.warning(f"warning: step {step:,}: non-finite loss or gradients; step skipped, "
+                            f"no update ({st.nonfinite_streak}/{MAX_NONFINITE_STEPS} in a row)")
+                if st.nonfinite_streak >= MAX_NONFINITE_STEPS and self.streak_limit_step is None:
+                    self.streak_limit_step = step
+                self.last_loss = None
+                continue
+            st.nonfinite_streak = 0
+            self.last_loss, self.last_norm = loss, norm
+            w["loss_sum"] += loss
+            w["loss_n"] += 1
+            if math.isfinite(norm):
+                w["norm_sum"] += norm
+                w["norm_n"] += 1
+        seconds += wait
+        w["tokens"] += int(tokens)
+        w["seconds"] += seconds
+        self.last_tok_s = tokens / seconds if seconds > 0 else 0.0
+        self._unread = []
+
     def _max_time_reached(self) -> Optional[str]:
         max_time = self.cfg.max_time
         return "max_time" if max_time and time.monotonic() - self.t_start >= max_time else None
 
-    def _report(self, progress, loss, tokens, seconds, t_loop, start_step, terminal) -> None:
+    def _report(self, progress, t_loop, start_step, terminal, read: bool) -> None:
+        """The progress bar after every step; a log line at the read points of log_every."""
         lr = lr_at(self.state.step - 1, self.cfg)
         done = self.state.step - start_step
         per_step = (time.monotonic() - t_loop) / max(1, done)
         planned = self.planned_steps()
         eta = per_step * (planned - self.state.step)
-        tok_s = tokens / seconds if seconds > 0 else 0.0
-        loss_txt = f"{loss:.4f}" if loss is not None else "nan"
+        loss_txt = f"{self.last_loss:.4f}" if self.last_loss is not None else "nan"
         progress.update(1, step=f"{self.state.step}/{planned}", epoch=self.state.epoch + 1, loss=loss_txt,
-                        lr=f"{lr:.2e}", tok_s=f"{tok_s:,.0f}")
-        if self.state.step % self.cfg.log_every == 0 or done == 1:
+                        lr=f"{lr:.2e}", tok_s=f"{self.last_tok_s:,.0f}")
+        if read and (self.state.step % self.cfg.log_every == 0 or done == 1):
             line = (f"step {self.state.step:,}/{planned:,} epoch {self.state.epoch + 1}/{self.cfg.epochs} "
                     f"loss {loss_txt} lr {lr:.2e} grad_norm {self.last_norm:.3f} "
-                    f"tok/s {tok_s:,.0f} eta {format_seconds(eta)}")
+                    f"tok/s {self.last_tok_s:,.0f} eta {format_seconds(eta)}")
             (log.debug if terminal and not self.quiet else log.info)(line)
 
     def summary(self, reason: str) -> dict:
@@ -699,53 +742,61 @@ def corpora_hash(hashes: list[str], specs: list[CorpusSpec]) -> str:
 
 
 def optimizer_step(model: GPT, train_model, optimizer, scaler, micro_batches: list, *, lr: float,
-                   grad_clip: float, device: torch.device, autocast,
-                   z_loss: float = 0.0) -> tuple[Optional[float], float, int]:
+                   grad_clip: float, device: torch.device, autocast, z_loss: float = 0.0) -> torch.Tensor:
     """One optimizer step: set lr -> micro-steps (autocast, loss / n, backward) -> unscale ->
-    clip (recording the pre-clip norm) -> step -> scaler update -> zero_grad(set_to_none=True).
+    clip (recording the pre-clip norm) -> step unless something was not finite -> scaler update ->
+    zero_grad(set_to_none=True). Nothing here waits for the device.
 
     `train_model` is `model`, its DistributedDataParallel wrapper (gradients are averaged over
     the ranks on the last micro-step only; no_sync before) and/or its torch.compile wrapper;
-    `autocast()` returns the autocast context. Returns (loss, pre-clip gradient norm, target
-    tokens), the loss and tokens over all ranks: the sum of token losses / the sum of tokens. The
-    loss is None when the step was skipped without an update because the loss (or, without a
-    scaler, the gradient norm) was not finite: the same decision on every rank, as both are
-    global. With an fp16 GradScaler, inf gradients are the scaler's business (it skips the
-    update and lowers its scale) and do not count as a skipped step.
+    `autocast()` returns the autocast context. Returns the step's statistics as one float64
+    tensor on the device, for the host to read when it needs them (`read_steps`): the loss over
+    all ranks (the sum of token losses / the sum of tokens), the target tokens over all ranks,
+    the pre-clip gradient norm, and 1.0 if the step was skipped. A step whose loss or gradient
+    norm is not finite makes no update (optimizers.step_unless decides on the device), the same
+    decision on every rank as both are global. With an fp16 GradScaler, inf gradients are the
+    scaler's business (it lowers its scale) and do not count as a skipped step.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
     n = len(micro_batches)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    tokens = 0
+    sums = torch.zeros(2, dtype=torch.float64, device=device)      # sum of token losses, target tokens
     sep = model.cfg.sep_token_id
     no_sync = getattr(train_model, "no_sync", None)   # DDP: reduce the gradients once, on the last micro-step
     for i, (x, y) in enumerate(micro_batches):
         positions = segment_layout(x, sep).to(device, non_blocking=True)  # built on the host copy
-        n_tok = int((y != -1).sum())
+        n_tok = int((y != -1).sum())                                       # on the host copy too
         x = x.to(device, non_blocking=True)
         y = y.to(device, non_blocking=True)
         with no_sync() if no_sync is not None and i < n - 1 else contextlib.nullcontext():
             with autocast():
                 _, loss = train_model(x, y, positions=positions, z_loss=z_loss)
             scaler.scale(loss / n).backward()
-        loss_sum += loss.detach().double() * n_tok
-        tokens += n_tok
-    loss_total, tokens_total = distributed.all_sum([loss_sum.item(), tokens])
-    loss_val, tokens = loss_total / max(1.0, tokens_total), int(tokens_total)
-    if not math.isfinite(loss_val):
-        optimizer.zero_grad(set_to_none=True)
-        return None, float("nan"), tokens
+        sums[0] += loss.detach().double() * n_tok
+        sums[1] += n_tok
+    distributed.all_sum_(sums)
+    loss = sums[0] / sums[1].clamp(min=1.0)
     scaler.unscale_(optimizer)
     max_norm = grad_clip if grad_clip > 0 else float("inf")
-    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))  # pre-clip norm
-    if not math.isfinite(norm) and not scaler.is_enabled():
-        optimizer.zero_grad(set_to_none=True)
-        return None, norm, tokens
-    scaler.step(optimizer)
-    scaler.update()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)   # pre-clip norm
+    loss_ok = torch.isfinite(loss)
+    ok = loss_ok & torch.isfinite(norm)
+    step_unless(optimizer, (~ok).float())
+    if scaler.is_enabled():
+        scaler.update()                  # from the inf checks of unscale_
     optimizer.zero_grad(set_to_none=True)
-    return loss_val, norm, tokens
+    skipped = ~loss_ok if scaler.is_enabled() else ~ok
+    return torch.stack([loss, sums[1], norm.double(), skipped.double()])
+
+
+STEP_LOSS, STEP_TOKENS, STEP_NORM, STEP_SKIPPED = range(4)   # the rows of optimizer_step's statistics
+
+
+def read_step(stats: torch.Tensor) -> tuple[Optional[float], float, int]:
+    """(loss, or None for a skipped step; pre-clip gradient norm; target tokens) of one step's
+    statistics, read on the host (a sync: the training loop reads several steps at once)."""
+    loss, tokens, norm, skipped = stats.tolist()
+    return (None if skipped else loss), norm, int(tokens)
 
 
 def _collate(items: list, pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -915,10 +966,11 @@ def _diverged(trainer: Trainer) -> None:
     folder.write_divergence({"step": st.step, "last_good_step": last, "lr": trainer.cfg.lr})
     kept = (f"{folder.ckpt_best.name} (step {st.best_step:,}) and {folder.ckpt_last.name} (step {last:,}) are "
             f"left as they were; re-running resumes from step {last:,}" if last >= 0 else "no checkpoint was written")
-    what = (f"the loss was not finite for {MAX_NONFINITE_STEPS} steps in a row"
-            if st.nonfinite_streak >= MAX_NONFINITE_STEPS else "the weights or the validation loss were not finite")
-    raise UserError(f"training diverged: {what} (at step {st.step:,}); lower --lr or raise --warmup-steps; {kept}",
-                    code=EXIT_DIVERGED)
+    at = trainer.streak_limit_step
+    what = (f"the loss was not finite for {MAX_NONFINITE_STEPS} steps in a row" if at is not None
+            else "the weights or the validation loss were not finite")
+    raise UserError(f"training diverged: {what} (at step {at or st.step:,}); lower --lr or raise --warmup-steps; "
+                    f"{kept}", code=EXIT_DIVERGED)
 
 
 def _finish(trainer: Trainer, reason: str) -> dict:

@@ -71,8 +71,8 @@ def bench(cfg: ModelConfig, batch_size: int, steps: int, warmup: int, amp: bool)
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
-        loss, _, _ = training.optimizer_step(model, model, optimizer, scaler, [(x, y)], lr=5e-4, grad_clip=1.0,
-                                             device=device, autocast=autocast)
+        loss, _, _ = training.read_step(training.optimizer_step(model, model, optimizer, scaler, [(x, y)], lr=5e-4,
+                                                                grad_clip=1.0, device=device, autocast=autocast))
         if i >= warmup:
             times.append(time.perf_counter() - t)
         assert loss is not None

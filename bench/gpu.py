@@ -282,21 +282,19 @@ def train_job(job: Job, a, device, peak: Optional[float], row: dict) -> None:
     batches = random_batches(B, T, mcfg.vocab_size, DISTINCT_BATCHES, a.seed, pin=device.type == "cuda")
     warmup, steps = (1, min(a.steps, MEMORY_STEPS)) if job.kind == "memory" else (a.warmup, a.steps)
 
-    def step(i: int) -> tuple[Optional[float], int]:
-        loss, _, tokens = training.optimizer_step(model, train_model, optimizer, scaler, [batches[i % len(batches)]],
-                                                  lr=tcfg.lr, grad_clip=1.0, device=device, autocast=prec.autocast)
-        return loss, tokens
+    def step(i: int) -> torch.Tensor:       # the step's statistics, left on the device (no sync)
+        return training.optimizer_step(model, train_model, optimizer, scaler, [batches[i % len(batches)]],
+                                       lr=tcfg.lr, grad_clip=1.0, device=device, autocast=prec.autocast)
 
     for i in range(warmup):
         step(i)
     sync(device)
     t0 = time.perf_counter()
-    tokens, loss = 0, None
-    for i in range(warmup, warmup + steps):
-        loss, n = step(i)
-        tokens += n
+    stats = [step(i) for i in range(warmup, warmup + steps)]
     sync(device)
     seconds = time.perf_counter() - t0
+    read = [training.read_step(s) for s in stats]
+    tokens, loss = sum(n for _, _, n in read), read[-1][0]
     tps = tokens / seconds
     row.update(steps=steps, tokens=tokens, seconds=seconds, tokens_per_second=tps, loss=loss,
                mfu=tps * row["flops_per_token"] / peak if peak else None)

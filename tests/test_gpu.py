@@ -1,7 +1,7 @@
 """CUDA paths (marker `gpu`: skipped without a CUDA GPU; bench/gpu.sh runs them with
 `pytest -m gpu`): AMP bf16 and fp16 (with a GradScaler) optimizer steps lower the loss, a
-torch.compile'd training model gives the eager model's losses, and a run resumed on CUDA ends
-with the weights of an uninterrupted one, bit for bit."""
+training step never waits for the GPU, a torch.compile'd training model gives the eager model's
+losses, and a run resumed on CUDA ends with the weights of an uninterrupted one, bit for bit."""
 from __future__ import annotations
 
 import copy
@@ -44,11 +44,38 @@ def losses(model, train_model, precision: Precision, steps: int, lr: float = 1e-
     batch = fixed_batch()
     out = []
     for _ in range(steps):
-        loss, _, _ = training.optimizer_step(model, train_model, optimizer, scaler, [batch], lr=lr, grad_clip=1.0,
-                                             device=CUDA, autocast=precision.autocast)
+        loss, _, _ = training.read_step(training.optimizer_step(model, train_model, optimizer, scaler, [batch], lr=lr,
+                                                                grad_clip=1.0, device=CUDA, autocast=precision.autocast))
         assert loss is not None                    # no step skipped for a non-finite loss
         out.append(loss)
     return out
+
+
+@pytest.mark.parametrize("optimizer,precision", [("adamw", "bf16"), ("muon", "bf16"), ("muon", "fp16")])
+def test_a_training_step_never_waits_for_the_gpu(optimizer, precision):
+    """optimizer_step leaves its loss, token count, gradient norm and skip flag on the device and
+    decides the update there: CUDA's sync debug mode raises on any host sync inside the step."""
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    model = tiny_model()
+    prec = Precision(precision, "cuda", precision)
+    opt = optimizers.make_optimizer(model, TrainConfig(lr=1e-3, optimizer=optimizer))
+    scaler = torch.amp.GradScaler("cuda", enabled=prec.use_scaler)
+    batch = tuple(t.pin_memory() for t in fixed_batch())
+
+    def step() -> torch.Tensor:
+        return training.optimizer_step(model, model, opt, scaler, [batch], lr=1e-3, grad_clip=1.0, device=CUDA,
+                                       autocast=prec.autocast)
+
+    step()                                         # the first step allocates and compiles
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        stats = [step() for _ in range(3)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    read = [training.read_step(s) for s in stats]
+    assert all(loss is not None and tokens == batch[1].numel() for loss, _, tokens in read)
 
 
 @pytest.mark.parametrize("name", ["bf16", "fp16"])

@@ -2,6 +2,8 @@
 `--optimizer muon` splits the parameters as documented, and it trains."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -72,20 +74,86 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
         fresh.load_state_dict({"optimizers": [state["optimizers"][0]]})
 
 
-def test_the_pair_works_through_an_enabled_gradient_scaler():
-    """fp16 training unscales and steps through torch.amp.GradScaler: the pair must pass for an
-    optimizer there (checked with the CPU scaler; CUDA's takes the same path)."""
-    cfg = ModelConfig(vocab_size=64, block_size=16, n_layer=1, n_head=2, n_embd=16, family="llama")
-    model = GPT(cfg)
+def state_tensors(opt) -> list[torch.Tensor]:
+    """Every tensor of an optimizer's (or a pair's) state, in a fixed order, cloned."""
+    parts = opt.optimizers if isinstance(opt, O.OptimizerPair) else (opt,)
+    return [v.clone() for o in parts for p in o.state.values() for _, v in sorted(p.items())
+            if isinstance(v, torch.Tensor)]
+
+
+def twin_models(family: str = "qwen3") -> tuple[GPT, GPT]:
+    cfg = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16, family=family)
+    torch.manual_seed(0)
+    a, b = GPT(cfg), GPT(cfg)
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_step_unless_keeps_an_update_exact_and_skips_a_flagged_one_entirely(optimizer):
+    """The training step decides on the device whether to update (optimizers.step_unless): an
+    unflagged step is the plain step bit for bit; a flagged one (NaN gradients) changes no weight
+    and no optimizer state (Adam's step count included)."""
+    a, b = twin_models()
+    tcfg = C.TrainConfig(optimizer=optimizer, lr=1e-2)
+    opt_a, opt_b = O.make_optimizer(a, tcfg), O.make_optimizer(b, tcfg)
+    assert all(O.takes_found_inf(o) for o in (opt_b.optimizers if optimizer == "muon" else [opt_b]))
+    x = torch.randint(0, 64, (4, 16))
+    for _ in range(3):
+        for m in (a, b):
+            m(x, x)[1].backward()
+        opt_a.step()
+        O.step_unless(opt_b, torch.tensor(0.0))
+        opt_a.zero_grad(set_to_none=True)
+        opt_b.zero_grad(set_to_none=True)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(s, t) for s, t in zip(state_tensors(opt_a), state_tensors(opt_b)))
+
+    weights, state = [p.detach().clone() for p in b.parameters()], state_tensors(opt_b)
+    for p in b.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    O.step_unless(opt_b, torch.tensor(1.0))
+    assert all(torch.equal(w, p) for w, p in zip(weights, b.parameters()))
+    after = state_tensors(opt_b)
+    assert len(after) == len(state) and all(torch.equal(s, t) for s, t in zip(state, after))
+    assert not hasattr(opt_b, "found_inf")
+
+
+def test_step_unless_reads_the_flag_for_an_optimizer_without_a_device_skip():
+    a, _ = twin_models()
+    opt = torch.optim.AdamW(a.parameters(), lr=1e-2, foreach=True)
+    assert not O.takes_found_inf(opt)
+    a(torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16)))[1].backward()
+    before = [p.detach().clone() for p in a.parameters()]
+    O.step_unless(opt, torch.tensor(1.0))
+    assert all(torch.equal(w, p) for w, p in zip(before, a.parameters())) and not opt.state
+    O.step_unless(opt, torch.tensor(0.0))
+    assert all(not torch.equal(w, p) for w, p in zip(before, a.parameters()))
+
+
+def test_the_training_step_through_an_enabled_gradient_scaler():
+    """fp16 training unscales, steps the pair unless the gradients overflowed, and updates the
+    scale (checked with the CPU scaler; CUDA's takes the same path). An overflow is the scaler's
+    business: no update, a lower scale, and not a skipped step."""
+    import contextlib
+
+    import training
+    model, _ = twin_models("llama")
     opt = O.make_optimizer(model, C.TrainConfig(optimizer="muon", lr=1e-2))
-    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    before = [p.detach().clone() for p in model.parameters()]
     x = torch.randint(0, 64, (2, 16))
-    _, loss = model(x, x)
-    scaler.scale(loss).backward()
-    scaler.unscale_(opt)
-    grads = [p.grad.clone() for p in model.parameters()]
-    scaler.step(opt)
-    scaler.update()
-    assert all(g.abs().max() < 100 for g in grads)                     # unscaled (scale was 1024)
+
+    def step(scaler):
+        return training.read_step(training.optimizer_step(model, model, opt, scaler, [(x, x)], lr=1e-2, grad_clip=1.0,
+                                                          device=torch.device("cpu"), autocast=contextlib.nullcontext))
+
+    before = [p.detach().clone() for p in model.parameters()]
+    huge = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)           # loss x scale overflows fp32
+    loss, norm, tokens = step(huge)
+    assert loss is not None and not math.isfinite(norm) and tokens == x.numel()   # not counted as skipped
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))     # but no update
+    assert huge.get_scale() == 2.0 ** 126
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    loss, norm, _ = step(scaler)
+    assert loss is not None and 0 < norm < 100                           # unscaled (the scale was 1024)
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))   # every parameter moved
+    assert scaler.get_scale() == 1024.0

@@ -306,6 +306,38 @@ def test_resume_after_sigint_is_bit_identical(data, tmp_path, optimizer):
            (ref["best_val_loss"], ref["best_step"], ref["tokens_seen"])
 
 
+def test_the_host_reads_the_steps_only_at_log_and_evaluation_points(data, tmp_path, monkeypatch):
+    """The statistics of each step stay on the device until a read point (the first step, every
+    log_every steps, each evaluation, the end): one host read there covers the steps since the
+    last. Reading every step instead (an on_step hook forces it) gives the same run: weights,
+    tokens, train losses, gradient norms and history."""
+    over = dict(max_steps=13, eval_every=6, log_every=4)
+    reads = []
+    real_read = T.Trainer.read_steps
+
+    def counted(self):
+        reads.append([step for step, _, _ in self._unread])
+        real_read(self)
+
+    monkeypatch.setattr(T.Trainer, "read_steps", counted)
+    late = run(data, tmp_path / "late", overrides=over)
+    assert [r for r in reads if r] == [[1], [2, 3, 4], [5, 6], [7, 8], [9, 10, 11, 12], [13]]
+    reads.clear()
+    every = run(data, tmp_path / "every", overrides=over, on_step=lambda trainer: None)
+    assert [r for r in reads if r] == [[step] for step in range(1, 14)]
+
+    assert (late["tokens_seen"], late["best_val_loss"]) == (every["tokens_seen"], every["best_val_loss"])
+    a = torch.load(tmp_path / "late" / "ckpt_last.pt", map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "every" / "ckpt_last.pt", map_location="cpu", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    keys = ("step", "tokens_seen", "train_loss", "grad_norm", "val_loss", "sample")
+    ha, hb = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("late", "every"))
+    assert [[h[k] for k in keys] for h in ha] == [[h[k] for k in keys] for h in hb] and len(ha) == 3
+    assert all(h["train_loss"] is not None and h["grad_norm"] > 0 for h in ha)
+    log = (tmp_path / "late" / "train.log").read_text(encoding="utf-8")
+    assert "step 4/13" in log and "step 8/13" in log and "step 5/13" not in log
+
+
 def test_resume_refuses_other_shape_tokenizer_or_corpus(data, tmp_path):
     out = tmp_path / "run"
     run(data, out, overrides=dict(max_steps=3, eval_every=3))
