@@ -65,6 +65,12 @@ FAMILIES = {
 }
 
 
+# The MLP's activation, by family: the first is the family's own (GELU for neox, SwiGLU's SiLU gate
+# for llama and qwen3); relu2 (ReLU squared, gated in llama and qwen3) is kept for the ablation in
+# the README's "Training recipe". The names are transformers' `hidden_act`, so exports stay exact.
+ACTIVATIONS = {"neox": ("gelu", "relu2"), "llama": ("silu", "relu2"), "qwen3": ("silu", "relu2")}
+
+
 def default_intermediate_size(family: str, n_embd: int) -> int:
     """The MLP's hidden width: 4 C for neox; for the gated (SwiGLU) families 8 C / 3, which gives
     the same parameters as a 4 C GELU MLP (three matrices instead of two)."""
@@ -84,6 +90,7 @@ class ModelConfig:
                                              default_text="4 x n_embd for neox, 8/3 x n_embd for llama and qwen3")
     dropout: float = _flag(0.0, "float", "dropout probability")
     bias: Optional[bool] = None    # biases in Linear and LayerNorm layers: neox only (None = the family's)
+    activation: Optional[str] = None  # the MLP's, one of ACTIVATIONS[family] (None = the family's own)
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
     sep_token_id: int | None = 0   # document-aware attention + RoPE restart at this token
@@ -110,6 +117,10 @@ class ModelConfig:
             problems.append(f"family={self.family!r} must be one of {', '.join(FAMILIES)}")
         if self.intermediate_size is not None and (not is_int(self.intermediate_size) or self.intermediate_size <= 0):
             problems.append(f"intermediate_size={self.intermediate_size!r} must be a positive whole number")
+        if self.activation is not None and self.family in FAMILIES \
+                and self.activation not in ACTIVATIONS[self.family]:
+            problems.append(f"activation={self.activation!r} must be one of {', '.join(ACTIVATIONS[self.family])} "
+                            f"for the {self.family} family")
         if self.bias and self.family != "neox":
             problems.append(f"bias=True: the {self.family} family has no biases (only neox has them)")
         if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) \
@@ -132,6 +143,8 @@ class ModelConfig:
             raise ValueError("invalid model config: " + "; ".join(problems))
         if self.bias is None:
             self.bias = self.family == "neox"
+        if self.activation is None:
+            self.activation = ACTIVATIONS[self.family][0]
         if self.intermediate_size is None:
             self.intermediate_size = default_intermediate_size(self.family, self.n_embd)
         self.dropout = float(self.dropout)
@@ -144,7 +157,7 @@ class ModelConfig:
 
     @property
     def gated_mlp(self) -> bool:
-        """SwiGLU MLP (llama, qwen3) rather than GELU (neox)."""
+        """A gated MLP, act(gate) * up (llama, qwen3), rather than act(fc(x)) (neox)."""
         return self.family != "neox"
 
     def num_parameters(self) -> int:

@@ -140,7 +140,7 @@ def hf_config(cfg, special: dict) -> dict:
                 "model_type": cfg.family,
                 "num_key_value_heads": cfg.n_head,
                 "head_dim": cfg.head_dim,
-                "hidden_act": "silu",  # SwiGLU: down(silu(gate(x)) * up(x))
+                "hidden_act": cfg.activation,  # gated: down(act(gate(x)) * up(x)); silu = SwiGLU
                 "rms_norm_eps": cfg.norm_eps,
                 "rope_theta": cfg.rope_base,
                 "rope_parameters": rope,
@@ -151,7 +151,7 @@ def hf_config(cfg, special: dict) -> dict:
     return {
         **common,
         "model_type": "gpt_neox",
-        "hidden_act": "gelu",  # exact erf GELU, as ours
+        "hidden_act": cfg.activation,  # gelu: the exact erf GELU, as ours
         "use_parallel_residual": False,  # x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))
         "rotary_pct": 1.0,  # RoPE on every head dim
         "rotary_emb_base": cfg.rope_base,
@@ -405,7 +405,7 @@ def _config_from_hf(hf: dict):
                        n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], n_embd=hf["hidden_size"],
                        family=family, intermediate_size=hf["intermediate_size"], norm_eps=eps,
                        rope_base=base or hf.get("rope_parameters", {}).get("rope_theta", 10000.0),
-                       sep_token_id=hf.get("bos_token_id", 0))
+                       sep_token_id=hf.get("bos_token_id", 0), activation=hf.get("hidden_act"))
 
 
 def _llama_from_hf(cfg, w: dict) -> dict:

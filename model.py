@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from common import log
-from config import FAMILIES, ModelConfig  # noqa: F401  (FAMILIES: for callers of model)
+from config import ACTIVATIONS, FAMILIES, ModelConfig  # noqa: F401  (ACTIVATIONS, FAMILIES: for callers of model)
 
 
 # =========================================================================== RoPE
@@ -357,13 +357,22 @@ class CausalSelfAttention(nn.Module):
         return _dropout(self.proj(y), self.dropout, self.training)
 
 
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x).square()
+
+
+ACTIVATION_FUNCTIONS = {"gelu": F.gelu, "silu": F.silu, "relu2": relu2}   # gelu: exact (erf), as GPT-NeoX's
+
+
 class MLP(nn.Module):
     """GELU (neox): proj(gelu(fc(x))). SwiGLU (llama, qwen3): fc computes [gate | up] in one
-    matmul, (2I, C) rows, and proj(silu(gate) * up)."""
+    matmul, (2I, C) rows, and proj(silu(gate) * up). cfg.activation may swap GELU or SiLU for
+    ReLU squared."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.gated = cfg.gated_mlp
+        self.act = ACTIVATION_FUNCTIONS[cfg.activation]
         hidden = cfg.intermediate_size
         self.fc = nn.Linear(cfg.n_embd, 2 * hidden if self.gated else hidden, bias=cfg.bias)
         self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
@@ -373,9 +382,9 @@ class MLP(nn.Module):
         h = self.fc(x)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
+            h = self.act(gate) * up
         else:
-            h = F.gelu(h)  # exact (erf) GELU, as GPT-NeoX "gelu"
+            h = self.act(h)
         return _dropout(self.proj(h), self.dropout, self.training)
 
 

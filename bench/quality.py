@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -156,9 +157,10 @@ def budget_a_steps(a, extra: list[str]) -> int:
 
 def init_checkpoint(a, data: dict, budget: str, extra: list[str], path: Path) -> list[str]:
     """For --init other than the model's own ("scaled": N(0, 0.02) with residual projections at
-    0.02 / sqrt(2 n_layer)): a step-0 checkpoint at `path` initialised that way ("zero-proj": the
-    residual projections zeroed; "plain": every matrix N(0, 0.02)), and the train flags that start
-    from it with the schedule of a fresh run (--init-from would otherwise halve the lr)."""
+    0.02 / sqrt(2 n_layer)) or an --activation other than the family's, which no train flag sets:
+    a step-0 checkpoint at `path` built that way ("zero-proj": the residual projections zeroed;
+    "plain": every matrix N(0, 0.02)), and the train flags that start from it with the schedule of
+    a fresh run (--init-from would otherwise halve the lr)."""
     import torch
     import config
     from common import atomic_path
@@ -169,10 +171,12 @@ def init_checkpoint(a, data: dict, budget: str, extra: list[str], path: Path) ->
     family = next((extra[i + 1] for i, x in enumerate(extra[:-1]) if x == "--family"), None)
     mcfg, tcfg = config.make_configs("custom", shape | {"family": family}, vocab_size=identity.vocab_size,
                                      sep_token_id=identity.special["sep"])
+    if a.activation:
+        mcfg = dataclasses.replace(mcfg, activation=a.activation)
     torch.manual_seed(a.seed)
     model = GPT(mcfg)
     with torch.no_grad():
-        for block in model.blocks:
+        for block in model.blocks if a.init != "scaled" else ():
             for proj in (block.attn.proj, block.mlp.proj):
                 if a.init == "zero-proj":
                     proj.weight.zero_()
@@ -204,7 +208,7 @@ def train_ours(a, data: dict, budget: str, log) -> dict:
         args += ["--max-steps", str(budget_a_steps(a, extra))]
     else:
         args += ["--time-budget", f"{a.seconds:g}s"]
-    if a.init != "scaled":
+    if a.init != "scaled" or a.activation:
         extra += init_checkpoint(a, data, budget, extra, outdir.parent / f"init-{a.tag}-{budget}.pt")
     log(f"ours, budget {budget}: main.py {' '.join(args[1:2])} ... {' '.join(args[-2:] + extra)}")
     t = time.perf_counter()
@@ -389,6 +393,8 @@ def parse_args(argv=None):
     ap.add_argument("--ours-args", default="", help="extra `main.py train` flags for our run (ablations)")
     ap.add_argument("--init", choices=INITS, default="scaled",
                     help="residual projections at init: scaled (the model's), zero-proj (zeros) or plain (0.02)")
+    ap.add_argument("--activation", choices=("gelu", "silu", "relu2"), default=None,
+                    help="the MLP's activation, where the family allows it (default: the family's own)")
     ap.add_argument("--tag", default=None, help="name of our run folder (default: from --ours-args)")
     ap.add_argument("--quick", action="store_true", help="tiny configuration on the shipped test corpus (tests)")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout (progress on stderr)")

@@ -44,23 +44,29 @@ def _tokenizer(path):
     return Tokenizer.from_file(str(path))
 
 
-# every family, llama with a non-default MLP width
-FAMILY_SHAPES = {"neox": {}, "llama": {"intermediate_size": 96}, "qwen3": {}}
+# every family, llama with a non-default MLP width, qwen3 and neox also with ReLU squared
+FAMILY_SHAPES = {"neox": {}, "llama": {"intermediate_size": 96}, "qwen3": {},
+                 "qwen3-relu2": {"activation": "relu2"}, "neox-relu2": {"activation": "relu2"}}
 
 
 @pytest.fixture(scope="module", params=list(FAMILY_SHAPES))
-def family(request):
+def variant(request):
     return request.param
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tokenizer_path, family):
+def family(variant):
+    return variant.split("-")[0]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tokenizer_path, family, variant):
     """A tiny model of `family` whose every weight (norm scales, QK-norm and biases included) is
     random and far from its init, so that any mis-mapped tensor shows up in the logits; saved as
     training does."""
     vocab = _tokenizer(tokenizer_path).get_vocab_size()
     cfg = M.ModelConfig(vocab_size=vocab, block_size=96, n_layer=2, n_head=4, n_embd=64, rope_base=500.0,
-                        family=family, **FAMILY_SHAPES[family])
+                        family=family, **FAMILY_SHAPES[variant])
     torch.manual_seed(0)
     model = M.GPT(cfg)
     with torch.no_grad():
@@ -91,18 +97,20 @@ def hf_model(exported):
     return m.eval()
 
 
-def test_folder_contents_and_config(exported, checkpoint, family):
+def test_folder_contents_and_config(exported, checkpoint, family, variant):
     names = {p.name for p in exported.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
             "generation_config.json", "special_tokens_map.json"} <= names
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
     cfg = json.loads((exported / "config.json").read_text(encoding="utf-8"))
     assert cfg["tie_word_embeddings"] is True and cfg["intermediate_size"] == checkpoint[1].cfg.intermediate_size
+    activation = FAMILY_SHAPES[variant].get("activation", "gelu" if family == "neox" else "silu")
+    assert cfg["hidden_act"] == activation == checkpoint[1].cfg.activation
     if family == "neox":
         assert cfg["model_type"] == "gpt_neox" and cfg["use_parallel_residual"] is False
-        assert cfg["rotary_pct"] == 1.0 and cfg["hidden_act"] == "gelu"
+        assert cfg["rotary_pct"] == 1.0
     else:
-        assert cfg["model_type"] == family and cfg["hidden_act"] == "silu" and cfg["attention_bias"] is False
+        assert cfg["model_type"] == family and cfg["attention_bias"] is False
     assert cfg["bos_token_id"] == 0 and cfg["pad_token_id"] == 2 and cfg["eos_token_id"] == [0, 1]
 
 

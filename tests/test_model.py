@@ -54,6 +54,8 @@ def test_config_collects_every_problem_with_values_and_limits():
     (dict(rope_base=0), "rope_base=0"),
     (dict(norm_eps=0.0), "norm_eps=0.0"),
     (dict(sep_token_id=-1), "sep_token_id=-1"),
+    (dict(family="neox", activation="silu"), "activation='silu' must be one of gelu, relu2 for the neox family"),
+    (dict(family="qwen3", activation="gelu"), "activation='gelu' must be one of silu, relu2"),
 ])
 def test_config_single_errors(kw, fragment):
     with pytest.raises(ValueError, match=fragment.replace("[", r"\[").replace(".", r"\.")):
@@ -63,6 +65,8 @@ def test_config_single_errors(kw, fragment):
 def test_config_dict_round_trip_and_unknown_keys():
     cfg = tiny_cfg(sep_token_id=None, dropout=0.1)
     assert M.ModelConfig.from_dict(cfg.to_dict()) == cfg
+    old = {k: v for k, v in cfg.to_dict().items() if k != "activation"}   # a checkpoint from before the key
+    assert M.ModelConfig.from_dict(old) == cfg and cfg.activation == M.ACTIVATIONS[cfg.family][0]
     with pytest.raises(ValueError, match="unknown model config keys"):
         M.ModelConfig.from_dict({**cfg.to_dict(), "n_embed": 32})
 
