@@ -83,6 +83,7 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         found_inf = getattr(self, "found_inf", None)
+        keep = None if found_inf is None else found_inf == 0     # on the parameters' device (step_unless)
         for group in self.param_groups:
             lr, wd, mom = group["lr"], group["weight_decay"], group["momentum"]
             for p in group["params"]:
@@ -92,7 +93,6 @@ class Muon(torch.optim.Optimizer):
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 buf, grad = state["momentum_buffer"], p.grad
-                keep = None if found_inf is None else found_inf.to(p.device) == 0
                 if keep is None:
                     buf.lerp_(grad, 1 - mom)
                 else:

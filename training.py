@@ -789,9 +789,6 @@ def optimizer_step(model: GPT, train_model, optimizer, scaler, micro_batches: li
     return torch.stack([loss, sums[1], norm.double(), skipped.double()])
 
 
-STEP_LOSS, STEP_TOKENS, STEP_NORM, STEP_SKIPPED = range(4)   # the rows of optimizer_step's statistics
-
-
 def read_step(stats: torch.Tensor) -> tuple[Optional[float], float, int]:
     """(loss, or None for a skipped step; pre-clip gradient norm; target tokens) of one step's
     statistics, read on the host (a sync: the training loop reads several steps at once)."""

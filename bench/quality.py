@@ -393,7 +393,8 @@ def parse_args(argv=None):
     ap.add_argument("--ours-args", default="", help="extra `main.py train` flags for our run (ablations)")
     ap.add_argument("--init", choices=INITS, default="scaled",
                     help="residual projections at init: scaled (the model's), zero-proj (zeros) or plain (0.02)")
-    ap.add_argument("--activation", choices=("gelu", "silu", "relu2"), default=None,
+    from config import ACTIVATIONS
+    ap.add_argument("--activation", choices=sorted({x for acts in ACTIVATIONS.values() for x in acts}), default=None,
                     help="the MLP's activation, where the family allows it (default: the family's own)")
     ap.add_argument("--tag", default=None, help="name of our run folder (default: from --ours-args)")
     ap.add_argument("--quick", action="store_true", help="tiny configuration on the shipped test corpus (tests)")
