@@ -77,6 +77,17 @@ class TimeBudget:
         """The wall time of one step (data, update and bookkeeping; evaluations excluded)."""
         self.step_seconds.append(seconds)
 
+    def recent_step_seconds(self) -> float:
+        """The mean time of the last STEP_WINDOW steps (the probe's figure before any step)."""
+        recent = self.step_seconds[-STEP_WINDOW:]
+        return sum(recent) / len(recent) if recent else self.costs["step"]
+
+    def refresh(self, cfg: TrainConfig, step: int, elapsed: float) -> int:
+        """Re-estimate the steps the budget holds from the measured step times (the progress
+        bar's total and eta; the schedule is not touched until `fix`)."""
+        self.estimate = min(cfg.total_steps, self.steps(cfg, step, self.recent_step_seconds(), self.seconds - elapsed))
+        return self.estimate
+
     def decay_due(self, cfg: TrainConfig, step: int, elapsed: float) -> bool:
         """Time to fix the schedule: the decay's share of the budget is all that is left, or the
         --epochs/--max-steps cap is that close."""
@@ -86,7 +97,7 @@ class TimeBudget:
     def fix(self, cfg: TrainConfig, step: int, elapsed: float) -> TrainConfig:
         """The fixed schedule: total_steps from the recent step time, the decay starting at `step`."""
         recent = self.step_seconds[-STEP_WINDOW:]
-        step_s = sum(recent) / len(recent) if recent else self.costs["step"]
+        step_s = self.recent_step_seconds()
         cap = cfg.total_steps
         total = min(cap, self.steps(cfg, step, step_s, self.seconds - elapsed))
         capped = " (capped by --epochs/--max-steps)" if total == cap else ""

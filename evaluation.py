@@ -333,7 +333,9 @@ def load_checkpoint_for_evaluation(ckpt_path, tokenizer, *, device="auto", preci
     identity = as_identity(tokenizer)
     model, meta = load_model(ckpt_path, dev, identity)
     prec = resolve_precision(precision, dev, n_embd=model.cfg.n_embd, vocab_size=model.cfg.vocab_size,
-                             rows=batch_size * model.cfg.block_size)
+                             rows=batch_size * model.cfg.block_size, inference_layers=model.cfg.n_layer)
+    if prec.dtype is not None:
+        model.half_weights_for_inference(prec.dtype)
     log_choice(prec, "evaluation")
     return LoadedCheckpoint(path=ckpt_path, model=model, meta=meta, identity=identity, device=dev,
                             precision=prec, cache_dir=Path(ckpt_path).resolve().parent / "cache")

@@ -521,7 +521,9 @@ def run_generate(*, tokenizer, ckpt_path, prompts: Sequence[str], max_new_tokens
     tokenizer = identity.tokenizer
     model, _ = load_model(ckpt_path, dev, identity)
     prec = resolve_precision(precision, dev, n_embd=model.cfg.n_embd, vocab_size=model.cfg.vocab_size,
-                             rows=batch_size)
+                             rows=batch_size, inference_layers=model.cfg.n_layer)
+    if prec.dtype is not None:
+        model.half_weights_for_inference(prec.dtype)
     log_choice(prec, "generation")
     generator = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
 

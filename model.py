@@ -562,13 +562,26 @@ class GPT(nn.Module):
             raise ValueError("FlexAttention needs a newer torch")
         self.document_kernel = kind
 
+    @torch.no_grad()
+    def half_weights_for_inference(self, dtype: torch.dtype) -> None:
+        """Store the matmul weights (the blocks' Linear layers and the output head) in `dtype` once,
+        for generation and evaluation under autocast in that dtype: autocast then has nothing to
+        cast at each call, and batch-1 decoding, which reads every weight once per token, reads half
+        the bytes. Embedding rows, norms, biases and RoPE tables stay float32. The output head gets
+        its own copy (the weight tying is undone), so the model must not be trained or saved after."""
+        for block in self.blocks:
+            for module in block.modules():
+                if isinstance(module, nn.Linear):
+                    module.weight.data = module.weight.data.to(dtype)
+        self.lm_head.weight = nn.Parameter(self.tok_emb.weight.detach().to(dtype), requires_grad=False)
+
     # ----------------------------------------------------------------------- KV cache
 
     def setup_cache(self, batch_size: int, max_seq_len: int, device=None, dtype=None, reuse: bool = False) -> None:
         """Preallocate (batch_size, H, max_seq_len, D) key/value buffers in every layer.
 
         max_seq_len is limited to cfg.block_size (the RoPE tables and the trained context).
-        dtype defaults to the parameters' dtype. `reuse`: keep the buffers already there when
+        dtype defaults to the autocast dtype under autocast, else the parameters' dtype. `reuse`: keep the buffers already there when
         they have this shape, device and dtype (a compiled decode step keeps its inputs; slots
         not yet written in a call are masked, so their old contents are never read).
         """
@@ -578,7 +591,8 @@ class GPT(nn.Module):
             raise ValueError(f"batch_size={batch_size} must be positive")
         p = self.tok_emb.weight
         device = p.device if device is None else torch.device(device)
-        dtype = p.dtype if dtype is None else dtype
+        if dtype is None:
+            dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else p.dtype
         cache = self.blocks[0].attn.kv_cache
         if reuse and cache is not None and cache.k.shape == (batch_size, self.cfg.n_head, max_seq_len,
                                                                 self.cfg.head_dim) \

@@ -6,8 +6,11 @@
 - CPU, `auto`: bf16 autocast only when the CPU has native bf16 instructions (AVX512_BF16 or
   AMX on x86-64, the BF16 extension on ARM) *and* a short micro-benchmark of the model's own
   matmul shapes measures bf16 faster than fp32; else fp32. Without native support bf16 is
-  emulated and 10-30x slower than fp32, so the benchmark is not even run. The measured ratio is
-  cached per machine (CPU, threads, torch version, shapes) in ~/.cache/mini-llm/precision.json.
+  emulated and 10-30x slower than fp32, so the benchmark is not even run. Generation and
+  evaluation store the weights in bf16 once and measure that way (with the model's depth: batch-1
+  decoding is bound by the bytes of weights it reads per token); training measures autocast,
+  which casts fp32 weights at each call. The measured ratio is cached per machine (CPU, threads,
+  torch version, shapes, training or inference) in ~/.cache/mini-llm/precision.json.
 - MPS, `auto`: fp32.
 - An explicit choice is honoured; bf16 or fp16 on a CPU without native support runs with a
   one-line warning that it will be much slower.
@@ -42,6 +45,7 @@ _X86_FP16_FLAGS = ("avx512_fp16", "amx_fp16")
 _BENCH_FLOPS = 2e9          # matmul work per timed pass: ~10-20 ms in fp32 on a 2-core CPU ...
 _BENCH_MIN_ROWS = 256       # ... but never fewer rows than this (or the model's own, if fewer),
 _BENCH_MAX_VOCAB = 8192     # and at most this many output-head columns: big enough to show the kernel
+_BENCH_MAX_FLOATS = 16 * 2**20   # inference: weights of at most this many floats (64 MB), beyond any cache
 
 
 @dataclass(frozen=True)
@@ -146,55 +150,66 @@ def benchmark_rows(n_embd: int, vocab_size: int, rows: int) -> int:
     return max(1, min(int(rows), max(_BENCH_MIN_ROWS, int(_BENCH_FLOPS // per_row))))
 
 
-def measure_bf16_speedup(n_embd: int, vocab_size: int, rows: int, reps: int = 3) -> float:
-    """fp32 time / bf16-autocast time of the model's matmuls (forward Linear layers) on the CPU.
+def measure_bf16_speedup(n_embd: int, vocab_size: int, rows: int, reps: int = 3,
+                         inference_layers: int = 0) -> float:
+    """fp32 time / bf16 time of the model's matmuls (forward Linear layers) on the CPU.
 
-    Each precision gets one untimed pass, then the best of `reps` timed passes. A bf16 pass
-    that is already 3x slower than fp32 ends the measurement early (emulated bf16 is ~20x
-    slower: no need to wait for it)."""
+    Training (inference_layers=0): one block's Linear layers and the output head under bf16
+    autocast, which casts the fp32 weights at every call. Inference (inference_layers=L): L
+    blocks' weights and the head, stored in bf16 beforehand as generate and evaluate store them
+    (GPT.half_weights_for_inference), so that a pass reads as many weight bytes as the model's
+    forward does: batch-1 decoding is bound by those bytes, not by arithmetic.
+
+    fp32 and bf16 passes alternate after one untimed pass each, and each side keeps its best, so
+    a neighbour that loads the CPU for a while slows both sides alike. At least `reps` pairs, and
+    enough to fill ~60 ms (tiny shapes); a bf16 side still 3x slower than fp32 after two pairs
+    ends the measurement (emulated bf16 is ~20x slower: no need to wait for it)."""
     import torch
     import torch.nn.functional as F
     g = torch.Generator().manual_seed(0)
     rows = benchmark_rows(n_embd, vocab_size, rows)
-    ops = [(torch.randn(rows, i, generator=g), torch.randn(o, i, generator=g) * i ** -0.5)
-           for i, o in matmul_shapes(n_embd, vocab_size)]
+    shapes = matmul_shapes(n_embd, vocab_size)
+    if inference_layers:                  # the model's depth, up to _BENCH_MAX_FLOATS of weights
+        per_layer = sum(i * o for i, o in shapes[:-1])
+        shapes = shapes[:-1] * min(inference_layers, max(1, _BENCH_MAX_FLOATS // per_layer)) + shapes[-1:]
+    weights = [torch.randn(o, i, generator=g) * i ** -0.5 for i, o in shapes]
+    inputs = {i: torch.randn(rows, i, generator=g) for i, _ in shapes}
+    half = [w.to(torch.bfloat16) for w in weights] if inference_layers else weights
 
-    def one_pass(dtype) -> float:
-        ctx = torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    def one_pass(bf16: bool) -> float:
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        ws = half if bf16 else weights
         t = time.perf_counter()
         with torch.inference_mode(), ctx:
-            for x, w in ops:
-                F.linear(x, w)
+            for w in ws:
+                F.linear(inputs[w.shape[1]], w)
         return time.perf_counter() - t
 
-    def best(dtype) -> float:
-        """Best of at least `reps` passes, and of enough passes to fill ~30 ms (tiny shapes)."""
-        times = [one_pass(dtype) for _ in range(reps)]
-        while sum(times) < 0.03 and len(times) < 1000:
-            times.append(one_pass(dtype))
-        return min(times)
-
-    one_pass(None)
-    fp32 = best(None)
-    bf16 = one_pass(torch.bfloat16)                     # untimed warm-up, unless it is hopeless
-    if bf16 < 3 * fp32:
-        bf16 = best(torch.bfloat16)
-    return fp32 / max(bf16, 1e-9)
+    one_pass(False)
+    one_pass(True)
+    fp32, bf16 = [], []
+    while len(fp32) < reps or (sum(fp32) + sum(bf16) < 0.06 and len(fp32) < 1000):
+        fp32.append(one_pass(False))
+        bf16.append(one_pass(True))
+        if len(bf16) >= 2 and min(bf16) > 3 * min(fp32):
+            break
+    return min(fp32) / max(min(bf16), 1e-9)
 
 
-def _cache_key(n_embd: int, vocab_size: int, rows: int) -> str:
+def _cache_key(n_embd: int, vocab_size: int, rows: int, inference_layers: int = 0) -> str:
     import torch
     model, flags = _cpu_flags()
     flag_hash = hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:12]
     rows = benchmark_rows(n_embd, vocab_size, rows)
-    return (f"{model}|flags {flag_hash}|torch {torch.__version__}|threads {torch.get_num_threads()}"
-            f"|{rows}x{n_embd}x{vocab_size}")
+    what = f"inference {inference_layers} layers" if inference_layers else "training"
+    return (f"v2|{model}|flags {flag_hash}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+            f"|{rows}x{n_embd}x{vocab_size}|{what}")
 
 
-def cached_bf16_speedup(n_embd: int, vocab_size: int, rows: int) -> tuple[float, bool]:
+def cached_bf16_speedup(n_embd: int, vocab_size: int, rows: int, inference_layers: int = 0) -> tuple[float, bool]:
     """(speedup, was it cached): the measured ratio for this machine and shape, measured once."""
     path = Path(os.environ.get(CACHE_ENV) or cache_dir()) / CACHE_FILE
-    key = _cache_key(n_embd, vocab_size, rows)
+    key = _cache_key(n_embd, vocab_size, rows, inference_layers)
     cache: dict = {}
     if path.is_file():
         try:
@@ -206,7 +221,7 @@ def cached_bf16_speedup(n_embd: int, vocab_size: int, rows: int) -> tuple[float,
     hit = cache.get(key)
     if isinstance(hit, dict) and isinstance(hit.get("bf16_speedup"), (int, float)):
         return float(hit["bf16_speedup"]), True
-    speedup = measure_bf16_speedup(n_embd, vocab_size, rows)
+    speedup = measure_bf16_speedup(n_embd, vocab_size, rows, inference_layers=inference_layers)
     cache[key] = {"bf16_speedup": round(speedup, 3), "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     try:
         write_json(path, cache)
@@ -217,10 +232,13 @@ def cached_bf16_speedup(n_embd: int, vocab_size: int, rows: int) -> tuple[float,
 
 # =========================================================================== the choice
 
-def resolve_precision(requested: str, device, *, n_embd: int, vocab_size: int, rows: int) -> Precision:
+def resolve_precision(requested: str, device, *, n_embd: int, vocab_size: int, rows: int,
+                      inference_layers: int = 0) -> Precision:
     """The precision to compute in on `device` for a model of width `n_embd` and vocabulary
     `vocab_size` running `rows` tokens per forward pass (batch x block for training and
-    evaluation, the batch size for token-by-token generation). See the module docstring."""
+    evaluation, the batch size for token-by-token generation). `inference_layers`: the model's
+    depth when it runs with its weights stored in half precision (generate, evaluate: see
+    measure_bf16_speedup); 0 for training. See the module docstring."""
     import torch
     kind = device.type
     if requested not in PRECISIONS + (AMP,):
@@ -255,7 +273,7 @@ def resolve_precision(requested: str, device, *, n_embd: int, vocab_size: int, r
     if native is None:
         return Precision("fp32", kind, requested, "this CPU has no native bf16 (AVX512_BF16/AMX), where "
                                                   "bf16 would be 10-30x slower")
-    speedup, cached = cached_bf16_speedup(n_embd, vocab_size, rows)
+    speedup, cached = cached_bf16_speedup(n_embd, vocab_size, rows, inference_layers)
     how = f"bf16 matmuls of this model's shapes measured {speedup:.2f}x as fast as fp32" + \
           (" (cached)" if cached else "")
     if speedup >= BF16_MIN_SPEEDUP:

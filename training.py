@@ -479,13 +479,15 @@ class Trainer:
         self.budget.estimate = distributed.broadcast(self.budget.estimate)
 
     def _budget_tick(self, seconds: float, progress: Progress, start_step: int, read: bool) -> None:
-        """After each step of a budgeted run: record its time; at read points, fix the schedule
-        once the decay is due."""
+        """After each step of a budgeted run: record its time; at read points, re-estimate the run's
+        length from the measured step times (the probe's guess can be far off) and fix the
+        schedule once the decay is due."""
         if self.budget is None or self.state.budget_fixed:
             return
         self.budget.record(seconds)
         if not read:
             return
+        progress.set_total(self.budget.refresh(self.cfg, self.state.step, self.elapsed()) - start_step)
         due = self.dist.is_main and self.budget.decay_due(self.cfg, self.state.step, self.elapsed())
         if distributed.any_of(due):                    # rank 0's clock decides for all
             fixed = self.budget.fix(self.cfg, self.state.step, self.elapsed()) if self.dist.is_main else None
@@ -580,8 +582,8 @@ class Trainer:
                         or self.state.step == start_step + 1)
                 if read:
                     self.read_steps()
-                self._report(progress, t_loop, start_step, terminal, read)
                 self._budget_tick(time.monotonic() - t_step, progress, start_step, read)
+                self._report(progress, t_loop, start_step, terminal, read)
                 if self.streak_limit_step is not None:
                     reason = "diverged"
                     break
@@ -674,7 +676,7 @@ class Trainer:
         done = self.state.step - start_step
         per_step = (time.monotonic() - t_loop) / max(1, done)
         planned = self.planned_steps()
-        eta = per_step * (planned - self.state.step)
+        eta = per_step * max(0, planned - self.state.step)
         loss_txt = f"{self.last_loss:.4f}" if self.last_loss is not None else "nan"
         progress.update(1, step=f"{self.state.step}/{planned}", epoch=self.state.epoch + 1, loss=loss_txt,
                         lr=f"{lr:.2e}", tok_s=f"{self.last_tok_s:,.0f}")

@@ -204,3 +204,57 @@ def test_evaluate_and_generate_run_in_bf16_when_asked(trained, ckpt, monkeypatch
     assert main.main(["generate", "--tokenizer", str(trained["tok"]), "--ckpt", ckpt, "--prompt", "El río",
                       "--max-tokens", "10", "--seed", "1", "--precision", "bf16", "--quiet"]) == 0
     assert capsys.readouterr().out.startswith("El río")
+
+
+# =========================================================================== inference in bf16
+
+def test_inference_is_measured_and_cached_apart_from_training(fresh_cache, monkeypatch):
+    training = P._cache_key(32, 400, 4)
+    inference = P._cache_key(32, 400, 4, inference_layers=2)
+    assert training != inference and inference.endswith("inference 2 layers")
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "1")
+    inject_speedup(0.5, n_embd=32, vocab_size=400, rows=4)     # training measured bf16 slower ...
+    assert P.resolve_precision("auto", CPU, n_embd=32, vocab_size=400, rows=4).name == "fp32"
+    p = P.resolve_precision("auto", CPU, n_embd=32, vocab_size=400, rows=4, inference_layers=2)
+    cache = json.loads(fresh_cache.read_text())                # ... inference is measured on its own
+    assert set(cache) == {training, inference} and cache[inference]["bf16_speedup"] > 0
+    assert p.bf16_speedup == pytest.approx(cache[inference]["bf16_speedup"], abs=1e-3)
+
+
+def test_half_weights_compute_the_same_function_in_bf16():
+    from model import GPT, ModelConfig
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=300, block_size=32, n_layer=2, n_head=4, n_embd=64)).eval()
+    idx = torch.randint(0, 300, (2, 24))
+    with torch.no_grad():
+        ref = model(idx)[0].float()
+        model.half_weights_for_inference(torch.bfloat16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(idx)[0].float()
+            model.setup_cache(2, 32)
+    linears = [m for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert model.lm_head.weight.dtype == torch.bfloat16 and model.tok_emb.weight.dtype == torch.float32
+    assert model.lm_head.weight is not model.tok_emb.weight
+    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "norm" in n or "ln" in n)
+    assert model.blocks[0].attn.kv_cache.k.dtype == torch.bfloat16    # the cache follows autocast
+    assert (half - ref).abs().max() < 0.05 * ref.abs().max()
+    assert (half.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+
+
+def test_generate_and_evaluate_pick_bf16_from_the_inference_measurement(trained, ckpt, fresh_cache, monkeypatch,
+                                                                          capsys):
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "1")
+    inject_speedup(0.5, n_embd=32, vocab_size=400, rows=16 * 32)          # the training-shaped key
+    path = cache_file()
+    cache = json.loads(path.read_text())
+    for rows in (1, 16 * 32):                                             # generate batch 1, evaluate 16 x 32
+        cache[P._cache_key(32, 400, rows, inference_layers=1)] = {"bf16_speedup": 2.0}
+    path.write_text(json.dumps(cache))
+    ev = evaluate_json(trained, ckpt, "auto", capsys)
+    assert ev["precision"]["chosen"] == "bf16" and ev["precision"]["bf16_speedup"] == 2.0
+    fp32 = evaluate_json(trained, ckpt, "fp32", capsys)
+    assert ev["perplexity"] == pytest.approx(fp32["perplexity"], rel=0.02)
+    assert main.main(["generate", "--tokenizer", str(trained["tok"]), "--ckpt", ckpt, "--prompt", "El río",
+                      "--max-tokens", "10", "--temperature", "0", "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("El río")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -406,6 +407,24 @@ def test_time_budget_ends_on_time_with_the_lr_decayed(data, tmp_path):
     assert 0 < cfg["warmup_steps"] < cfg["decay_start"] < cfg["total_steps"]
     ckpt = torch.load(out / "ckpt_last.pt", map_location="cpu", weights_only=True)
     assert ckpt["train_config"]["total_steps"] == s["steps"] and ckpt["state"]["budget_fixed"]
+    logged = re.findall(r"step ([\d,]+)/([\d,]+) .* eta (\S+)", (out / "train.log").read_text(encoding="utf-8"))
+    assert logged and all(int(a.replace(",", "")) <= int(b.replace(",", "")) for a, b, _ in logged), logged
+    assert not any(eta.startswith("-") for *_, eta in logged), logged
+
+
+def test_time_budget_estimate_follows_the_measured_steps():
+    """The probe's guess is replaced by the measured step times at each read point: a run whose
+    steps turn out 3x slower than probed expects about a third of the steps."""
+    from budget import TimeBudget
+    req = C.TrainConfig(epochs=100_000, eval_every=100, patience=0, time_budget=100.0)
+    budget = TimeBudget(req, steps_per_epoch=50, costs={"step": 0.1, "eval": 1.0})
+    cfg, fixed = budget.plan(0, 0.0)
+    assert not fixed and 700 < budget.estimate < 780         # 0.1 s + evaluations every 50 steps
+    for _ in range(20):
+        budget.record(0.3)
+    assert 250 < budget.refresh(cfg, 20, 6.0) < 320 and budget.estimate < 320
+    capped = C.TrainConfig(epochs=100_000, eval_every=100, patience=0, time_budget=100.0, max_steps=100)
+    assert budget.refresh(C.resolve_schedule(capped, 50), 20, 6.0) == 100    # never past --max-steps
 
 
 def test_time_budget_resume_after_the_steps_are_fixed_is_exact(data, tmp_path):
