@@ -32,13 +32,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
+import inference
 from common import Progress, UserError, log, perplexity, require_file, resolve_device
 from model import document_positions
-from precision import Precision, log_choice, resolve_precision
+from precision import Precision, log_choice
 from tokenizer import DOC_SEPARATOR
 
 SCORING = ("each document's tokens and the separator that ends it, predicted from the document's "
@@ -319,10 +321,11 @@ class LoadedCheckpoint:
     device: torch.device
     precision: Precision
     cache_dir: Path        # <checkpoint folder>/cache: the token stores, shared with training
+    quantize: Optional[str] = None   # "int8": weight-only int8 (inference.py)
 
 
 def load_checkpoint_for_evaluation(ckpt_path, tokenizer, *, device="auto", precision="auto",
-                                   batch_size=16) -> LoadedCheckpoint:
+                                   batch_size=16, quantize=None) -> LoadedCheckpoint:
     """Load the model and resolve the tokenizer identity, device and precision (UserError on bad input).
     `tokenizer`: a TokenizerIdentity or the path of the training tokenizer.json."""
     from checkpoint import load_model
@@ -332,13 +335,13 @@ def load_checkpoint_for_evaluation(ckpt_path, tokenizer, *, device="auto", preci
     dev = resolve_device(device)
     identity = as_identity(tokenizer)
     model, meta = load_model(ckpt_path, dev, identity)
-    prec = resolve_precision(precision, dev, n_embd=model.cfg.n_embd, vocab_size=model.cfg.vocab_size,
-                             rows=batch_size * model.cfg.block_size, inference_layers=model.cfg.n_layer)
-    if prec.dtype is not None:
-        model.half_weights_for_inference(prec.dtype)
-    log_choice(prec, "evaluation")
+    prec = inference.resolve_precision_for(precision, dev, quantize, n_embd=model.cfg.n_embd,
+                                           vocab_size=model.cfg.vocab_size, rows=batch_size * model.cfg.block_size,
+                                           inference_layers=model.cfg.n_layer)
+    inference.prepare(model, prec, quantize)          # runs under prec.autocast, as score_documents does
+    log_choice(prec, "evaluation" + (f" ({quantize} weights)" if quantize else ""))
     return LoadedCheckpoint(path=ckpt_path, model=model, meta=meta, identity=identity, device=dev,
-                            precision=prec, cache_dir=Path(ckpt_path).resolve().parent / "cache")
+                            precision=prec, cache_dir=Path(ckpt_path).resolve().parent / "cache", quantize=quantize)
 
 
 def _evaluate_file(loaded: LoadedCheckpoint, test_file, *, separator, stride, batch_size, per_document,
@@ -358,19 +361,19 @@ def _evaluate_file(loaded: LoadedCheckpoint, test_file, *, separator, stride, ba
                                     stride=stride, batch_size=batch_size, precision=loaded.precision,
                                     per_document=per_document, pad_id=store.pad_id, quiet=quiet)
     result.update(checkpoint=str(loaded.path), test_file=str(test_file), device=loaded.device.type,
-                  precision=loaded.precision.to_dict())
+                  precision=loaded.precision.to_dict(), quantize=loaded.quantize)
     log.info(f"{result['tokens']} tokens in {result['seconds']:.1f}s ({result['tokens_per_second']:.0f} tokens/s)")
     return result, nats
 
 
 def evaluate(ckpt_path, tokenizer, test_file, *, separator=DOC_SEPARATOR, stride=None, batch_size=16,
-             device="auto", precision="auto", per_document=False, quiet=False) -> dict:
+             device="auto", precision="auto", per_document=False, quiet=False, quantize=None) -> dict:
     """Load the checkpoint and tokenizer, tokenise `test_file` (cached beside the checkpoint, in
     <checkpoint folder>/cache, shared with training), and evaluate. UserError on bad input.
     `tokenizer`: a TokenizerIdentity or the path of the training tokenizer.json."""
     test_file = require_file(test_file, "test file")
     loaded = load_checkpoint_for_evaluation(ckpt_path, tokenizer, device=device, precision=precision,
-                                            batch_size=batch_size)
+                                            batch_size=batch_size, quantize=quantize)
     return _evaluate_file(loaded, test_file, separator=separator, stride=stride, batch_size=batch_size,
                           per_document=per_document, quiet=quiet)[0]
 
@@ -398,18 +401,18 @@ def combine_files(results: list[dict], nats: list[float]) -> dict:
 
 
 def evaluate_files(ckpt_path, tokenizer, test_files, *, separator=DOC_SEPARATOR, stride=None, batch_size=16,
-                   device="auto", precision="auto", per_document=False, quiet=False) -> dict:
+                   device="auto", precision="auto", per_document=False, quiet=False, quantize=None) -> dict:
     """Evaluate one checkpoint on several test files, loading it once: {"checkpoint", "files": [one
     `evaluate` result per file, in order], "total": combine_files(...), "device", "precision"}.
     The same file given twice is a UserError."""
     test_files = refuse_repeated_files(test_files)
     loaded = load_checkpoint_for_evaluation(ckpt_path, tokenizer, device=device, precision=precision,
-                                            batch_size=batch_size)
+                                            batch_size=batch_size, quantize=quantize)
     scored = [_evaluate_file(loaded, f, separator=separator, stride=stride, batch_size=batch_size,
                              per_document=per_document, quiet=quiet) for f in test_files]
     results, nats = [r for r, _ in scored], [n for _, n in scored]
     return {"checkpoint": str(loaded.path), "files": results, "total": combine_files(results, nats),
-            "device": loaded.device.type, "precision": loaded.precision.to_dict()}
+            "device": loaded.device.type, "precision": loaded.precision.to_dict(), "quantize": quantize}
 
 
 # =========================================================================== human output

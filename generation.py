@@ -25,7 +25,8 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 
 from common import UserError, atomic_path, log, refuse_same_file, require_file, resolve_device
-from precision import log_choice, resolve_precision
+import inference
+from precision import log_choice
 from tokenizer import as_identity, special_ids
 from checkpoint import load_model
 from sampling import SamplingConfig, _NgramBlocker, apply_repetition_penalty, sample
@@ -498,11 +499,12 @@ def run_generate(*, tokenizer, ckpt_path, prompts: Sequence[str], max_new_tokens
                  cfg: SamplingConfig, stop_strings: Sequence[str] = (), seed: Optional[int] = None,
                  num_samples: int = 1, stream: bool = False, batch_size: int = 1,
                  output=None, device: str = "auto", precision: str = "auto",
-                 compile: bool = False) -> list[Generation]:
+                 compile: bool = False, quantize: Optional[str] = None) -> list[Generation]:
     """The generate stage: load, generate, print (stdout) or write `output` (.jsonl = JSON Lines,
     else plain text), log tokens/s. Streaming prints each piece of text as soon as it is final;
     its stdout is byte for byte what the same run without streaming prints. `precision`: see
-    precision.resolve_precision (measured on the decoding shapes: batch_size rows per step).
+    precision.resolve_precision (measured on the decoding shapes: batch_size rows per step); on a
+    CPU bf16 and `quantize` ("int8") run weight-only (inference.py).
     `compile`: torch.compile the decoding step (CUDA graphs on CUDA); the first step of each
     batch size pays the compilation (tens of seconds), so it pays off for long or many samples."""
     if any(s == "" for s in stop_strings):
@@ -520,10 +522,10 @@ def run_generate(*, tokenizer, ckpt_path, prompts: Sequence[str], max_new_tokens
     dev = resolve_device(device)
     tokenizer = identity.tokenizer
     model, _ = load_model(ckpt_path, dev, identity)
-    prec = resolve_precision(precision, dev, n_embd=model.cfg.n_embd, vocab_size=model.cfg.vocab_size,
-                             rows=batch_size, inference_layers=model.cfg.n_layer)
-    if prec.dtype is not None:
-        model.half_weights_for_inference(prec.dtype)
+    prec = inference.resolve_precision_for(precision, dev, quantize, n_embd=model.cfg.n_embd,
+                                           vocab_size=model.cfg.vocab_size, rows=batch_size,
+                                           inference_layers=model.cfg.n_layer)
+    context = inference.prepare(model, prec, quantize, weight_only=True)
     log_choice(prec, "generation")
     generator = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
 
@@ -548,7 +550,7 @@ def run_generate(*, tokenizer, ckpt_path, prompts: Sequence[str], max_new_tokens
 
     start = time.perf_counter()
     try:
-        with prec.autocast():
+        with context():
             results = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, cfg=cfg,
                                      stop_strings=stop_strings, num_samples=num_samples, batch_size=batch_size,
                                      generator=generator, compile=compile,
@@ -571,5 +573,6 @@ def run_generate(*, tokenizer, ckpt_path, prompts: Sequence[str], max_new_tokens
     n_tokens = sum(g.tokens for g in results)
     log.info(f"generated {n_tokens} tokens in {elapsed:.2f}s ({n_tokens / max(elapsed, 1e-9):.1f} tokens/s"
              f"{f', batches of {batch_size}' if batch_size > 1 else ''}, {dev.type}, {prec.name}"
+             f"{f', {quantize} weights' if quantize else ''}"
              f"{', compiled, compilation included' if compile else ''})")
     return results

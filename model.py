@@ -562,19 +562,6 @@ class GPT(nn.Module):
             raise ValueError("FlexAttention needs a newer torch")
         self.document_kernel = kind
 
-    @torch.no_grad()
-    def half_weights_for_inference(self, dtype: torch.dtype) -> None:
-        """Store the matmul weights (the blocks' Linear layers and the output head) in `dtype` once,
-        for generation and evaluation under autocast in that dtype: autocast then has nothing to
-        cast at each call, and batch-1 decoding, which reads every weight once per token, reads half
-        the bytes. Embedding rows, norms, biases and RoPE tables stay float32. The output head gets
-        its own copy (the weight tying is undone), so the model must not be trained or saved after."""
-        for block in self.blocks:
-            for module in block.modules():
-                if isinstance(module, nn.Linear):
-                    module.weight.data = module.weight.data.to(dtype)
-        self.lm_head.weight = nn.Parameter(self.tok_emb.weight.detach().to(dtype), requires_grad=False)
-
     # ----------------------------------------------------------------------- KV cache
 
     def setup_cache(self, batch_size: int, max_seq_len: int, device=None, dtype=None, reuse: bool = False) -> None:

@@ -30,13 +30,20 @@ the rounds is reported):
   native bf16 (precision.cpu_native_bf16()), else the bf16 rows are skipped and the report says so.
 - generation: greedy, --new-tokens (200) new tokens from short prompts of held-out text, batch 1
   and batch 8; ours through generation.generate_batch (the decoding loop of `main.py generate`)
-  on the model loaded as the generate stage does (checkpoint.load_model of the trained run),
-  against `model.generate(do_sample=False, max_new_tokens=N, min_new_tokens=N)` with the same
-  weights. End-of-text stopping is off on both sides, so both produce exactly N tokens; the
-  report says whether the greedy tokens agree over the first 20.
+  on the model loaded and set up as the generate stage does (checkpoint.load_model of the trained
+  run, inference.resolve_precision_for and inference.prepare): `--precision fp32`, `--precision
+  auto` (where its measured choice is not fp32) and, where the CPU has native bf16, `--quantize
+  int8`; against `model.generate(do_sample=False, max_new_tokens=N, min_new_tokens=N)` with the
+  same weights, in float32 (what a transformers user gets by default) and, where the CPU has
+  native bf16, cast to bfloat16. End-of-text stopping is off on both sides, so both produce
+  exactly N tokens; the report says whether the greedy tokens agree over the first 20 (ours fp32
+  against transformers, and each of our half-precision settings against our fp32). The batch-1
+  target is met by our fastest CLI setting (int8 where there is native bf16) over transformers
+  fp32; every other pairing is in the table too.
 - evaluation: evaluation.evaluate_tokens over held-out text (the validation documents of the
-  training split) with stride = block size, batch 16, against a plain loop of
-  model(input_ids, labels=input_ids) under torch.no_grad over the same non-overlapping windows.
+  training split) with stride = block size, batch 16, ours at --precision fp32 and auto, against
+  a plain loop of model(input_ids, labels=input_ids) under torch.no_grad over the same
+  non-overlapping windows (float32, and bfloat16 where the CPU has it natively).
 - MFU: our training FLOP/s (6N + 12 L C T per token, N with the tied embedding counted once, as
   bench/bench_train.py) as a fraction of a 2048 x 2048 fp32 matmul timed in the same run. Beside
   the training and evaluation targets: the fraction of that peak ours would need to reach them
@@ -468,20 +475,22 @@ def gen_prompts(data: Data, n: int, length: int) -> list[list[int]]:
     return prompts
 
 
-def gen_ours(model, prompts, n: int, pad_id: int) -> tuple[float, list[list[int]]]:
-    """generation.generate_batch, greedy, no stop tokens: (seconds, new ids per row)."""
+def gen_ours(side, prompts, n: int, pad_id: int) -> tuple[float, list[list[int]]]:
+    """generation.generate_batch, greedy, no stop tokens, in the side's context: (seconds, new ids per row)."""
     import generation as G
     cfg = G.SamplingConfig(temperature=0.0, top_k=0, top_p=1.0)
     t = time.perf_counter()
-    steps = list(G.generate_batch(model, prompts, n, cfg, stop_ids=(), pad_id=pad_id))
+    with side.context():
+        steps = list(G.generate_batch(side.model, prompts, n, cfg, stop_ids=(), pad_id=pad_id))
     seconds = time.perf_counter() - t
     assert len(steps) == n
     return seconds, [list(col) for col in zip(*steps)]
 
 
-def gen_hf(model, prompts, n: int, pad_id: int) -> tuple[float, list[list[int]]]:
+def gen_hf(side, prompts, n: int, pad_id: int) -> tuple[float, list[list[int]]]:
     """transformers generate(), greedy, exactly n new tokens: (seconds, new ids per row)."""
     import torch
+    model = side.model
     ids = torch.tensor(prompts, dtype=torch.long)      # prompts of one length: no padding
     t = time.perf_counter()
     out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
@@ -498,46 +507,51 @@ def agreement(a_rows, b_rows, k: int) -> dict:
     return {"rows": len(a_rows), "rows_agreeing_first_k": same, "k": k, "first_difference_row0": first}
 
 
-def bench_generation(a, ours, hf, data: Data, log) -> tuple[dict, dict]:
+def bench_generation(a, sides: dict, data: Data, log) -> tuple[dict, dict]:
+    """`sides`: {batch key: {side name: Side}}, ours ("ours...") and transformers ("hf..."),
+    timed in turn, round after round: ({"<key>.<side>": [tok/s per round]}, greedy checks)."""
     pad = data.store.pad_id
-    hf.generation_config.eos_token_id = None           # no end-of-text stopping (ours: stop_ids=())
-    hf.eval()
     prompts = gen_prompts(data, a.gen_batch, a.prompt_tokens)
     batches = {"b1": prompts[:1], f"b{a.gen_batch}": prompts}
-    for p in batches.values():                          # untimed warm-up of both sides
-        gen_ours(ours, p, 4, pad)
-        gen_hf(hf, p, 4, pad)
+    for key, p in batches.items():                      # untimed warm-up of every side
+        for side in sides[key].values():
+            side.generate(side, p, 4, pad)
     results, outputs = {}, {}
     for r in range(a.rounds):
         for key, p in batches.items():
-            for side, fn, model in (("ours", gen_ours, ours), ("hf_neox", gen_hf, hf)):
-                seconds, rows = fn(model, p, a.new_tokens, pad)
+            for name, side in sides[key].items():
+                seconds, rows = side.generate(side, p, a.new_tokens, pad)
                 value = len(p) * a.new_tokens / seconds
-                results.setdefault(f"{key}.{side}", []).append(value)
-                outputs[(key, side)] = rows
-                log(f"  generate round {r + 1}/{a.rounds}: {key} {side:<8} {value:10,.1f} tok/s")
+                results.setdefault(f"{key}.{name}", []).append(value)
+                outputs[(key, name)] = rows
+                log(f"  generate round {r + 1}/{a.rounds}: {key} {name:<12} {value:10,.1f} tok/s")
     k = min(AGREE_TOKENS, a.new_tokens)
     checks = {key: agreement(outputs[(key, "ours")], outputs[(key, "hf_neox")], k) for key in batches}
+    for key in batches:                                 # our half-precision sides against our fp32
+        for name in sides[key]:
+            if name.startswith("ours_"):
+                checks[f"{key}.{name}_vs_fp32"] = agreement(outputs[(key, name)], outputs[(key, "ours")], k)
     return results, checks
 
 
 # =========================================================================== evaluation
 
-def eval_ours(model, data: Data, a) -> tuple[float, float]:
-    """evaluation.evaluate_tokens (the evaluate stage's scoring) with stride = block size: (tok/s, loss)."""
+def eval_ours(side, data: Data, a) -> tuple[float, float]:
+    """evaluation.evaluate_tokens (the evaluate stage's scoring) with stride = block size, in the
+    side's precision: (tok/s, loss)."""
     import evaluation
     t = time.perf_counter()
-    res = evaluation.evaluate_tokens(model, data.identity.tokenizer, data.eval_stream, data.eval_doc_starts,
-                                     stride=a.block_size, batch_size=a.eval_batch, precision=None,
+    res = evaluation.evaluate_tokens(side.model, data.identity.tokenizer, data.eval_stream, data.eval_doc_starts,
+                                     stride=a.block_size, batch_size=a.eval_batch, precision=side.precision,
                                      pad_id=data.store.pad_id, quiet=True)
     return res["tokens"] / (time.perf_counter() - t), res["loss"]
 
 
-def eval_hf(model, data: Data, a) -> tuple[float, float]:
+def eval_hf(side, data: Data, a) -> tuple[float, float]:
     """A plain transformers loop: model(input_ids, labels=input_ids) over the non-overlapping
     windows of the held-out text, batch eval_batch, under no_grad: (tok/s, loss)."""
     import torch
-    T, stream = a.block_size, data.eval_stream
+    T, stream, model = a.block_size, data.eval_stream, side.model
     n_win = (len(stream) - 1) // T
     model.eval()
     total, t = 0.0, time.perf_counter()
@@ -548,17 +562,84 @@ def eval_hf(model, data: Data, a) -> tuple[float, float]:
     return n_win * T / (time.perf_counter() - t), total / n_win
 
 
-def bench_evaluation(a, ours, hf, data: Data, log) -> tuple[dict, dict]:
+def bench_evaluation(a, sides: dict, data: Data, log) -> tuple[dict, dict]:
     results, losses = {}, {}
     for r in range(a.rounds):
-        for side, fn, model in (("ours", eval_ours, ours), ("hf_neox", eval_hf, hf)):
-            value, loss = fn(model, data, a)
-            results.setdefault(side, []).append(value)
-            losses[side] = loss
-            log(f"  evaluate round {r + 1}/{a.rounds}: {side:<8} {value:10,.0f} tok/s (loss {loss:.4f})")
-    return results, {"loss_ours": losses["ours"], "loss_hf_neox": losses["hf_neox"],
+        for name, side in sides.items():
+            value, loss = side.evaluate(side, data, a)
+            results.setdefault(name, []).append(value)
+            losses[name] = loss
+            log(f"  evaluate round {r + 1}/{a.rounds}: {name:<12} {value:10,.0f} tok/s (loss {loss:.4f})")
+    return results, {**{f"loss_{name}": loss for name, loss in losses.items()},
                      "note": "ours scores every target of each document (its closing SEP included), "
                              "transformers the T-1 shifted targets of each window: the losses differ slightly"}
+
+
+# =========================================================================== the sides of generation and evaluation
+
+@dataclass
+class Side:
+    """One contestant of the generation and evaluation rounds: a model, how it generates and
+    evaluates, the context it runs in, its precision (ours: for evaluate_tokens) and a label."""
+    model: object
+    generate: object
+    evaluate: object
+    label: str
+    context: object = contextlib.nullcontext
+    precision: object = None
+
+
+def our_side(ckpt: Path, data: Data, precision: str, quantize, rows: int, *, weight_only: bool) -> Side:
+    """Ours as the generate (weight_only) or evaluate stage loads and sets it up (checkpoint.load_model,
+    inference.resolve_precision_for with `rows` per pass, inference.prepare)."""
+    import torch
+    import inference
+    from checkpoint import load_model
+    cpu = torch.device("cpu")
+    model, _ = load_model(ckpt, cpu, data.identity)
+    prec = inference.resolve_precision_for(precision, cpu, quantize, n_embd=model.cfg.n_embd,
+                                           vocab_size=model.cfg.vocab_size, rows=rows,
+                                           inference_layers=model.cfg.n_layer)
+    context = inference.prepare(model, prec, quantize, weight_only=weight_only)
+    label = f"--quantize {quantize} ({quantize} weights, {prec.name} matmuls)" if quantize else \
+        f"--precision {precision} ({prec.name})"
+    return Side(model, gen_ours, eval_ours, label, context, prec if prec.dtype is not None else None)
+
+
+def hf_side(hf, dtype_name: str) -> Side:
+    """transformers with our weights, as a user runs it: float32, or the model cast to bfloat16."""
+    import copy
+    import torch
+    model = hf if dtype_name == "fp32" else copy.deepcopy(hf).to(torch.bfloat16)
+    return Side(model.eval(), gen_hf, eval_hf, dtype_name)
+
+
+def inference_sides(a, ckpt: Path, hf, data: Data, native_bf16: bool) -> tuple[dict, dict]:
+    """({batch key: {side: Side}} for generation, {side: Side} for evaluation). Ours in fp32,
+    at --precision auto (where the measured choice for that shape is not fp32) and, where the
+    CPU has native bf16, with --quantize int8 (generation); transformers in fp32 and, where the
+    CPU has native bf16, in bf16."""
+    gen = {}
+    for key, rows in (("b1", 1), (f"b{a.gen_batch}", a.gen_batch)):
+        sides = {"ours": our_side(ckpt, data, "fp32", None, rows, weight_only=True)}
+        auto = our_side(ckpt, data, "auto", None, rows, weight_only=True)
+        if auto.precision is not None:
+            sides["ours_auto"] = auto
+        if native_bf16:
+            sides["ours_int8"] = our_side(ckpt, data, "auto", "int8", rows, weight_only=True)
+        sides["hf_neox"] = hf_side(hf, "fp32")
+        if native_bf16:
+            sides["hf_neox_bf16"] = hf_side(hf, "bf16")
+        gen[key] = sides
+    rows = a.eval_batch * a.block_size
+    ev = {"ours": our_side(ckpt, data, "fp32", None, rows, weight_only=False)}
+    auto = our_side(ckpt, data, "auto", None, rows, weight_only=False)
+    if auto.precision is not None:
+        ev["ours_auto"] = auto
+    ev["hf_neox"] = hf_side(hf, "fp32")
+    if native_bf16:
+        ev["hf_neox_bf16"] = hf_side(hf, "bf16")
+    return gen, ev
 
 
 # =========================================================================== report
@@ -616,20 +697,54 @@ def build_report(a, machine, data: Data, shapes: dict, peak: float, train: dict,
         ratio(f"train.{prec}.loop_over_hf_loop_neox", f"training {prec}: ours whole loop / hand loop GPT-NeoX",
               res["ours_loop"], res["hf_loop_neox"])
     b8 = f"b{a.gen_batch}"
+    labels = shapes["labels"]
+
+    def our_label(name: str, what: str) -> str:
+        return "ours " + (labels[what][name] if what == "evaluate" else labels[what]["b1"][name])
+
+    def hf_label(name: str) -> str:
+        return "transformers " + ("bf16 (model.to(bfloat16))" if name.endswith("bf16") else "fp32")
+
     for key in ("b1", b8):
-        row(f"generate.{key}.ours", "generate", f"ours: generate_batch, greedy, batch {key[1:]}",
-            gen[f"{key}.ours"], precision="fp32")
-        row(f"generate.{key}.hf_neox", "generate", f"transformers generate(), GPT-NeoX, batch {key[1:]}",
-            gen[f"{key}.hf_neox"], precision="fp32")
-        ratio(f"generate.{key}.ours_over_hf", f"generation batch {key[1:]}: ours / generate()", gen[f"{key}.ours"],
-              gen[f"{key}.hf_neox"], "generate.b1.vs_hf" if key == "b1" else None)
-    ratio(f"generate.ours_{b8}_over_b1", f"generation: ours batch {a.gen_batch} / ours batch 1", gen[f"{b8}.ours"],
-          gen["b1.ours"], "generate.ours_b8_over_b1" if a.gen_batch == 8 else None)
-    row("evaluate.ours", "evaluate", "ours: evaluation.evaluate_tokens, stride = block", ev["ours"], precision="fp32")
-    row("evaluate.hf_neox", "evaluate", "plain loop model(input_ids, labels), GPT-NeoX", ev["hf_neox"],
-        precision="fp32")
-    ratio("evaluate.ours_over_hf", "evaluation: ours / plain transformers loop", ev["ours"], ev["hf_neox"],
-          "evaluate.vs_hf", flops_per_token=shapes["forward_flops_per_token"])
+        for name in labels["generate"][key]:
+            if name.startswith("ours"):
+                row(f"generate.{key}.{name}", "generate", f"{our_label(name, 'generate')}, batch {key[1:]}",
+                    gen[f"{key}.{name}"])
+            else:
+                row(f"generate.{key}.{name}", "generate", f"{hf_label(name)} generate(), batch {key[1:]}",
+                    gen[f"{key}.{name}"])
+    # The target rows: our fastest CLI setting (int8 weights where the CPU has native bf16, else
+    # --precision auto) against what a transformers user gets by default (float32).
+    best = next(n for n in ("ours_int8", "ours_auto", "ours") if n in labels["generate"]["b1"])
+    for key in ("b1", b8):
+        names = labels["generate"][key]
+        for name in names:
+            if name.startswith("ours"):
+                ratio(f"generate.{key}.{name[1 + len('ours'):] or 'fp32'}_over_hf",
+                      f"generation batch {key[1:]}: {our_label(name, 'generate')} / transformers fp32",
+                      gen[f"{key}.{name}"], gen[f"{key}.hf_neox"],
+                      "generate.b1.vs_hf" if key == "b1" and name == best else None)
+        if "ours_auto" in names and "hf_neox_bf16" in names:
+            ratio(f"generate.{key}.auto_over_hf_bf16", f"generation batch {key[1:]}: ours --precision auto / "
+                  f"transformers bf16", gen[f"{key}.ours_auto"], gen[f"{key}.hf_neox_bf16"])
+    ratio(f"generate.ours_{b8}_over_b1", f"generation: {our_label(best, 'generate')}, batch {a.gen_batch} / batch 1",
+          gen[f"{b8}.{best}"], gen[f"b1.{best}"], "generate.ours_b8_over_b1" if a.gen_batch == 8 else None)
+    for name in labels["evaluate"]:
+        if name.startswith("ours"):
+            row(f"evaluate.{name}", "evaluate", f"{our_label(name, 'evaluate')}, evaluate_tokens, stride = block",
+                ev[name])
+        else:
+            row(f"evaluate.{name}", "evaluate", f"{hf_label(name)} plain loop model(input_ids, labels)", ev[name])
+    best_eval = "ours_auto" if "ours_auto" in ev else "ours"
+    for name in ("ours", "ours_auto"):
+        if name in ev:
+            ratio(f"evaluate.{name[1 + len('ours'):] or 'fp32'}_over_hf",
+                  f"evaluation: {our_label(name, 'evaluate')} / transformers fp32 loop", ev[name], ev["hf_neox"],
+                  "evaluate.vs_hf" if name == best_eval else None,
+                  flops_per_token=shapes["forward_flops_per_token"] if name == "ours" else None)
+    if "ours_auto" in ev and "hf_neox_bf16" in ev:
+        ratio("evaluate.auto_over_hf_bf16", "evaluation: ours --precision auto / transformers bf16 loop",
+              ev["ours_auto"], ev["hf_neox_bf16"])
     machine = dict(machine, load_average_end=os.getloadavg()[0])
     return {"machine": machine, "config": {**shapes, **data.info, "rounds": a.rounds, "train_steps": a.train_steps,
                                            "warmup_steps_untimed": a.eval_every, "eval_every": a.eval_every,
@@ -661,7 +776,7 @@ def print_report(rep: dict) -> None:
             print(f"\n{head} (tokens/s)")
         spread = f"{min(r['rounds']):,.0f}-{max(r['rounds']):,.0f}"
         mfu = f"  MFU {100 * r['mfu']:.0f}%" if r.get("mfu") is not None else ""
-        print(f"  {r['label']:<62} {r['tokens_per_second']:>10,.0f}  ({spread}){mfu}")
+        print(f"  {r['label']:<66} {r['tokens_per_second']:>10,.0f}  ({spread}){mfu}")
     print("\nratios (ours / theirs): median of the per-round ratios (their range), target, result")
     for x in rep["ratios"]:
         pct = x["id"].endswith("mfu")
@@ -676,12 +791,14 @@ def print_report(rep: dict) -> None:
             res = "pass" if x["pass"] else "FAIL"
         needs = x.get("needs_peak_fraction")
         needs = f"  (the target needs {100 * needs:.0f}% of the matmul peak)" if needs else ""
-        print(f"  {x['label']:<70} {val:>6} {spread:>11}  {tgt:>8}  {res:4}{needs}")
+        print(f"  {x['label']:<74} {val:>6} {spread:>11}  {tgt:>8}  {res:4}{needs}")
     ch = rep["checks"]
     print(f"\nsame function: max |logit difference| ours vs GPT-NeoX {ch['logits_max_abs_diff']:.2e}")
     for key, g in ch["greedy"].items():
         diff = g["first_difference_row0"]
-        print(f"greedy {key}: {g['rows_agreeing_first_k']}/{g['rows']} rows agree on the first {g['k']} tokens; "
+        batch, _, side = key.partition(".")
+        what = f"{batch}, ours {side[len('ours_'):-len('_vs_fp32')]} vs ours fp32" if side else f"{batch}, ours vs transformers"
+        print(f"greedy {what}: {g['rows_agreeing_first_k']}/{g['rows']} rows agree on the first {g['k']} tokens; "
               f"row 0 " + ("identical over all tokens" if diff is None else f"first differs at token {diff}"))
     for note in rep["notes"].values():
         print(f"note: {note}")
@@ -752,8 +869,14 @@ def run(a, log) -> dict:
     ours, _ = load_model(ckpt, torch.device("cpu"), data.identity)     # as the generate stage loads it
     hf = hf_neox(ours, special).eval()
     shapes["logits_max_abs_diff"] = logits_check(ours, hf, data.eval_stream, a.block_size)
-    gen, gen_checks = bench_generation(a, ours, hf, data, log)
-    ev, ev_checks = bench_evaluation(a, ours, hf, data, log)
+    del ours
+    hf.generation_config.eos_token_id = None           # no end-of-text stopping (ours: stop_ids=())
+    gen_sides, eval_sides = inference_sides(a, ckpt, hf, data, native_bf16=cpu_native_bf16() is not None)
+    gen, gen_checks = bench_generation(a, gen_sides, data, log)
+    ev, ev_checks = bench_evaluation(a, eval_sides, data, log)
+    shapes["labels"] = {"generate": {key: {name: side.label for name, side in sides.items()}
+                                     for key, sides in gen_sides.items()},
+                        "evaluate": {name: side.label for name, side in eval_sides.items()}}
     peak = max(peak, matmul_peak())
     return build_report(a, machine, data, shapes, peak, train, gen, gen_checks, ev, ev_checks, notes)
 

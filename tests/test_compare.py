@@ -47,7 +47,7 @@ def test_quick_run_reports_every_row_with_positive_numbers(report):
 def test_quick_run_ratios_targets_and_machine(report):
     ratios = {x["id"]: x for x in report["ratios"]}
     for rid in ("train.fp32.mfu", "train.fp32.ours_over_loop_neox", "train.fp32.ours_over_loop_llama",
-                "generate.b1.ours_over_hf", "generate.ours_b8_over_b1", "evaluate.ours_over_hf"):
+                "generate.b1.fp32_over_hf", "generate.ours_b8_over_b1", "evaluate.fp32_over_hf"):
         assert ratios[rid]["value"] > 0 and ratios[rid]["target"] > 0
         assert isinstance(ratios[rid]["pass"], bool)
     m = report["machine"]
@@ -61,6 +61,7 @@ def test_quick_run_ratios_targets_and_machine(report):
 def test_quick_run_checks_same_function_and_greedy_tokens(report):
     checks = report["checks"]
     assert checks["logits_max_abs_diff"] < 1e-4
+    assert set(checks["greedy"]) == {"b1", "b8"}          # no half-precision sides without native bf16
     for key in ("b1", "b8"):
         g = checks["greedy"][key]
         assert g["k"] == 20 and 0 <= g["rows_agreeing_first_k"] <= g["rows"]

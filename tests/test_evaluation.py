@@ -385,7 +385,7 @@ def test_cli_several_files_json_and_table(cli, workdir, general_file):
     proc = evaluate_files_cli(cli, workdir, [workdir / "test.txt", general_file], "--json", "--quiet")
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)  # exactly one JSON object
-    assert set(r) == {"checkpoint", "files", "total", "device", "precision"}
+    assert set(r) == {"checkpoint", "files", "total", "device", "precision", "quantize"}
     assert len(r["files"]) == 2 and r["files"][1]["test_file"] == str(general_file)
     for key in ("loss", "perplexity", "bits_per_byte", "tokens", "bytes", "documents"):
         assert key in r["total"]

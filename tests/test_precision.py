@@ -14,6 +14,7 @@ import time
 import pytest
 import torch
 
+import inference
 import main
 import precision as P
 import tokenizer
@@ -221,25 +222,70 @@ def test_inference_is_measured_and_cached_apart_from_training(fresh_cache, monke
     assert p.bf16_speedup == pytest.approx(cache[inference]["bf16_speedup"], abs=1e-3)
 
 
-def test_half_weights_compute_the_same_function_in_bf16():
+def tiny_model(n_embd=64, bias=True):
     from model import GPT, ModelConfig
     torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=300, block_size=32, n_layer=2, n_head=4, n_embd=64)).eval()
+    return GPT(ModelConfig(vocab_size=300, block_size=32, n_layer=2, n_head=4, n_embd=n_embd, bias=bias)).eval()
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_cpu_inference_is_weight_only_and_computes_the_same_function(quantize):
+    """bf16 (or int8) matmul weights, a separate output head, float32 activations and KV cache;
+    logits within a few percent of float32, and the same greedy tokens for most positions."""
+    model = tiny_model()
     idx = torch.randint(0, 300, (2, 24))
     with torch.no_grad():
-        ref = model(idx)[0].float()
-        model.half_weights_for_inference(torch.bfloat16)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            half = model(idx)[0].float()
+        ref = model(idx)[0]
+        context = inference.prepare(model, P.Precision("bf16", "cpu", "bf16"), quantize, weight_only=True)
+        with context():
+            got = model(idx)[0]
             model.setup_cache(2, 32)
-    linears = [m for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)]
-    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
-    assert model.lm_head.weight.dtype == torch.bfloat16 and model.tok_emb.weight.dtype == torch.float32
-    assert model.lm_head.weight is not model.tok_emb.weight
-    assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "norm" in n or "ln" in n)
-    assert model.blocks[0].attn.kv_cache.k.dtype == torch.bfloat16    # the cache follows autocast
-    assert (half - ref).abs().max() < 0.05 * ref.abs().max()
-    assert (half.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+    frozen = [m for m in model.modules() if isinstance(m, inference.FrozenLinear)]
+    assert len(frozen) == 2 * 4 + 1 and not any(isinstance(m, torch.nn.Linear) for m in model.blocks.modules())
+    assert {m.kind for m in frozen} == {quantize or "bf16"}
+    assert model.tok_emb.weight.dtype == torch.float32 and model.lm_head.weight is not model.tok_emb.weight
+    assert model.blocks[0].attn.kv_cache.k.dtype == torch.float32 and got.dtype == torch.float32
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+
+
+def test_frozen_linear_int8_kernel_and_dequantized_path_agree():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 96)
+    q = inference.FrozenLinear(layer.weight, layer.bias, "int8")
+    assert q.qweight.dtype == torch.int8 and q.scales.shape == (96,)
+    x = torch.randn(3, 40, 64)
+    with torch.no_grad():
+        ref = layer(x)
+        many = q(x)                                            # 120 rows: dequantized bf16 matmul
+        few = torch.cat([q(x[:, i:i + 1]) for i in range(40)], dim=1)   # 3 rows: the int8 kernel
+    assert many.dtype == few.dtype == torch.float32
+    assert (many - ref).norm() < 0.02 * ref.norm() and (few - ref).norm() < 0.02 * ref.norm()
+    assert (few - many).norm() < 0.01 * ref.norm()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert q(x).dtype == torch.bfloat16                  # under autocast, as nn.Linear
+    odd = inference.FrozenLinear(torch.randn(8, 24), None, "int8")   # in_features the kernel cannot take
+    assert odd.kind == "bf16" and torch.isfinite(odd(torch.randn(1, 24))).all()
+
+
+def test_quantize_int8_on_the_cli(trained, ckpt, monkeypatch, capsys):
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "1")
+    fp32 = evaluate_json(trained, ckpt, "fp32", capsys)
+    capsys.readouterr()
+    assert main.main(["evaluate", "--tokenizer", str(trained["tok"]), "--ckpt", ckpt, "--test-file",
+                      str(trained["test"]), "--quantize", "int8", "--json", "--quiet"]) == 0
+    q = json.loads(capsys.readouterr().out)
+    assert q["quantize"] == "int8" and q["precision"]["chosen"] == "bf16"
+    assert q["perplexity"] == pytest.approx(fp32["perplexity"], rel=0.02)
+    out = trained["dir"] / "gen_int8.jsonl"
+    assert main.main(["generate", "--tokenizer", str(trained["tok"]), "--ckpt", ckpt, "--prompt", "La historia de",
+                      "--temperature", "0", "--max-tokens", "12", "--quantize", "int8", "--output", str(out),
+                      "--quiet"]) == 0
+    assert len(json.loads(out.read_text(encoding="utf-8"))["token_ids"]) > 0
+    proc = run_cli("generate", "--tokenizer", trained["tok"], "--ckpt", ckpt, "--prompt", "El", "--quantize", "int8",
+                   "--precision", "fp32")
+    assert_user_error(proc)
+    assert "--quantize int8" in proc.stderr and "--precision fp32" in proc.stderr
 
 
 def test_generate_and_evaluate_pick_bf16_from_the_inference_measurement(trained, ckpt, fresh_cache, monkeypatch,

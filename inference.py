@@ -1,0 +1,131 @@
+"""A loaded model set up for generation or evaluation: where its weights live and in what dtype.
+
+- fp32: the model as trained.
+- bf16 on a CPU: every Linear layer of the blocks and the output head become `FrozenLinear`s
+  holding a bf16 copy of their weight (the output head its own: the weight tying is undone).
+  Batch-1 decoding reads every weight once per token, so it is bound by their bytes, not by
+  arithmetic. Generation then runs *weight-only*: the activations, norms, attention and KV cache
+  stay float32 and only the matmuls see bf16 inputs (SDPA over a KV cache is 3-4x slower in bf16
+  than in float32 on a CPU, and autocast would add casts around every op). Evaluation, whose
+  passes hold thousands of rows, runs the whole model under bf16 autocast.
+- int8 on a CPU (`--quantize int8`): the same, with int8 weights and one float scale per output
+  row (symmetric, per-channel). Up to INT8_KERNEL_ROWS rows (token-by-token decoding) the matmul
+  is torch's int8 matrix-vector kernel (aten._weight_int8pack_mm), ~3x faster than bf16 here;
+  longer passes (prompts, evaluation windows) dequantize the weight to bf16 first.
+- bf16 / fp16 on a GPU: the Linear weights are cast in place and the model runs under autocast.
+
+The model must not be trained or saved after `prepare`.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+QUANTIZE = ("int8",)
+INT8_KERNEL_ROWS = 8   # _weight_int8pack_mm beats a bf16 matmul up to ~8 rows and is 3x slower at 64
+INT8_ALIGN = 32        # ... and gives garbage or crashes for bf16 inputs unless in_features is a multiple of 16
+
+
+class FrozenLinear(nn.Module):
+    """An inference-only Linear layer with its weight stored in bf16, or in int8 with per-row
+    scales. Outside autocast it returns float32 (the bias added in float32); under autocast it
+    returns the autocast dtype, as nn.Linear would."""
+
+    def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor], kind: str = "bf16"):
+        super().__init__()
+        weight = weight.detach().float()
+        self.out_features, self.in_features = weight.shape
+        if kind == "int8" and self.in_features % INT8_ALIGN:
+            kind = "bf16"                         # the kernel's shape limit: this layer stays bf16
+        self.kind = kind
+        if kind == "int8":
+            scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127.0
+            self.register_buffer("qweight", torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8))
+            self.register_buffer("scales", scales.to(torch.bfloat16))
+        elif kind == "bf16":
+            self.register_buffer("bf16_weight", weight.to(torch.bfloat16))
+        else:
+            raise ValueError(f"FrozenLinear kind {kind!r} must be bf16 or int8")
+        self.register_buffer("bias", None if bias is None else bias.detach().float())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weight in bf16 (dequantized for int8): what a chunked loss multiplies by."""
+        if self.kind == "int8":
+            return self.qweight.to(torch.bfloat16) * self.scales[:, None]
+        return self.bf16_weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        if self.kind == "int8" and x2.shape[0] <= INT8_KERNEL_ROWS and x2.device.type == "cpu":
+            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scales)
+        else:
+            y = F.linear(x2, self.weight)
+        if torch.is_autocast_enabled(x.device.type):
+            y = y if self.bias is None else y + self.bias.to(y.dtype)
+        else:
+            y = y.float() if self.bias is None else torch.add(self.bias, y)   # float32, one pass
+        return y.view(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.kind}"
+
+
+def freeze_linear_layers(model, kind: str) -> None:
+    """Replace the blocks' Linear layers and the output head by FrozenLinear(kind)."""
+    for block in model.blocks:
+        for module in list(block.modules()):
+            for name, child in list(module.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(module, name, FrozenLinear(child.weight, child.bias, kind))
+    model.lm_head = FrozenLinear(model.tok_emb.weight, None, kind)
+
+
+@torch.no_grad()
+def half_weights(model, dtype: torch.dtype) -> None:
+    """Cast the blocks' Linear weights and a separate output head to `dtype` in place (autocast
+    then has nothing to cast at each call)."""
+    for block in model.blocks:
+        for module in block.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.data = module.weight.data.to(dtype)
+    model.lm_head.weight = nn.Parameter(model.tok_emb.weight.detach().to(dtype), requires_grad=False)
+
+
+def prepare(model, precision, quantize: Optional[str] = None, *, weight_only: bool = False
+            ) -> Callable[[], contextlib.AbstractContextManager]:
+    """Set `model` up for inference in `precision` (precision.Precision) and `quantize` (None or
+    "int8", CPU only) and return the context to run it in. `weight_only`: on a CPU, keep the
+    activations float32 (generation, see the module docstring); else bf16 autocast (evaluation)."""
+    device = model.tok_emb.weight.device
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ValueError(f"quantize {quantize!r} must be one of {', '.join(QUANTIZE)}")
+    if quantize is not None and device.type != "cpu":
+        raise ValueError("--quantize int8 is for CPUs")
+    if device.type == "cpu" and (quantize is not None or precision.dtype == torch.bfloat16):
+        freeze_linear_layers(model, quantize or "bf16")
+        return contextlib.nullcontext if weight_only else precision.autocast
+    if precision.dtype is not None:
+        half_weights(model, precision.dtype)
+    return precision.autocast
+
+
+def resolve_precision_for(requested: str, device, quantize: Optional[str], **shape):
+    """precision.resolve_precision for generation or evaluation; `--quantize int8` multiplies in
+    bf16, so it means bf16 (an explicit fp32 or fp16 is refused) and needs a CPU. UserError."""
+    from common import UserError
+    from precision import resolve_precision
+    if quantize is not None:
+        if device.type != "cpu":
+            raise UserError(f"--quantize {quantize} runs on CPUs (its kernel is a CPU one); on {device.type} "
+                            f"use --precision bf16 instead")
+        if requested in ("fp32", "fp16"):
+            raise UserError(f"--quantize {quantize} multiplies in bf16 and cannot run with --precision {requested}; "
+                            f"drop --precision (or use --precision bf16)")
+        requested = "bf16"
+    return resolve_precision(requested, device, **shape)
