@@ -14,6 +14,7 @@ size: `generate` decides the same way), and the report says which one and why.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import generation as G  # noqa: E402
 from config import MODEL_FIELDS, PRESETS  # noqa: E402
 from model import GPT, ModelConfig  # noqa: E402
+import inference  # noqa: E402
 from precision import resolve_precision  # noqa: E402
 
 SMALL = dict(vocab_size=32000, **{k: v for k, v in PRESETS["small"].items() if k in MODEL_FIELDS})
@@ -108,22 +110,29 @@ def main() -> None:
     results = {"device": args.device, "threads": torch.get_num_threads(), "model": shape,
                "prompt_len": args.prompt_len, "new_tokens": n}
     device = torch.device(args.device)
-    precisions = {b: resolve_precision(args.precision, device, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size, rows=b)
+    precisions = {b: resolve_precision(args.precision, device, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size, rows=b,
+                                       inference_layers=cfg.n_layer)
                   for b in sorted({1, *args.batches})}
     results["precision"] = {str(b): p.to_dict() for b, p in precisions.items()}
+    prepared = {}                    # per batch size: the model as the generate stage sets it up
+    for b, prec in precisions.items():
+        m = copy.deepcopy(model)
+        prepared[b] = (m, inference.prepare(m, prec, None, weight_only=True))
 
     def in_precision(b, fn):
+        m, context = prepared[b]
+
         def run():
-            with precisions[b].autocast():
-                fn()
+            with context():
+                fn(m)
         return run
 
     results["no_cache_greedy"] = n / timed(lambda: uncached(model, prompts[0], n), args.repeats)
-    results["cache_greedy"] = n / timed(in_precision(1, lambda: cached(model, prompts[:1], n, greedy)), args.repeats)
-    results["cache_sampling"] = n / timed(in_precision(1, lambda: cached(model, prompts[:1], n, default)),
+    results["cache_greedy"] = n / timed(in_precision(1, lambda m: cached(m, prompts[:1], n, greedy)), args.repeats)
+    results["cache_sampling"] = n / timed(in_precision(1, lambda m: cached(m, prompts[:1], n, default)),
                                           args.repeats)
     for b in args.batches:
-        results[f"batch_{b}_sampling"] = b * n / timed(in_precision(b, lambda: cached(model, prompts[:b], n, default)),
+        results[f"batch_{b}_sampling"] = b * n / timed(in_precision(b, lambda m: cached(m, prompts[:b], n, default)),
                                                        args.repeats)
     if args.hf:
         results["hf_generate_greedy"] = hf_generate(cfg, prompts[0], n, args.repeats)
