@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 QUANTIZE = ("int8",)
 INT8_KERNEL_ROWS = 8   # _weight_int8pack_mm beats a bf16 matmul up to ~8 rows and is 3x slower at 64
-INT8_ALIGN = 32        # ... and gives garbage or crashes for bf16 inputs unless in_features is a multiple of 16
+INT8_ALIGN = 32        # ... and, with bf16 inputs, gave garbage or crashed for in_features of 24, 40
+                       # and 683 (multiples of 16 worked); layers not aligned to 32 stay bf16
 
 
 class FrozenLinear(nn.Module):
