@@ -40,7 +40,7 @@ import torch
 import inference
 from common import Progress, UserError, log, perplexity, require_file, resolve_device
 from model import document_positions
-from precision import Precision, log_choice
+from precision import Precision
 from tokenizer import DOC_SEPARATOR
 
 SCORING = ("each document's tokens and the separator that ends it, predicted from the document's "
@@ -339,7 +339,7 @@ def load_checkpoint_for_evaluation(ckpt_path, tokenizer, *, device="auto", preci
                                            vocab_size=model.cfg.vocab_size, rows=batch_size * model.cfg.block_size,
                                            inference_layers=model.cfg.n_layer)
     inference.prepare(model, prec, quantize)          # runs under prec.autocast, as score_documents does
-    log_choice(prec, "evaluation" + (f" ({quantize} weights)" if quantize else ""))
+    inference.log_setup(prec, quantize, "evaluation", weight_only=False)
     return LoadedCheckpoint(path=ckpt_path, model=model, meta=meta, identity=identity, device=dev,
                             precision=prec, cache_dir=Path(ckpt_path).resolve().parent / "cache", quantize=quantize)
 

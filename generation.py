@@ -26,7 +26,6 @@ import torch
 
 from common import UserError, atomic_path, log, refuse_same_file, require_file, resolve_device
 import inference
-from precision import log_choice
 from tokenizer import as_identity, special_ids
 from checkpoint import load_model
 from sampling import SamplingConfig, _NgramBlocker, apply_repetition_penalty, sample
@@ -526,7 +525,7 @@ def run_generate(*, tokenizer, ckpt_path, prompts: Sequence[str], max_new_tokens
                                            vocab_size=model.cfg.vocab_size, rows=batch_size,
                                            inference_layers=model.cfg.n_layer)
     context = inference.prepare(model, prec, quantize, weight_only=True)
-    log_choice(prec, "generation")
+    inference.log_setup(prec, quantize, "generation", weight_only=True)
     generator = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
 
     n_results = len(prompts) * num_samples

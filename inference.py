@@ -130,6 +130,20 @@ def prepare(model, precision, quantize: Optional[str] = None, *, weight_only: bo
     return precision.autocast
 
 
+def log_setup(precision, quantize: Optional[str], stage: str, *, weight_only: bool) -> None:
+    """The one line that says how a stage computes (precision.log_choice, with what `prepare`
+    does on a CPU: weight-only bf16 or int8 weights)."""
+    from common import log
+    frozen = precision.device_type == "cpu" and (quantize is not None or precision.dtype == torch.bfloat16)
+    if not frozen:
+        log.info(f"{stage} precision: {precision.describe()}")
+        return
+    weights = f"{quantize} weights (bf16 matmuls)" if quantize else "bf16 weights"
+    rest = "float32 activations, attention and KV cache" if weight_only else "bf16 autocast"
+    why = f" ({precision.reason})" if precision.reason else ""
+    log.info(f"{stage} precision: {weights}, {rest}{why}")
+
+
 def resolve_precision_for(requested: str, device, quantize: Optional[str], **shape):
     """precision.resolve_precision for generation or evaluation; `--quantize int8` multiplies in
     bf16, so it means bf16 (an explicit fp32 or fp16 is refused) and needs a CPU. UserError."""

@@ -304,3 +304,15 @@ def test_generate_and_evaluate_pick_bf16_from_the_inference_measurement(trained,
     assert main.main(["generate", "--tokenizer", str(trained["tok"]), "--ckpt", ckpt, "--prompt", "El río",
                       "--max-tokens", "10", "--temperature", "0", "--quiet"]) == 0
     assert capsys.readouterr().out.startswith("El río")
+
+
+def test_the_log_line_says_how_inference_computes(caplog):
+    bf16, fp32 = P.Precision("bf16", "cpu", "bf16", reason="why"), P.Precision("fp32", "cpu", "fp32")
+    with caplog.at_level(logging.INFO, logger="mini_llm"):
+        inference.log_setup(bf16, None, "generation", weight_only=True)
+        inference.log_setup(bf16, "int8", "evaluation", weight_only=False)
+        inference.log_setup(fp32, None, "evaluation", weight_only=False)
+    assert [r.getMessage() for r in caplog.records] == [
+        "generation precision: bf16 weights, float32 activations, attention and KV cache (why)",
+        "evaluation precision: int8 weights (bf16 matmuls), bf16 autocast (why)",
+        "evaluation precision: fp32"]
