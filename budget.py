@@ -96,12 +96,12 @@ class TimeBudget:
 
     def fix(self, cfg: TrainConfig, step: int, elapsed: float) -> TrainConfig:
         """The fixed schedule: total_steps from the recent step time, the decay starting at `step`."""
-        recent = self.step_seconds[-STEP_WINDOW:]
         step_s = self.recent_step_seconds()
         cap = cfg.total_steps
         total = min(cap, self.steps(cfg, step, step_s, self.seconds - elapsed))
         capped = " (capped by --epochs/--max-steps)" if total == cap else ""
-        log.info(f"time budget: {step_s:.3f}s per step over the last {len(recent)} steps; schedule fixed at "
+        window = min(len(self.step_seconds), STEP_WINDOW)
+        log.info(f"time budget: {step_s:.3f}s per step over the last {window} steps; schedule fixed at "
                  f"{total:,} steps{capped}: lr decays from step {step:,} to {cfg.min_lr:g}")
         return dataclasses.replace(cfg, total_steps=total, decay_start=step)
 

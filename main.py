@@ -226,8 +226,8 @@ def _precision_flags(p: argparse.ArgumentParser, stage: str) -> None:
 def _quantize_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="CPU: store the matmul weights in int8 with one scale per output row and multiply "
-                        "in bf16 (about 2x the bf16 speed of batch-1 generation where the CPU has native "
-                        "bf16; check the cost with 'evaluate --quantize int8')")
+                        "in bf16 (faster batch-1 generation than bf16 where the CPU has native bf16, see the "
+                        "README's Performance; check the cost with 'evaluate --quantize int8')")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -568,8 +568,8 @@ class GPT(nn.Module):
         """Preallocate (batch_size, H, max_seq_len, D) key/value buffers in every layer.
 
         max_seq_len is limited to cfg.block_size (the RoPE tables and the trained context).
-        dtype defaults to the autocast dtype under autocast, else the parameters' dtype. `reuse`: keep the buffers already there when
-        they have this shape, device and dtype (a compiled decode step keeps its inputs; slots
+        dtype defaults to the autocast dtype under autocast, else the parameters' dtype. `reuse`:
+        keep the buffers already there when they have this shape, device and dtype (a compiled decode step keeps its inputs; slots
         not yet written in a call are masked, so their old contents are never read).
         """
         if not 0 < max_seq_len <= self.cfg.block_size:

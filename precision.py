@@ -157,7 +157,7 @@ def measure_bf16_speedup(n_embd: int, vocab_size: int, rows: int, reps: int = 3,
     Training (inference_layers=0): one block's Linear layers and the output head under bf16
     autocast, which casts the fp32 weights at every call. Inference (inference_layers=L): L
     blocks' weights and the head, stored in bf16 beforehand as generate and evaluate store them
-    (GPT.half_weights_for_inference), so that a pass reads as many weight bytes as the model's
+    (inference.prepare), so that a pass reads as many weight bytes as the model's
     forward does: batch-1 decoding is bound by those bytes, not by arithmetic.
 
     fp32 and bf16 passes alternate after one untimed pass each, and each side keeps its best, so
