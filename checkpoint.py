@@ -218,9 +218,9 @@ def check_weights(weights: dict, cfg: ModelConfig, path, hint: str) -> dict:
     if not all(isinstance(k, str) for k in weights) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise UserError(f"checkpoint {path} is damaged: its weights are not a mapping of names to tensors; {hint}")
     state = _strip_prefixes(weights)
-    if "lm_head.weight" not in state and "tok_emb.weight" in state:
+    if cfg.tie_embeddings and "lm_head.weight" not in state and "tok_emb.weight" in state:
         state["lm_head.weight"] = state["tok_emb.weight"]  # tied; some writers drop the duplicate
-    n = sum(v.numel() for k, v in state.items() if k != "lm_head.weight")
+    n = sum(v.numel() for k, v in state.items() if k != "lm_head.weight" or not cfg.tie_embeddings)
     if n != cfg.num_parameters():
         raise UserError(f"checkpoint {path} is damaged: its weights hold {n:,} numbers but its model config "
                         f"describes {cfg.num_parameters():,}; {hint}")

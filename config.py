@@ -57,7 +57,8 @@ VOCAB_MULTIPLE = 64  # the embedding is padded to a multiple of this (ModelConfi
 MODEL_LIMITS = {"vocab_size": 1 << 21, "block_size": 1 << 17, "n_layer": 512, "n_head": 1024, "n_embd": 1 << 19}
 
 # The architecture families: each a fixed set of choices, each exported exactly to its Hugging Face
-# model class (export.py). Every family has RoPE, pre-norm blocks and a tied output head.
+# model class (export.py). Every family has RoPE, pre-norm blocks and an output head tied to the
+# embedding (ModelConfig.tie_embeddings=False unties it; the README's "Training recipe" measures it).
 FAMILIES = {
     "neox": "LayerNorm and biases, GELU MLP 4x wide (GPT-NeoX)",
     "llama": "RMSNorm, SwiGLU MLP 8/3x wide, no biases (Llama)",
@@ -94,6 +95,7 @@ class ModelConfig:
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
     sep_token_id: int | None = 0   # document-aware attention + RoPE restart at this token
+    tie_embeddings: bool = True    # the output head is the embedding matrix (False: a matrix of its own)
 
     def __post_init__(self):
         problems = []
@@ -128,6 +130,8 @@ class ModelConfig:
             problems.append(f"dropout={self.dropout!r} must be in [0, 1)")
         if self.bias is not None and not isinstance(self.bias, bool):
             problems.append(f"bias={self.bias!r} must be true or false")
+        if not isinstance(self.tie_embeddings, bool):
+            problems.append(f"tie_embeddings={self.tie_embeddings!r} must be true or false")
         if not isinstance(self.rope_base, (int, float)) or isinstance(self.rope_base, bool) \
                 or not self.rope_base > 0:
             problems.append(f"rope_base={self.rope_base!r} must be a positive number")
@@ -161,15 +165,16 @@ class ModelConfig:
         return self.family != "neox"
 
     def num_parameters(self) -> int:
-        """Trainable parameters of model.GPT with this shape, without building it: tied embedding,
-        per block two norms, qkv, attention output, the MLP (and the QK-norm scales of qwen3), a
+        """Trainable parameters of model.GPT with this shape, without building it: the embedding
+        (and an untied output head of the same shape), per block two norms, qkv, attention output, the MLP (and the QK-norm scales of qwen3), a
         final norm (tests/test_model.py checks it against GPT.num_parameters for every family)."""
         C, b, I = self.n_embd, int(self.bias), self.intermediate_size
         norm = C * (1 + b)                                       # RMSNorm: a scale; LayerNorm: + bias
         attn = (3 * C * C + 3 * C * b) + (C * C + C * b)
         mlp = 3 * C * I if self.gated_mlp else (C * I + I * b) + (I * C + C * b)
         qk_norm = 2 * self.head_dim if self.family == "qwen3" else 0
-        return self.vocab_size * C + self.n_layer * (2 * norm + attn + mlp + qk_norm) + norm
+        vocab_matrices = 1 if self.tie_embeddings else 2
+        return vocab_matrices * self.vocab_size * C + self.n_layer * (2 * norm + attn + mlp + qk_norm) + norm
 
     @property
     def padded_vocab_size(self) -> int:

@@ -1,10 +1,12 @@
 """Export a checkpoint as a Hugging Face model folder (no custom code), one class per family.
 
 - neox -> GPTNeoXForCausalLM: sequential residual (`use_parallel_residual=False`), rotary on the
-  whole head (`rotary_pct=1.0`), exact GELU, LayerNorm, biases, tied embeddings; a renaming of
+  whole head (`rotary_pct=1.0`), exact GELU, LayerNorm, biases; a renaming of
   weights plus one permutation (see `_neox_qkv`).
 - llama -> LlamaForCausalLM and qwen3 -> Qwen3ForCausalLM: the fused qkv and [gate | up]
   matrices split into q/k/v and gate/up projections; qwen3's q_norm / k_norm scales as they are.
+- Every family: a tied output head is not written (`tie_word_embeddings=True`); an untied one
+  (`tie_embeddings=False`) is written as `embed_out` (neox) or `lm_head` (llama, qwen3).
 
 Each gives our logits and greedy tokens (tests/test_export.py). The folder holds
 `config.json`, `generation_config.json`, `model.safetensors`, `tokenizer.json`,
@@ -53,14 +55,17 @@ def _neox_qkv(t: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 HF_ARCHITECTURES = {"neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+HF_HEADS = {"neox": "embed_out.weight", "llama": "lm_head.weight", "qwen3": "lm_head.weight"}  # when untied
 
 
 def hf_state_dict(model) -> dict[str, torch.Tensor]:
     """Our GPT's weights under the names of its family's transformers class (float32,
-    contiguous). The tied output head is not written: `tie_word_embeddings=True` makes
+    contiguous). A tied output head is not written: `tie_word_embeddings=True` makes
     transformers tie it to the input embedding."""
     sd = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     out = _neox_state_dict(model.cfg, sd) if model.cfg.family == "neox" else _llama_state_dict(model.cfg, sd)
+    if not model.cfg.tie_embeddings:
+        out[HF_HEADS[model.cfg.family]] = sd["lm_head.weight"]
     return {k: v.contiguous().clone() for k, v in out.items()}  # no shared storage in safetensors
 
 
@@ -126,7 +131,7 @@ def hf_config(cfg, special: dict) -> dict:
         "max_position_embeddings": cfg.block_size,
         "attention_dropout": 0.0,
         "initializer_range": 0.02,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": cfg.tie_embeddings,
         "use_cache": True,
         "bos_token_id": special["sep"],
         "eos_token_id": eos if len(eos) != 1 else eos[0],
@@ -217,7 +222,7 @@ pipeline_tag: text-generation
 # {_MARKER}
 
 A small GPT-style language model trained with mini-llm, exported as
-{HF_ARCHITECTURES[cfg.family]} (mini-llm family `{cfg.family}`; rotary embeddings, tied embeddings).
+{HF_ARCHITECTURES[cfg.family]} (mini-llm family `{cfg.family}`; rotary embeddings, {"tied" if cfg.tie_embeddings else "untied"} embeddings).
 
 - parameters: {n_params:,}
 - layers {cfg.n_layer}, heads {cfg.n_head}, width {cfg.n_embd}, context {cfg.block_size} tokens,
@@ -386,9 +391,9 @@ def import_hf(folder) -> tuple:
         raise UserError(f"{folder} is not a readable mini-llm export ({type(e).__name__}: {str(e)[:120]}); {hint}")
     try:
         state = _neox_from_hf(cfg, weights) if cfg.family == "neox" else _llama_from_hf(cfg, weights)
+        state["lm_head.weight"] = state["tok_emb.weight"] if cfg.tie_embeddings else weights[HF_HEADS[cfg.family]]
     except KeyError as e:
         raise UserError(f"{folder}: model.safetensors lacks the weight {e} that a {cfg.family} export holds; {hint}")
-    state["lm_head.weight"] = state["tok_emb.weight"]
     return cfg, state, record
 
 
@@ -405,7 +410,8 @@ def _config_from_hf(hf: dict):
                        n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], n_embd=hf["hidden_size"],
                        family=family, intermediate_size=hf["intermediate_size"], norm_eps=eps,
                        rope_base=base or hf.get("rope_parameters", {}).get("rope_theta", 10000.0),
-                       sep_token_id=hf.get("bos_token_id", 0), activation=hf.get("hidden_act"))
+                       sep_token_id=hf.get("bos_token_id", 0), activation=hf.get("hidden_act"),
+                       tie_embeddings=hf.get("tie_word_embeddings", True))
 
 
 def _llama_from_hf(cfg, w: dict) -> dict:

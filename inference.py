@@ -98,7 +98,7 @@ def freeze_linear_layers(model, kind: str) -> None:
             for name, child in list(module.named_children()):
                 if isinstance(child, nn.Linear):
                     setattr(module, name, FrozenLinear(child.weight, child.bias, kind))
-    model.lm_head = FrozenLinear(model.tok_emb.weight, None, kind)
+    model.lm_head = FrozenLinear(model.lm_head.weight, None, kind)  # a tied head gets its own copy
 
 
 @torch.no_grad()
@@ -109,7 +109,7 @@ def half_weights(model, dtype: torch.dtype) -> None:
         for module in block.modules():
             if isinstance(module, nn.Linear):
                 module.weight.data = module.weight.data.to(dtype)
-    model.lm_head.weight = nn.Parameter(model.tok_emb.weight.detach().to(dtype), requires_grad=False)
+    model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().to(dtype), requires_grad=False)
 
 
 def prepare(model, precision, quantize: Optional[str] = None, *, weight_only: bool = False

@@ -10,7 +10,7 @@ exactly, so `export.py` is a renaming of weights):
           llama, qwen3: fused Linear(C, 2I) = [gate | up] -> silu(gate) * up -> Linear(I, C).
     norms: neox LayerNorm with biases (GPT-NeoX, `use_parallel_residual=False`, `rotary_pct=1.0`);
            llama and qwen3 RMSNorm and no biases anywhere (Llama, Qwen3).
-    lm_head shares its weight with tok_emb (weight tying).
+    lm_head shares its weight with tok_emb (weight tying), or has its own (cfg.tie_embeddings=False).
 
 Document-aware attention (training / evaluation, `cfg.sep_token_id` set): every SEP token starts
 a new segment. A token attends only to earlier tokens of its own segment, and RoPE positions
@@ -413,7 +413,7 @@ def _drop_vocab_padding(module, state: dict, prefix: str, local_metadata) -> Non
     V, cut = module.cfg.vocab_size, {}
     for name in _VOCAB_ROWS:
         w = state.get(prefix + name)
-        if w is not None and w.shape[0] > V:   # the tied pair stays one tensor
+        if w is not None and w.shape[0] > V:   # a tied pair stays one tensor
             state[prefix + name] = cut.setdefault(w.data_ptr(), w[:V].clone())
 
 
@@ -427,15 +427,16 @@ def _add_vocab_padding(module, state: dict, prefix: str, *args) -> None:
 
 
 def pad_vocab_state(model: "GPT", optimizer) -> None:
-    """Zero-pad optimizer state written for an unpadded embedding (checkpoints from before the
-    padding) to the embedding's padded rows, so such a run resumes."""
-    emb = model.tok_emb.weight
-    for opt in getattr(optimizer, "optimizers", [optimizer]):
-        state = opt.state.get(emb, {})
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[0] < emb.shape[0] \
-                    and value.shape[1] == emb.shape[1]:
-                state[key] = torch.cat((value, value.new_zeros(emb.shape[0] - value.shape[0], value.shape[1])))
+    """Zero-pad optimizer state written for an unpadded embedding or head (checkpoints from before
+    the padding) to the padded rows, so such a run resumes."""
+    for weight in {id(w): w for w in (model.tok_emb.weight, model.lm_head.weight)}.values():
+        for opt in getattr(optimizer, "optimizers", [optimizer]):
+            state = opt.state.get(weight, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[0] < weight.shape[0] \
+                        and value.shape[1] == weight.shape[1]:
+                    pad = value.new_zeros(weight.shape[0] - value.shape[0], value.shape[1])
+                    state[key] = torch.cat((value, pad))
 
 
 class GPT(nn.Module):
@@ -450,7 +451,10 @@ class GPT(nn.Module):
         # padded_vocab_size rows in memory (built at vocab_size first: the same random draws)
         self.tok_emb.weight = nn.Parameter(self.tok_emb.weight.new_zeros(cfg.padded_vocab_size, cfg.n_embd))
         self.tok_emb.num_embeddings = self.lm_head.out_features = cfg.padded_vocab_size
-        self.lm_head.weight = self.tok_emb.weight  # weight tying: one tensor
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight  # weight tying: one tensor
+        else:
+            self.lm_head.weight = nn.Parameter(torch.zeros_like(self.tok_emb.weight))
         # state dicts (checkpoints, exports) hold the vocab_size real rows only
         self.register_state_dict_post_hook(_drop_vocab_padding)
         self.register_load_state_dict_pre_hook(_add_vocab_padding)
@@ -465,7 +469,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def _init_weights(self) -> None:
-        """All initialisation in one place: N(0, 0.02) for matrices and the (tied) embedding,
+        """All initialisation in one place: N(0, 0.02) for matrices, the embedding and the head,
         zeros for biases, ones for norm scales (QK-norm included); the two residual output projections of each
         block get std 0.02 / sqrt(2 * n_layer) so the residual stream does not grow with depth."""
         std, V = 0.02, self.cfg.vocab_size
@@ -487,14 +491,15 @@ class GPT(nn.Module):
             nn.init.normal_(block.mlp.proj.weight, mean=0.0, std=resid_std)
 
     def num_parameters(self) -> int:
-        """Trainable parameter count; the tied embedding / head matrix is counted once, its
-        padding rows not at all."""
-        padding = (self.cfg.padded_vocab_size - self.cfg.vocab_size) * self.cfg.n_embd
+        """Trainable parameter count; a tied embedding / head matrix is counted once, padding rows
+        not at all."""
+        vocab_matrices = 1 if self.cfg.tie_embeddings else 2
+        padding = vocab_matrices * (self.cfg.padded_vocab_size - self.cfg.vocab_size) * self.cfg.n_embd
         return sum(p.numel() for p in self.parameters()) - padding  # parameters() yields a shared tensor once
 
     def configure_optimizer_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW parameter groups: weight decay on matrices (every >= 2-D weight, the tied
-        embedding / output head included, as in GPT-2), none on biases and norm scales."""
+        """AdamW parameter groups: weight decay on matrices (every >= 2-D weight, the embedding
+        and output head included, as in GPT-2), none on biases and norm scales."""
         decay, no_decay = [], []
         for _, p in self.named_parameters():  # shared tensors appear once
             if not p.requires_grad:

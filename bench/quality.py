@@ -157,7 +157,8 @@ def budget_a_steps(a, extra: list[str]) -> int:
 
 def init_checkpoint(a, data: dict, budget: str, extra: list[str], path: Path) -> list[str]:
     """For --init other than the model's own ("scaled": N(0, 0.02) with residual projections at
-    0.02 / sqrt(2 n_layer)) or an --activation other than the family's, which no train flag sets:
+    0.02 / sqrt(2 n_layer)), an --activation other than the family's or --untied-head, which no
+    train flag sets (the MLP width of an --intermediate-size among the train flags is applied too):
     a step-0 checkpoint at `path` built that way ("zero-proj": the residual projections zeroed;
     "plain": every matrix N(0, 0.02)), and the train flags that start from it with the schedule of
     a fresh run (--init-from would otherwise halve the lr)."""
@@ -173,6 +174,8 @@ def init_checkpoint(a, data: dict, budget: str, extra: list[str], path: Path) ->
                                      sep_token_id=identity.special["sep"])
     if a.activation:
         mcfg = dataclasses.replace(mcfg, activation=a.activation)
+    mcfg = dataclasses.replace(mcfg, tie_embeddings=not a.untied_head,
+                               intermediate_size=ours_flag(extra, "--intermediate-size", mcfg.intermediate_size))
     torch.manual_seed(a.seed)
     model = GPT(mcfg)
     with torch.no_grad():
@@ -208,7 +211,7 @@ def train_ours(a, data: dict, budget: str, log) -> dict:
         args += ["--max-steps", str(budget_a_steps(a, extra))]
     else:
         args += ["--time-budget", f"{a.seconds:g}s"]
-    if a.init != "scaled" or a.activation:
+    if a.init != "scaled" or a.activation or a.untied_head:
         extra += init_checkpoint(a, data, budget, extra, outdir.parent / f"init-{a.tag}-{budget}.pt")
     log(f"ours, budget {budget}: main.py {' '.join(args[1:2])} ... {' '.join(args[-2:] + extra)}")
     t = time.perf_counter()
@@ -396,6 +399,9 @@ def parse_args(argv=None):
     from config import ACTIVATIONS
     ap.add_argument("--activation", choices=sorted({x for acts in ACTIVATIONS.values() for x in acts}), default=None,
                     help="the MLP's activation, where the family allows it (default: the family's own)")
+    ap.add_argument("--untied-head", action="store_true",
+                    help="an output head of its own instead of the embedding (for equal parameters, fewer "
+                         "layers or a narrower MLP: --n-layer, --ours-args '--intermediate-size N')")
     ap.add_argument("--tag", default=None, help="name of our run folder (default: from --ours-args)")
     ap.add_argument("--quick", action="store_true", help="tiny configuration on the shipped test corpus (tests)")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout (progress on stderr)")

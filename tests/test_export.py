@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import errno
-
 import json
+import shutil
 
 import pytest
 import torch
@@ -44,9 +44,11 @@ def _tokenizer(path):
     return Tokenizer.from_file(str(path))
 
 
-# every family, llama with a non-default MLP width, qwen3 and neox also with ReLU squared
+# every family, llama with a non-default MLP width, qwen3 and neox also with ReLU squared and with
+# an untied output head (written under each class's own head name)
 FAMILY_SHAPES = {"neox": {}, "llama": {"intermediate_size": 96}, "qwen3": {},
-                 "qwen3-relu2": {"activation": "relu2"}, "neox-relu2": {"activation": "relu2"}}
+                 "qwen3-relu2": {"activation": "relu2"}, "neox-relu2": {"activation": "relu2"},
+                 "qwen3-untied": {"tie_embeddings": False}, "neox-untied": {"tie_embeddings": False}}
 
 
 @pytest.fixture(scope="module", params=list(FAMILY_SHAPES))
@@ -103,7 +105,8 @@ def test_folder_contents_and_config(exported, checkpoint, family, variant):
             "generation_config.json", "special_tokens_map.json"} <= names
     assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
     cfg = json.loads((exported / "config.json").read_text(encoding="utf-8"))
-    assert cfg["tie_word_embeddings"] is True and cfg["intermediate_size"] == checkpoint[1].cfg.intermediate_size
+    assert cfg["tie_word_embeddings"] is checkpoint[1].cfg.tie_embeddings is not variant.endswith("untied")
+    assert cfg["intermediate_size"] == checkpoint[1].cfg.intermediate_size
     activation = FAMILY_SHAPES[variant].get("activation", "gelu" if family == "neox" else "silu")
     assert cfg["hidden_act"] == activation == checkpoint[1].cfg.activation
     if family == "neox":
@@ -114,10 +117,13 @@ def test_folder_contents_and_config(exported, checkpoint, family, variant):
     assert cfg["bos_token_id"] == 0 and cfg["pad_token_id"] == 2 and cfg["eos_token_id"] == [0, 1]
 
 
-def test_transformers_loads_its_family_class_with_tied_weights(hf_model, checkpoint, family):
+def test_transformers_loads_its_family_class_with_our_tying(hf_model, checkpoint, family):
     assert type(hf_model).__name__ == {"neox": "GPTNeoXForCausalLM", "llama": "LlamaForCausalLM",
                                        "qwen3": "Qwen3ForCausalLM"}[family]
-    assert hf_model.lm_head.weight.data_ptr() == hf_model.get_input_embeddings().weight.data_ptr()
+    head, embedding = hf_model.get_output_embeddings().weight, hf_model.get_input_embeddings().weight
+    ours = checkpoint[1]
+    assert (head.data_ptr() == embedding.data_ptr()) == ours.cfg.tie_embeddings
+    assert torch.equal(head, ours.lm_head.weight[:ours.cfg.vocab_size])
     assert sum(p.numel() for p in hf_model.parameters()) == checkpoint[1].num_parameters()
 
 
@@ -170,6 +176,25 @@ def test_auto_tokenizer_matches_ours(exported, tokenizer_path, spanish_docs):
         assert hf_tok.decode(ids) == text
     assert (hf_tok.bos_token, hf_tok.eos_token, hf_tok.pad_token) == tuple(SPECIALS)
     assert (hf_tok.bos_token_id, hf_tok.eos_token_id, hf_tok.pad_token_id) == (0, 1, 2)
+
+
+def test_reading_the_export_back_gives_the_checkpoint_weights(exported, checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+    ours = checkpoint[1]
+    cfg, state, record = export.import_hf(exported)
+    assert cfg == ours.cfg and record["step"] == 42
+    want = ours.state_dict()
+    assert set(state) == set(want) and all(torch.equal(state[k], want[k]) for k in want)
+    # an untied head travels as a matrix of its own; a folder that lacks it is refused
+    weights = load_file(str(exported / "model.safetensors"))
+    heads = set(weights) & set(export.HF_HEADS.values())
+    assert bool(heads) != ours.cfg.tie_embeddings
+    if heads:
+        damaged = tmp_path / "no-head"
+        shutil.copytree(exported, damaged)
+        save_file({k: v for k, v in weights.items() if k not in heads}, str(damaged / "model.safetensors"))
+        with pytest.raises(UserError, match="lacks the weight"):
+            export.import_hf(damaged)
 
 
 def test_qkv_permutation_is_per_head_interleaved():

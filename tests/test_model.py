@@ -171,6 +171,37 @@ def test_tied_weights_share_storage_and_count_once():
     assert m2.lm_head.weight.data_ptr() == m2.tok_emb.weight.data_ptr()
 
 
+def test_untied_head_is_its_own_matrix_counted_saved_and_trained():
+    tied, untied = tiny_model(), tiny_model(tie_embeddings=False)
+    assert untied.lm_head.weight is not untied.tok_emb.weight
+    V, C = untied.cfg.vocab_size, untied.cfg.n_embd
+    assert untied.num_parameters() == tied.num_parameters() + V * C == untied.cfg.num_parameters()
+    assert untied.num_parameters() == _count_only(untied.cfg)
+    head = untied.lm_head.weight
+    assert head.shape[0] == untied.cfg.padded_vocab_size and (head[V:] == 0).all()
+    assert abs(head[:V].std().item() - 0.02) < 0.003
+    # saved with its vocab_size real rows, loaded back into a fresh model: the same function
+    state = untied.state_dict()
+    assert state["lm_head.weight"].shape == (V, C) and not torch.equal(state["lm_head.weight"], state["tok_emb.weight"])
+    again = M.GPT(untied.cfg).eval()
+    again.load_state_dict(state)
+    idx = random_tokens(2, 16)
+    assert torch.equal(again(idx)[0], untied(idx)[0])
+    # trained apart from the embedding; its padding rows get no gradient
+    untied.train()
+    _, loss = untied(idx, random_tokens(2, 16, seed=3))
+    loss.backward()
+    assert head.grad is not None and (head.grad[V:] == 0).all() and head.grad[:V].abs().sum() > 0
+    decay, no_decay = untied.configure_optimizer_groups(0.1)
+    assert any(p is head for p in decay["params"])
+    # the checkpoint check counts both matrices
+    assert set(CK.check_weights(state, untied.cfg, "x.pt", "hint")) == set(state)
+    with pytest.raises(UserError, match="damaged"):
+        CK.check_weights({k: v for k, v in state.items() if k != "lm_head.weight"}, untied.cfg, "x.pt", "hint")
+    with pytest.raises(ValueError, match="tie_embeddings='no' must be true or false"):
+        tiny_cfg(tie_embeddings="no")
+
+
 def test_init_scales_residual_projections():
     torch.manual_seed(0)
     m = M.GPT(tiny_cfg(n_layer=8, n_embd=64, n_head=4))

@@ -222,17 +222,19 @@ def test_inference_is_measured_and_cached_apart_from_training(fresh_cache, monke
     assert p.bf16_speedup == pytest.approx(cache[inference]["bf16_speedup"], abs=1e-3)
 
 
-def tiny_model(n_embd=64, bias=True):
+def tiny_model(n_embd=64, bias=True, tie_embeddings=True):
     from model import GPT, ModelConfig
     torch.manual_seed(0)
-    return GPT(ModelConfig(vocab_size=300, block_size=32, n_layer=2, n_head=4, n_embd=n_embd, bias=bias)).eval()
+    return GPT(ModelConfig(vocab_size=300, block_size=32, n_layer=2, n_head=4, n_embd=n_embd, bias=bias,
+                           tie_embeddings=tie_embeddings)).eval()
 
 
-@pytest.mark.parametrize("quantize", [None, "int8"])
-def test_cpu_inference_is_weight_only_and_computes_the_same_function(quantize):
-    """bf16 (or int8) matmul weights, a separate output head, float32 activations and KV cache;
-    logits within a few percent of float32, and the same greedy tokens for most positions."""
-    model = tiny_model()
+@pytest.mark.parametrize("quantize,tie", [(None, True), ("int8", True), ("int8", False)])
+def test_cpu_inference_is_weight_only_and_computes_the_same_function(quantize, tie):
+    """bf16 (or int8) matmul weights, a separate output head (a copy of the tied embedding, or the
+    untied head), float32 activations and KV cache; logits within a few percent of float32, and
+    the same greedy tokens for most positions."""
+    model = tiny_model(tie_embeddings=tie)
     idx = torch.randint(0, 300, (2, 24))
     with torch.no_grad():
         ref = model(idx)[0]

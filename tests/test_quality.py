@@ -103,3 +103,19 @@ def test_zero_proj_init_ablation_starts_from_zeroed_projections_at_the_fresh_sch
     assert cfg["train"]["lr"] == config.PRESETS[config.CUSTOM_BASE]["lr"]       # not halved as for trained weights
     steps = cfg["train"]["total_steps"]
     assert cfg["train"]["warmup_steps"] == min(config.WARMUP_MAX, int(steps * config.WARMUP_FRACTION))
+
+
+def test_untied_head_ablation_trains_and_scores_a_model_with_its_own_head(tmp_path):
+    proc = subprocess.run([sys.executable, str(QUALITY), "--quick", "--budget", "A", "--only", "ours", "--json",
+                           "--untied-head", "--n-layer", "1", "--ours-args", "--intermediate-size 96", "--tag", "untied",
+                           "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)["results"]["ours.A"]
+    assert 0 < result["bits_per_byte"] < 8
+    (run,) = tmp_path.glob("data-*/runs/ours-untied-A")
+    model = json.loads((run / "config.json").read_text())["model"]
+    assert model["tie_embeddings"] is False and model["intermediate_size"] == 96 and model["n_layer"] == 1
+    weights = torch.load(run / "ckpt_best.pt", weights_only=True)["model"]
+    assert not torch.equal(weights["lm_head.weight"], weights["tok_emb.weight"])
+    from config import ModelConfig
+    assert result["params"] == ModelConfig.from_dict(model).num_parameters()
