@@ -47,9 +47,10 @@ def test_quick_run_reports_every_row_with_positive_numbers(report):
 def test_quick_run_ratios_targets_and_machine(report):
     ratios = {x["id"]: x for x in report["ratios"]}
     for rid in ("train.fp32.mfu", "train.fp32.ours_over_loop_neox", "train.fp32.ours_over_loop_llama",
-                "generate.b1.fp32_over_hf", "generate.ours_b8_over_b1", "evaluate.fp32_over_hf"):
+                "generate.b1.int8_over_hf", "generate.ours_b8_over_b1", "evaluate.fp32_over_hf"):
         assert ratios[rid]["value"] > 0 and ratios[rid]["target"] > 0
         assert isinstance(ratios[rid]["pass"], bool)
+    assert ratios["generate.b1.fp32_over_hf"]["value"] > 0 and ratios["generate.b1.fp32_over_hf"]["target"] is None
     m = report["machine"]
     assert m["cpu"] and m["torch"] and m["transformers"] == transformers.__version__ and m["threads"] >= 1
     assert m["native_bf16"] is False                       # conftest reports the CPU without native bf16
@@ -61,8 +62,11 @@ def test_quick_run_ratios_targets_and_machine(report):
 def test_quick_run_checks_same_function_and_greedy_tokens(report):
     checks = report["checks"]
     assert checks["logits_max_abs_diff"] < 1e-4
-    assert set(checks["greedy"]) == {"b1", "b8"}          # no half-precision sides without native bf16
-    for key in ("b1", "b8"):
+    # ours against transformers; int8 against our fp32 (no bf16 side without native bf16; no
+    # compiled side in --quick)
+    assert set(checks["greedy"]) == {"b1", "b8", "b1.ours_int8_vs_fp32", "b8.ours_int8_vs_fp32"}
+    assert report["config"]["generate_compile_seconds"] == {}
+    for key in checks["greedy"]:
         g = checks["greedy"][key]
         assert g["k"] == 20 and 0 <= g["rows_agreeing_first_k"] <= g["rows"]
 

@@ -503,3 +503,19 @@ def test_compiled_decode_step_equals_eager_and_is_traced_once():
     assert [[s[i] for s in steps] for i in range(3)] == [uncached_greedy(model, p, 12, stop_ids=()) for p in others]
     assert counters["stats"]["unique_graphs"] == graphs          # traced once, not per call or per step
     model.clear_cache()
+
+
+def test_compiled_int8_decoding_gives_the_eager_int8_tokens():
+    """generate --quantize int8 --compile: the compiled step runs the int8 weights (not a float
+    copy) and gives the tokens of the eager int8 run, batch 1 and a padded batch of 3."""
+    import inference
+    from precision import Precision
+    model = random_model(seed=4, block=48)
+    context = inference.prepare(model, Precision("bf16", "cpu", "bf16"), "int8", weight_only=True)
+    assert isinstance(model.blocks[0].mlp.fc, inference.FrozenLinear) and model.blocks[0].mlp.fc.kind == "int8"
+    for prompts in ([[0, 5, 6, 7]], [[0, 5], [0] + list(range(20, 30)), [0, 7, 8, 9]]):
+        with context():
+            eager = list(G.generate_batch(model, prompts, 16, GREEDY, stop_ids=()))
+            compiled = list(G.generate_batch(model, prompts, 16, GREEDY, stop_ids=(), compile=True))
+        assert compiled == eager
+    model.clear_cache()
