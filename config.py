@@ -166,8 +166,9 @@ class ModelConfig:
 
     def num_parameters(self) -> int:
         """Trainable parameters of model.GPT with this shape, without building it: the embedding
-        (and an untied output head of the same shape), per block two norms, qkv, attention output, the MLP (and the QK-norm scales of qwen3), a
-        final norm (tests/test_model.py checks it against GPT.num_parameters for every family)."""
+        (and an untied output head of the same shape), per block two norms, qkv, attention
+        output, the MLP (and the QK-norm scales of qwen3), a final norm (tests/test_model.py
+        checks it against GPT.num_parameters for every family)."""
         C, b, I = self.n_embd, int(self.bias), self.intermediate_size
         norm = C * (1 + b)                                       # RMSNorm: a scale; LayerNorm: + bias
         attn = (3 * C * C + 3 * C * b) + (C * C + C * b)

@@ -215,6 +215,7 @@ def _tokenizer_config(special: dict, block_size: int) -> dict:
 
 
 def _model_card(cfg, meta: dict, n_params: int) -> str:
+    tying = "tied" if cfg.tie_embeddings else "untied"
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
@@ -222,7 +223,7 @@ pipeline_tag: text-generation
 # {_MARKER}
 
 A small GPT-style language model trained with mini-llm, exported as
-{HF_ARCHITECTURES[cfg.family]} (mini-llm family `{cfg.family}`; rotary embeddings, {"tied" if cfg.tie_embeddings else "untied"} embeddings).
+{HF_ARCHITECTURES[cfg.family]} (mini-llm family `{cfg.family}`; rotary embeddings, {tying} embeddings).
 
 - parameters: {n_params:,}
 - layers {cfg.n_layer}, heads {cfg.n_head}, width {cfg.n_embd}, context {cfg.block_size} tokens,

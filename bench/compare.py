@@ -33,8 +33,8 @@ the rounds is reported):
   on the model loaded and set up as the generate stage does (checkpoint.load_model of the trained
   run, inference.resolve_precision_for and inference.prepare): `--precision fp32`, `--precision
   auto` (where its measured choice is not fp32), `--quantize int8` and, unless --no-compile,
-  `--quantize int8 --compile` (its compilation, in the untimed warm-up, is reported apart); against `model.generate(do_sample=False, max_new_tokens=N, min_new_tokens=N)` with the
-  same weights, in float32 (what a transformers user gets by default) and, where the CPU has
+  `--quantize int8 --compile` (its compilation, in the untimed warm-up, is reported apart);
+  against `model.generate(do_sample=False, max_new_tokens=N, min_new_tokens=N)` with the same weights, in float32 (what a transformers user gets by default) and, where the CPU has
   native bf16, cast to bfloat16. End-of-text stopping is off on both sides, so both produce
   exactly N tokens; the report says whether the greedy tokens agree over the first 20 (ours fp32
   against transformers, and each of our half-precision settings against our fp32). The batch-1

@@ -107,8 +107,9 @@ def test_zero_proj_init_ablation_starts_from_zeroed_projections_at_the_fresh_sch
 
 def test_untied_head_ablation_trains_and_scores_a_model_with_its_own_head(tmp_path):
     proc = subprocess.run([sys.executable, str(QUALITY), "--quick", "--budget", "A", "--only", "ours", "--json",
-                           "--untied-head", "--n-layer", "1", "--ours-args", "--intermediate-size 96", "--tag", "untied",
-                           "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+                           "--untied-head", "--n-layer", "1", "--ours-args", "--intermediate-size 96",
+                           "--tag", "untied", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)["results"]["ours.A"]
     assert 0 < result["bits_per_byte"] < 8
