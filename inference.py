@@ -157,4 +157,11 @@ def resolve_precision_for(requested: str, device, quantize: Optional[str], **sha
             raise UserError(f"--quantize {quantize} multiplies in bf16 and cannot run with --precision {requested}; "
                             f"drop --precision (or use --precision bf16)")
         requested = "bf16"
+        from precision import cpu_native_bf16
+        if cpu_native_bf16() is None:   # not the autocast warning: int8 matvecs measured faster than fp32
+            from common import log
+            log.warning(f"warning: --quantize {quantize} on a CPU without native bf16 (no AVX512_BF16/AMX): the "
+                        f"products convert through bf16 in software; generation stays about as fast as fp32 or "
+                        f"faster (README \"Performance\"), evaluation (bf16 autocast) is much slower")
+        return resolve_precision(requested, device, warn_emulated=False, **shape)
     return resolve_precision(requested, device, **shape)

@@ -233,12 +233,13 @@ def cached_bf16_speedup(n_embd: int, vocab_size: int, rows: int, inference_layer
 # =========================================================================== the choice
 
 def resolve_precision(requested: str, device, *, n_embd: int, vocab_size: int, rows: int,
-                      inference_layers: int = 0) -> Precision:
+                      inference_layers: int = 0, warn_emulated: bool = True) -> Precision:
     """The precision to compute in on `device` for a model of width `n_embd` and vocabulary
     `vocab_size` running `rows` tokens per forward pass (batch x block for training and
     evaluation, the batch size for token-by-token generation). `inference_layers`: the model's
     depth when it runs with its weights stored in half precision (generate, evaluate: see
-    measure_bf16_speedup); 0 for training. See the module docstring."""
+    measure_bf16_speedup); 0 for training. `warn_emulated`: warn that an explicit bf16 on a CPU
+    without native bf16 is slow (the caller may warn in its own words). See the module docstring."""
     import torch
     kind = device.type
     if requested not in PRECISIONS + (AMP,):
@@ -260,9 +261,10 @@ def resolve_precision(requested: str, device, *, n_embd: int, vocab_size: int, r
     # CPU
     native = cpu_native_bf16()
     if requested in ("bf16", AMP):
-        if native is None:
+        if native is None and warn_emulated:
             log.warning("warning: bf16 on a CPU without native bf16 (no AVX512_BF16/AMX): expect it to be "
                         "10-30x slower than fp32; --precision auto picks the faster one")
+        if native is None:
             return Precision("bf16", kind, requested, "asked for; no native bf16 on this CPU")
         return Precision("bf16", kind, requested, f"asked for; native bf16 ({native})")
     if requested == "fp16":

@@ -318,3 +318,19 @@ def test_the_log_line_says_how_inference_computes(caplog):
         "generation precision: bf16 weights, float32 activations, attention and KV cache (why)",
         "evaluation precision: int8 weights (bf16 matmuls), bf16 autocast (why)",
         "evaluation precision: fp32"]
+
+
+def test_int8_without_native_bf16_warns_in_its_own_words(monkeypatch, caplog):
+    """--quantize int8 on a CPU without native bf16: one warning that says generation stays fast,
+    not the autocast warning of an explicit --precision bf16 (10-30x slower)."""
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
+    shape = dict(n_embd=32, vocab_size=400, rows=1, inference_layers=1)
+    with caplog.at_level("WARNING"):
+        p = inference.resolve_precision_for("auto", torch.device("cpu"), "int8", **shape)
+    assert p.name == "bf16"
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1 and "--quantize int8" in lines[0] and "10-30x" not in lines[0]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        inference.resolve_precision_for("bf16", torch.device("cpu"), None, **shape)
+    assert any("10-30x" in r.getMessage() for r in caplog.records)
