@@ -134,9 +134,10 @@ def log_setup(precision, quantize: Optional[str], stage: str, *, weight_only: bo
     """The one line that says how a stage computes (precision.log_choice, with what `prepare`
     does on a CPU: weight-only bf16 or int8 weights)."""
     from common import log
+    from precision import log_choice
     frozen = precision.device_type == "cpu" and (quantize is not None or precision.dtype == torch.bfloat16)
     if not frozen:
-        log.info(f"{stage} precision: {precision.describe()}")
+        log_choice(precision, stage)
         return
     weights = f"{quantize} weights (bf16 matmuls)" if quantize else "bf16 weights"
     rest = "float32 activations, attention and KV cache" if weight_only else "bf16 autocast"
@@ -147,8 +148,8 @@ def log_setup(precision, quantize: Optional[str], stage: str, *, weight_only: bo
 def resolve_precision_for(requested: str, device, quantize: Optional[str], **shape):
     """precision.resolve_precision for generation or evaluation; `--quantize int8` multiplies in
     bf16, so it means bf16 (an explicit fp32 or fp16 is refused) and needs a CPU. UserError."""
-    from common import UserError
-    from precision import resolve_precision
+    from common import UserError, log
+    from precision import cpu_native_bf16, resolve_precision
     if quantize is not None:
         if device.type != "cpu":
             raise UserError(f"--quantize {quantize} runs on CPUs (its kernel is a CPU one); on {device.type} "
@@ -156,12 +157,9 @@ def resolve_precision_for(requested: str, device, quantize: Optional[str], **sha
         if requested in ("fp32", "fp16"):
             raise UserError(f"--quantize {quantize} multiplies in bf16 and cannot run with --precision {requested}; "
                             f"drop --precision (or use --precision bf16)")
-        requested = "bf16"
-        from precision import cpu_native_bf16
         if cpu_native_bf16() is None:   # not the autocast warning: int8 matvecs measured faster than fp32
-            from common import log
             log.warning(f"warning: --quantize {quantize} on a CPU without native bf16 (no AVX512_BF16/AMX): the "
                         f"products convert through bf16 in software; generation stays about as fast as fp32 or "
                         f"faster (README \"Performance\"), evaluation (bf16 autocast) is much slower")
-        return resolve_precision(requested, device, warn_emulated=False, **shape)
+        return resolve_precision("bf16", device, warn_emulated=False, **shape)
     return resolve_precision(requested, device, **shape)

@@ -261,10 +261,10 @@ def resolve_precision(requested: str, device, *, n_embd: int, vocab_size: int, r
     # CPU
     native = cpu_native_bf16()
     if requested in ("bf16", AMP):
-        if native is None and warn_emulated:
-            log.warning("warning: bf16 on a CPU without native bf16 (no AVX512_BF16/AMX): expect it to be "
-                        "10-30x slower than fp32; --precision auto picks the faster one")
         if native is None:
+            if warn_emulated:
+                log.warning("warning: bf16 on a CPU without native bf16 (no AVX512_BF16/AMX): expect it to be "
+                            "10-30x slower than fp32; --precision auto picks the faster one")
             return Precision("bf16", kind, requested, "asked for; no native bf16 on this CPU")
         return Precision("bf16", kind, requested, f"asked for; native bf16 ({native})")
     if requested == "fp16":

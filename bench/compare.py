@@ -34,7 +34,8 @@ the rounds is reported):
   run, inference.resolve_precision_for and inference.prepare): `--precision fp32`, `--precision
   auto` (where its measured choice is not fp32), `--quantize int8` and, unless --no-compile,
   `--quantize int8 --compile` (its compilation, in the untimed warm-up, is reported apart);
-  against `model.generate(do_sample=False, max_new_tokens=N, min_new_tokens=N)` with the same weights, in float32 (what a transformers user gets by default) and, where the CPU has
+  against `model.generate(do_sample=False, max_new_tokens=N, min_new_tokens=N)` with the same
+  weights, in float32 (what a transformers user gets by default) and, where the CPU has
   native bf16, cast to bfloat16. End-of-text stopping is off on both sides, so both produce
   exactly N tokens; the report says whether the greedy tokens agree over the first 20 (ours fp32
   against transformers, and each of our half-precision settings against our fp32). The batch-1
@@ -481,7 +482,8 @@ def gen_ours(side, prompts, n: int, pad_id: int) -> tuple[float, list[list[int]]
     cfg = G.SamplingConfig(temperature=0.0, top_k=0, top_p=1.0)
     t = time.perf_counter()
     with side.context():
-        steps = list(G.generate_batch(side.model, prompts, n, cfg, stop_ids=(), pad_id=pad_id, compile=side.compile))
+        steps = list(G.generate_batch(side.model, prompts, n, cfg, stop_ids=(), pad_id=pad_id,
+                                      compile=side.compile))
     seconds = time.perf_counter() - t
     assert len(steps) == n
     return seconds, [list(col) for col in zip(*steps)]
@@ -637,7 +639,8 @@ def inference_sides(a, ckpt: Path, hf, data: Data, native_bf16: bool) -> tuple[d
             sides["ours_auto"] = auto
         sides["ours_int8"] = our_side(ckpt, data, "auto", "int8", rows, weight_only=True)
         if a.compile:
-            sides["ours_int8_compiled"] = our_side(ckpt, data, "auto", "int8", rows, weight_only=True, compile=True)
+            sides["ours_int8_compiled"] = our_side(ckpt, data, "auto", "int8", rows, weight_only=True,
+                                                   compile=True)
         sides["hf_neox"] = hf_side(hf, "fp32")
         if native_bf16:
             sides["hf_neox_bf16"] = hf_side(hf, "bf16")
