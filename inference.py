@@ -11,7 +11,11 @@
 - int8 on a CPU (`--quantize int8`): the same, with int8 weights and one float scale per output
   row (symmetric, per-channel). Up to INT8_KERNEL_ROWS rows (token-by-token decoding) the matmul
   is torch's int8 matrix-vector kernel (aten._weight_int8pack_mm), ~3x faster than bf16 here;
-  longer passes (prompts, evaluation windows) dequantize the weight to bf16 first.
+  longer passes (prompts, evaluation windows) dequantize the weight first.
+- Outside autocast, products of more than one row run in bf16 where the CPU has native bf16,
+  else in float32 (the stored weight converted at each call, a small cost beside the product):
+  emulated bf16 is 10-30x slower. On such a CPU `--quantize int8` also evaluates in float32, not
+  under bf16 autocast.
 - bf16 / fp16 on a GPU: the Linear weights are cast in place and the model runs under autocast.
 
 The model must not be trained or saved after `prepare`.
@@ -52,23 +56,28 @@ class FrozenLinear(nn.Module):
         else:
             raise ValueError(f"FrozenLinear kind {kind!r} must be bf16 or int8")
         self.register_buffer("bias", None if bias is None else bias.detach().float())
+        from precision import cpu_native_bf16
+        self.native_bf16 = cpu_native_bf16() is not None   # else products of many rows run in float32
 
     @property
     def weight(self) -> torch.Tensor:
-        """The weight in bf16 (dequantized for int8): what a chunked loss multiplies by."""
+        """The weight in bf16 (dequantized for int8), for the products no int8 kernel computes."""
         if self.kind == "int8":
             return self.qweight.to(torch.bfloat16) * self.scales[:, None]
         return self.bf16_weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
-        if self.kind == "int8" and x2.shape[0] <= INT8_KERNEL_ROWS and x2.device.type == "cpu":
-            y = torch.ops.aten._weight_int8pack_mm(x2.contiguous(), self.qweight, self.scales)
-        elif x2.shape[0] == 1 and x2.device.type == "cpu" and not torch.compiler.is_compiling():
-            y = _matvec_without_onednn(x2, self.weight)
+        x2 = x.reshape(-1, self.in_features)
+        cpu = x2.device.type == "cpu"
+        if self.kind == "int8" and x2.shape[0] <= INT8_KERNEL_ROWS and cpu:
+            y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.qweight, self.scales)
+        elif x2.shape[0] == 1 and cpu and not torch.compiler.is_compiling():
+            y = _matvec_without_onednn(x2.to(torch.bfloat16), self.weight)
+        elif cpu and not self.native_bf16 and not torch.is_autocast_enabled("cpu"):
+            y = F.linear(x2.float(), self.weight.float())   # bf16 would be emulated: 10-30x slower
         else:
-            y = F.linear(x2, self.weight)
+            y = F.linear(x2.to(torch.bfloat16), self.weight)
         if torch.is_autocast_enabled(x.device.type):
             y = y if self.bias is None else y + self.bias.to(y.dtype)
         else:
@@ -139,17 +148,22 @@ def log_setup(precision, quantize: Optional[str], stage: str, *, weight_only: bo
     if not frozen:
         log_choice(precision, stage)
         return
-    weights = f"{quantize} weights (bf16 matmuls)" if quantize else "bf16 weights"
-    rest = "float32 activations, attention and KV cache" if weight_only else "bf16 autocast"
+    bf16 = precision.dtype == torch.bfloat16
+    weights = (f"{quantize} weights" + (" (bf16 matmuls)" if bf16 else "")) if quantize else "bf16 weights"
+    if weight_only:
+        rest = "float32 activations, attention and KV cache"
+    else:
+        rest = "bf16 autocast" if bf16 else "float32 activations"
     why = f" ({precision.reason})" if precision.reason else ""
     log.info(f"{stage} precision: {weights}, {rest}{why}")
 
 
 def resolve_precision_for(requested: str, device, quantize: Optional[str], **shape):
-    """precision.resolve_precision for generation or evaluation; `--quantize int8` multiplies in
-    bf16, so it means bf16 (an explicit fp32 or fp16 is refused) and needs a CPU. UserError."""
-    from common import UserError, log
-    from precision import cpu_native_bf16, resolve_precision
+    """precision.resolve_precision for generation or evaluation. `--quantize int8` needs a CPU and
+    multiplies in bf16, so an explicit fp32 or fp16 is refused (UserError); auto means bf16 where the
+    CPU has native bf16, else float32 (see the module docstring). UserError."""
+    from common import UserError
+    from precision import Precision, cpu_native_bf16, resolve_precision
     if quantize is not None:
         if device.type != "cpu":
             raise UserError(f"--quantize {quantize} runs on CPUs (its kernel is a CPU one); on {device.type} "
@@ -157,9 +171,8 @@ def resolve_precision_for(requested: str, device, quantize: Optional[str], **sha
         if requested in ("fp32", "fp16"):
             raise UserError(f"--quantize {quantize} multiplies in bf16 and cannot run with --precision {requested}; "
                             f"drop --precision (or use --precision bf16)")
-        if cpu_native_bf16() is None:   # not the autocast warning: int8 matvecs measured faster than fp32
-            log.warning(f"warning: --quantize {quantize} on a CPU without native bf16 (no AVX512_BF16/AMX): the "
-                        f"products convert through bf16 in software; generation stays about as fast as fp32 or "
-                        f"faster (README \"Performance\"), evaluation (bf16 autocast) is much slower")
+        if cpu_native_bf16() is None and requested == "auto":   # no bf16 autocast where it is emulated
+            return Precision("fp32", device.type, requested, "no native bf16 on this CPU (AVX512_BF16/AMX): "
+                             "float32 activations and products of many rows")
         return resolve_precision("bf16", device, warn_emulated=False, **shape)
     return resolve_precision(requested, device, **shape)

@@ -190,23 +190,31 @@ def _mask_padding(logits: torch.Tensor, vocab: Optional[int]) -> torch.Tensor:
     return logits
 
 
-def linear_cross_entropy(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor,
-                         reduction: str = "mean", z_loss: float = 0.0, vocab: Optional[int] = None) -> torch.Tensor:
+def linear_cross_entropy(h: torch.Tensor, W: Optional[torch.Tensor], targets: torch.Tensor,
+                         reduction: str = "mean", z_loss: float = 0.0, vocab: Optional[int] = None,
+                         head: Optional[nn.Module] = None) -> torch.Tensor:
     """Cross-entropy of the logits h @ W.T (h (N, C), W (V', C)) against targets (N,), -1 =
     ignored, computed in row chunks without the whole (N, V') logits: "mean" (as F.cross_entropy,
     differentiable; `z_loss` adds z-loss to its gradient, see _LinearCrossEntropy) or "none"
     (per-row losses, 0 where ignored; no gradient). `vocab`: only W's first `vocab` rows are
-    tokens (the rest is padding: -inf logits, so no probability and no gradient)."""
-    chunk = _loss_chunk_rows(W.shape[0])
-    if reduction == "mean" and torch.is_grad_enabled() and (h.requires_grad or W.requires_grad):
+    tokens (the rest is padding: -inf logits, so no probability and no gradient). `head`, without
+    gradients only: the module that computes the logits instead of h @ W.T (W unused), such as an
+    inference.FrozenLinear with its own kernels."""
+    chunk = _loss_chunk_rows(W.shape[0] if head is None else head.out_features)
+    if head is None and reduction == "mean" and torch.is_grad_enabled() and (h.requires_grad or W.requires_grad):
         return _LinearCrossEntropy.apply(h, W, targets, chunk, float(z_loss), vocab)
     dt = _matmul_dtype(h.device.type)
     out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
-    with torch.autocast(h.device.type, enabled=False):
-        hm, Wm = (h, W) if dt is None else (h.to(dt), W.to(dt))
+    if head is not None:
         for s in range(0, h.shape[0], chunk):
-            logits = _mask_padding((hm[s:s + chunk] @ Wm.t()).float(), vocab)  # (c, V')
+            logits = _mask_padding(head(h[s:s + chunk]).float(), vocab)  # (c, V')
             out[s:s + chunk] = F.cross_entropy(logits, targets[s:s + chunk], ignore_index=-1, reduction="none")
+    else:
+        with torch.autocast(h.device.type, enabled=False):
+            hm, Wm = (h, W) if dt is None else (h.to(dt), W.to(dt))
+            for s in range(0, h.shape[0], chunk):
+                logits = _mask_padding((hm[s:s + chunk] @ Wm.t()).float(), vocab)  # (c, V')
+                out[s:s + chunk] = F.cross_entropy(logits, targets[s:s + chunk], ignore_index=-1, reduction="none")
     if reduction == "none":
         return out
     valid = targets != -1
@@ -623,13 +631,15 @@ class GPT(nn.Module):
         without the (B, T, V) logits: the output head runs only on the scored positions."""
         x = self.hidden_states(idx, positions=positions).flatten(0, 1)  # (B*T, C)
         y = targets.reshape(-1)
+        # a plain Linear multiplies in one matmul per chunk; inference.FrozenLinear by its own kernels
+        W, head = (self.lm_head.weight, None) if type(self.lm_head) is nn.Linear else (None, self.lm_head)
         if bool((y != -1).all()):
-            return linear_cross_entropy(x, self.lm_head.weight, y, reduction="none",
-                                        vocab=self.cfg.vocab_size).view(targets.shape)
+            return linear_cross_entropy(x, W, y, reduction="none", vocab=self.cfg.vocab_size,
+                                        head=head).view(targets.shape)
         out = torch.zeros(y.shape, dtype=torch.float32, device=x.device)
         scored = (y != -1).nonzero()[:, 0]
-        out[scored] = linear_cross_entropy(x[scored], self.lm_head.weight, y[scored], reduction="none",
-                                           vocab=self.cfg.vocab_size)
+        out[scored] = linear_cross_entropy(x[scored], W, y[scored], reduction="none", vocab=self.cfg.vocab_size,
+                                           head=head)
         return out.view(targets.shape)
 
     def hidden_states(self, idx, *, input_pos=None, key_mask=None, positions=None, kv_len=None) -> torch.Tensor:

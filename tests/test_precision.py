@@ -320,17 +320,38 @@ def test_the_log_line_says_how_inference_computes(caplog):
         "evaluation precision: fp32"]
 
 
-def test_int8_without_native_bf16_warns_in_its_own_words(monkeypatch, caplog):
-    """--quantize int8 on a CPU without native bf16: one warning that says generation stays fast,
-    not the autocast warning of an explicit --precision bf16 (10-30x slower)."""
+def test_int8_without_native_bf16_computes_in_float32(trained, ckpt, monkeypatch, capsys, caplog):
+    """--quantize int8 on a CPU without native bf16: no bf16 autocast and no warning (an explicit
+    --precision bf16 still warns that it is 10-30x slower); products of many rows in float32 from
+    the dequantized weight, one-row products by the int8 kernel; evaluate gives fp32's perplexity."""
     monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
     shape = dict(n_embd=32, vocab_size=400, rows=1, inference_layers=1)
     with caplog.at_level("WARNING"):
         p = inference.resolve_precision_for("auto", torch.device("cpu"), "int8", **shape)
-    assert p.name == "bf16"
-    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(lines) == 1 and "--quantize int8" in lines[0] and "10-30x" not in lines[0]
-    caplog.clear()
+    assert p.name == "fp32" and p.dtype is None
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
     with caplog.at_level("WARNING"):
         inference.resolve_precision_for("bf16", torch.device("cpu"), None, **shape)
     assert any("10-30x" in r.getMessage() for r in caplog.records)
+
+    torch.manual_seed(0)
+    weight, x = torch.randn(96, 64), torch.randn(40, 64)
+    emulated = inference.FrozenLinear(weight, None, "int8")
+    dequantized = emulated.weight.float()
+    with torch.no_grad():
+        assert torch.equal(emulated(x), x @ dequantized.t())                 # float32, not through bf16
+        monkeypatch.setenv(P.NATIVE_BF16_ENV, "1")
+        native = inference.FrozenLinear(weight, None, "int8")
+        assert torch.equal(native(x), (x.bfloat16() @ native.weight.t()).float())
+        assert (native(x) - emulated(x)).norm() < 0.01 * emulated(x).norm()
+        one = torch.ops.aten._weight_int8pack_mm(x[:1].bfloat16(), emulated.qweight, emulated.scales).float()
+        assert torch.equal(emulated(x[:1]), one)                            # the int8 kernel for one row
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
+
+    fp32 = evaluate_json(trained, ckpt, "fp32", capsys)
+    assert main.main(["evaluate", "--tokenizer", str(trained["tok"]), "--ckpt", ckpt, "--test-file",
+                      str(trained["test"]), "--quantize", "int8", "--json", "--quiet"]) == 0
+    q = json.loads(capsys.readouterr().out)
+    assert q["quantize"] == "int8" and q["precision"]["chosen"] == "fp32"
+    assert q["perplexity"] == pytest.approx(fp32["perplexity"], rel=0.02)
+    assert q["perplexity"] != fp32["perplexity"]                             # the int8 weights were used
