@@ -30,7 +30,7 @@ DEMO_FILE = "wiki_summaries_es.txt"
 
 # Quick-start training recipe: a 5.2M-parameter model (4 layers x 256, vocabulary 8,000) trained on
 # ~2.7 MB of encyclopedia summaries in batches of 16 x 128 tokens for a fixed wall-clock budget,
-# with the small preset's training recipe (qwen3 family, Muon, lr 4e-3; README "Training recipe"):
+# with the small preset's training recipe (neox family, Muon, lr 4e-3; README "Training recipe"):
 # the number of steps is fitted to the time, so the run ends on time with a fully decayed
 # learning rate on any machine, and the precision is the fastest this CPU has (bf16 where it is
 # native and measured faster, else fp32). A 2-core CPU with native bf16 trains ~2x the tokens

@@ -9,7 +9,7 @@ torch.compile; the memory check of the large preset; generation tokens/s at batc
     bench/gpu.sh                                       # pytest -m gpu, then this, JSON to bench/.work/gpu.json
 
 Models: config.PRESETS small, medium and large (config.make_configs with a 32,000-token vocabulary
-and SEP = 0: the qwen3 family, Muon + AdamW, as `main.py train --config NAME` builds them), random
+and SEP = 0: the neox family, Muon + AdamW, as `main.py train --config NAME` builds them), random
 weights. --tiny: one custom shape (2 layers, width 64, 4 heads, block 64, batch 2) instead.
 
 What is timed (on CUDA, `torch.cuda.synchronize()` before and after every timed region):

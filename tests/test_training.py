@@ -126,14 +126,14 @@ def test_presets_exact_names_and_field_overrides():
     m, t = C.make_configs("small", {}, vocab_size=32000)
     assert (m.n_layer, m.n_head, m.n_embd, m.block_size) == (4, 4, 256, 256)
     assert (t.batch_size, t.epochs, t.lr, t.gradient_checkpointing) == (8, 30, 4e-3, False)
-    assert (m.family, t.optimizer) == ("qwen3", "muon")
+    assert (m.family, t.optimizer) == ("neox", "muon")
     m, t = C.make_configs("large", {"n_layer": 6, "lr": None}, vocab_size=32000)
     assert (m.n_layer, m.n_head, m.n_embd, m.block_size) == (6, 10, 640, 1024)   # only n_layer changed
     assert (t.batch_size, t.epochs, t.lr, t.gradient_checkpointing) == (8, 15, 1.6e-3, True)
     m, t = C.make_configs("medium", {"batch_size": 4}, vocab_size=100)
     assert (m.n_layer, m.n_embd, m.block_size, t.batch_size, t.lr) == (10, 384, 512, 4, 2.4e-3)
     m, t = C.make_configs("custom", {"n_layer": 2, "n_head": 2, "n_embd": 32}, vocab_size=100)
-    assert (m.n_layer, m.block_size, t.batch_size, t.lr, m.family) == (2, 256, 8, 4e-3, "qwen3")  # small's
+    assert (m.n_layer, m.block_size, t.batch_size, t.lr, m.family) == (2, 256, 8, 4e-3, "neox")  # small's
     with pytest.raises(ValueError, match="--config custom needs --n-head, --n-embd"):
         C.make_configs("custom", {"n_layer": 2}, vocab_size=100)
     with pytest.raises(ValueError, match="unknown preset 'Small'"):
@@ -344,7 +344,7 @@ def test_resume_refuses_other_shape_tokenizer_or_corpus(data, tmp_path):
     run(data, out, overrides=dict(max_steps=3, eval_every=3))
     with pytest.raises(UserError, match="model shape differs.*n_embd 32 -> 64"):
         run(data, out, overrides=dict(max_steps=6, n_embd=64))
-    with pytest.raises(UserError, match="model shape differs.*family qwen3 -> llama"):
+    with pytest.raises(UserError, match=r"model shape differs.*family neox -> llama.*add --family neox"):
         run(data, out, overrides=dict(max_steps=6, family="llama"))
     with pytest.raises(UserError, match="trained with --optimizer muon, not adamw"):
         run(data, out, overrides=dict(max_steps=6, optimizer="adamw"))
