@@ -32,17 +32,20 @@ MUON_MOMENTUM = 0.95
 
 def newton_schulz(g: torch.Tensor, dtype: torch.dtype, steps: int = NS_STEPS) -> torch.Tensor:
     """An approximately semi-orthogonal matrix with g's row and column spaces (U S' V^T, S' ~ 1),
-    computed in `dtype`; the result is in g's dtype."""
+    computed in `dtype`; the result is in g's dtype. `g` is one matrix, or a stack (k, m, n) of
+    matrices of one shape, each orthogonalised on its own in one batched product per stage."""
     a, b, c = NS_COEFFICIENTS
     x = g.to(dtype)
-    tall = g.size(0) > g.size(1)
+    tall = g.size(-2) > g.size(-1)
     if tall:
-        x = x.T
-    x = x / x.norm().clamp(min=NS_EPS)           # spectral norm <= Frobenius norm <= 1
+        x = x.mT
+    one = x.dim() == 2                            # one matrix: exactly torch.optim.Muon's operations
+    x = x / (x.norm() if one else x.norm(dim=(-2, -1), keepdim=True)).clamp(min=NS_EPS)   # spectral <= Frobenius <= 1
+    addmm = torch.addmm if one else torch.baddbmm
     for _ in range(steps):
-        m = x @ x.T
-        x = torch.addmm(x, torch.addmm(m, m, m, beta=b, alpha=c), x, beta=a)   # a x + (b m + c m^2) x
-    return (x.T if tall else x).to(g.dtype)
+        m = x @ x.mT
+        x = addmm(x, addmm(m, m, m, beta=b, alpha=c), x, beta=a)   # a x + (b m + c m^2) x
+    return (x.mT if tall else x).to(g.dtype)
 
 
 class Muon(torch.optim.Optimizer):
@@ -84,8 +87,9 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         found_inf = getattr(self, "found_inf", None)
         keep = None if found_inf is None else found_inf == 0     # on the parameters' device (step_unless)
+        pending: dict[tuple, tuple[list, list]] = {}   # (shape, device, dtype) -> [(param, group)], [update]
         for group in self.param_groups:
-            lr, wd, mom = group["lr"], group["weight_decay"], group["momentum"]
+            mom = group["momentum"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -99,7 +103,16 @@ class Muon(torch.optim.Optimizer):
                     grad = torch.where(keep, grad, 0)      # a skipped step's NaNs never reach the state
                     buf.copy_(torch.where(keep, buf.lerp(grad, 1 - mom), buf))
                 update = grad.lerp(buf, mom) if group["nesterov"] else buf
-                update = newton_schulz(update, self._dtype(p.device))
+                params, updates = pending.setdefault((tuple(p.shape), p.device, p.dtype), ([], []))
+                params.append((p, group))
+                updates.append(update)
+        # Matrices of one shape are orthogonalised together: a few large products instead of many small ones
+        for (_, device, _), (params, updates) in pending.items():
+            one = len(updates) == 1
+            stacked = newton_schulz(updates[0] if one else torch.stack(updates), self._dtype(device))
+            updates.clear()                                          # the stack is all that is needed now
+            for (p, group), update in zip(params, [stacked] if one else stacked.unbind()):
+                lr, wd = group["lr"], group["weight_decay"]
                 new = p if keep is None else p.clone()
                 new.mul_(1 - lr * wd)
                 new.add_(update, alpha=-lr * 0.2 * math.sqrt(max(p.shape)))   # "match_rms_adamw"

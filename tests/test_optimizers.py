@@ -32,6 +32,28 @@ def test_muon_in_bf16_is_torch_muon(shape):
     assert torch.equal(ours.state[ours_p]["momentum_buffer"], ref.state[ref_p]["momentum_buffer"])
 
 
+def test_muon_over_many_matrices_is_muon_on_each_alone():
+    """Matrices of one shape are orthogonalised as one batch; each result is the one-matrix update."""
+    torch.manual_seed(0)
+    shapes = [(48, 16), (48, 16), (16, 48), (32, 32), (48, 16), (32, 32)]
+    together = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    alone = [torch.nn.Parameter(p.detach().clone()) for p in together]
+    opt = O.Muon(together, lr=0.02, weight_decay=0.1, ns_dtype=torch.float32)
+    singles = [O.Muon([p], lr=0.02, weight_decay=0.1, ns_dtype=torch.float32) for p in alone]
+    for _ in range(3):
+        for p, q in zip(together, alone):
+            p.grad = torch.randn(p.shape)
+            q.grad = p.grad.clone()
+        opt.step()
+        for single in singles:
+            single.step()
+    for p, q, single in zip(together, alone, singles):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-6)
+        assert torch.equal(opt.state[p]["momentum_buffer"], single.state[q]["momentum_buffer"])
+    batch = torch.stack([p.grad for p in together[:2]])
+    assert torch.allclose(O.newton_schulz(batch, torch.float32)[1], O.newton_schulz(batch[1], torch.float32), atol=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(64, 24), (24, 64)])
 def test_newton_schulz_flattens_the_singular_values(shape):
     torch.manual_seed(1)
