@@ -1,4 +1,4 @@
-"""Optimizers of `train --optimizer`: AdamW (default) or Muon for the hidden matrices with AdamW
+"""Optimizers of `train --optimizer`: AdamW, or Muon (the presets') for the hidden matrices with AdamW
 for the rest; `make_optimizer` builds either from a model and a TrainConfig.
 
 Muon (Keller Jordan et al., 2024) replaces each 2-D weight's update by the nearest

@@ -53,7 +53,8 @@ import distributed
 import tokenizer as tokenizer_lib   # `tokenizer` is a local name in train()
 from common import (Progress, UserError, add_log_file, available_memory, file_sha256, format_seconds, log, perplexity,
                     require_file, resolve_device, stderr_is_terminal)
-from config import MODEL_FIELDS, TrainConfig, init_from_defaults, lr_at, make_configs, resolve_schedule
+from config import (CUSTOM_BASE, MODEL_FIELDS, PRESETS, TrainConfig, init_from_defaults, lr_at, make_configs,
+                    resolve_schedule)
 from checkpoint import (InitSource, TrainState, check_init_shape, empty_window, load_init_source,
                         load_resume_checkpoint, restore_run, run_checkpoint, set_rng_state)
 from corpus import CorpusSpec, parse_corpus_specs
@@ -839,9 +840,13 @@ def train(tokenizer, corpus, outdir: str | os.PathLike,
     overrides = dict(overrides or {})
     given_shape = {k: overrides.get(k) for k in MODEL_FIELDS}
     source, lineage, shape = _init_source(init_from, identity, folder, resume, force)
+    kept = {}
     if lineage is not None:                         # a run from trained weights: their shape, lower lr
         overrides = init_from_defaults(preset, overrides)
         overrides.update({k: v for k, v in shape.to_dict().items() if k in MODEL_FIELDS and k != "dropout"})
+    else:
+        kept = _kept_preset_values(folder, preset, overrides)
+        overrides.update(kept)
     try:
         mcfg, tcfg = make_configs(preset, overrides, vocab_size=identity.vocab_size,
                                   sep_token_id=identity.special["sep"])
@@ -863,6 +868,9 @@ def train(tokenizer, corpus, outdir: str | os.PathLike,
             if d.is_main:
                 held.enter_context(RunLock(outdir))
                 add_log_file(folder.log)
+            if kept:
+                log.info(f"continuing the run with the {preset} preset's values it started with (flags override "
+                         f"them): " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in kept.items()))
         try:
             folder.remove_stale_temp_files()
             log.debug(f"train: {' '.join(sys.argv)}")
@@ -944,17 +952,43 @@ def _init_source(init_from, identity, folder: RunFolder, resume: bool, force: bo
     return source, source.record, source.model_config
 
 
+def _kept_preset_values(folder: RunFolder, preset: str, overrides: dict) -> dict:
+    """field -> value: the preset's fields that no flag sets now and that the run in `folder`
+    (one with a checkpoint to continue, started from the same preset) recorded with another
+    value. Presets change between versions (the family and the optimizer have), and the same
+    command must go on continuing a run, as a cron job repeats it."""
+    config, base = _continued_config(folder), PRESETS.get(CUSTOM_BASE if preset == "custom" else preset)
+    if config is None or base is None or config.get("preset") != preset:
+        return {}
+    train, model = config.get("train"), config.get("model")
+    if not isinstance(train, dict) or not isinstance(model, dict):
+        return {}
+    recorded = {**train, **model}
+    return {k: recorded[k] for k, v in base.items()
+            if overrides.get(k) is None and recorded.get(k) is not None and recorded[k] != v}
+
+
 def _recorded_lineage(folder: RunFolder):
     """(init_from record, ModelConfig) from the config.json of a run started with --init-from
     that has a checkpoint to continue; None for any other folder."""
+    config = _continued_config(folder)
+    record = config.get("init_from") if config is not None else None
+    try:
+        return (record, ModelConfig.from_dict(config["model"])) if isinstance(record, dict) else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None       # a damaged config: the checkpoint's own checks decide
+
+
+def _continued_config(folder: RunFolder) -> Optional[dict]:
+    """The config.json of the run in `folder` when it has a checkpoint to continue and the file
+    reads as a JSON object; None otherwise (the checkpoint's own checks decide then)."""
     if not folder.ckpt_last.exists():
         return None
     try:
         config = json.loads(folder.config.read_text(encoding="utf-8"))
-        record = config.get("init_from")
-        return (record, ModelConfig.from_dict(config["model"])) if isinstance(record, dict) else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None       # no readable config: the checkpoint's own checks decide
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def _diverged(trainer: Trainer) -> None:

@@ -339,6 +339,27 @@ def test_the_host_reads_the_steps_only_at_log_and_evaluation_points(data, tmp_pa
     assert "step 4/13" in log and "step 8/13" in log and "step 5/13" not in log
 
 
+def test_resume_keeps_the_preset_values_the_run_started_with(data, tmp_path, monkeypatch):
+    """The same command goes on continuing a run after the presets change (the family and the
+    optimizer have): a field no flag sets keeps the run's recorded value; a flag still decides."""
+    out, tiny = tmp_path / "run", {k: v for k, v in TINY.items() if k not in ("lr", "batch_size")}
+    T.train(data["tok"], data["corpus"], out, "custom", {**tiny, "max_steps": 3, "eval_every": 3}, quiet=True)
+    later = {**C.PRESETS["small"], "family": "qwen3", "optimizer": "adamw", "lr": 1e-3, "batch_size": 4}
+    monkeypatch.setitem(C.PRESETS, "small", later)                 # the presets of a later version
+    s = T.train(data["tok"], data["corpus"], out, "custom", {**tiny, "max_steps": 6, "eval_every": 3}, quiet=True)
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert s["steps"] == 6 and config["model"]["family"] == "neox"
+    assert (config["train"]["optimizer"], config["train"]["lr"], config["train"]["batch_size"]) == ("muon", 4e-3, 8)
+    log = (out / "train.log").read_text(encoding="utf-8")
+    assert "continuing the run with the custom preset's values it started with (flags override them): " \
+           "--batch-size 8 --lr 0.004 --family neox --optimizer muon" in log
+    with pytest.raises(UserError, match=r"family neox -> qwen3.*add --family neox"):
+        T.train(data["tok"], data["corpus"], out, "custom", {**tiny, "max_steps": 9, "family": "qwen3"}, quiet=True)
+    fresh = T.train(data["tok"], data["corpus"], tmp_path / "new", "custom", {**tiny, "max_steps": 2}, quiet=True)
+    new_config = json.loads((tmp_path / "new" / "config.json").read_text(encoding="utf-8"))
+    assert new_config["model"]["family"] == "qwen3" and fresh["steps"] == 2          # a new run: the new presets
+
+
 def test_resume_refuses_other_shape_tokenizer_or_corpus(data, tmp_path):
     out = tmp_path / "run"
     run(data, out, overrides=dict(max_steps=3, eval_every=3))
