@@ -310,7 +310,7 @@ def load_resume_checkpoint(path: Path, mcfg: ModelConfig, tokenizer_hash: str, c
                         f"original tokenizer.json, or use another --outdir")
     if diff:
         # the presets' family has changed over time (neox, then qwen3, then neox with Muon): name the flag
-        family = f" (add --family {old.get('family')} to continue this run)" if old.get("family") != new["family"] else ""
+        family = f" (--family {old.get('family')} to continue this run)" if old.get("family") != new["family"] else ""
         raise UserError(f"cannot resume {path}: the model shape differs from the checkpoint's "
                         f"({', '.join(diff)}); use the same --config and shape flags{family}, or another --outdir")
     hint = "delete it to start over (ckpt_best.pt, if there is one, still holds the best model), or use another --outdir"

@@ -353,7 +353,7 @@ def test_resume_keeps_the_preset_values_the_run_started_with(data, tmp_path, mon
     log = (out / "train.log").read_text(encoding="utf-8")
     assert "continuing the run with the custom preset's values it started with (flags override them): " \
            "--batch-size 8 --lr 0.004 --family neox --optimizer muon" in log
-    with pytest.raises(UserError, match=r"family neox -> qwen3.*add --family neox"):
+    with pytest.raises(UserError, match=r"family neox -> qwen3.*--family neox to continue"):
         T.train(data["tok"], data["corpus"], out, "custom", {**tiny, "max_steps": 9, "family": "qwen3"}, quiet=True)
     fresh = T.train(data["tok"], data["corpus"], tmp_path / "new", "custom", {**tiny, "max_steps": 2}, quiet=True)
     new_config = json.loads((tmp_path / "new" / "config.json").read_text(encoding="utf-8"))
@@ -365,7 +365,7 @@ def test_resume_refuses_other_shape_tokenizer_or_corpus(data, tmp_path):
     run(data, out, overrides=dict(max_steps=3, eval_every=3))
     with pytest.raises(UserError, match="model shape differs.*n_embd 32 -> 64"):
         run(data, out, overrides=dict(max_steps=6, n_embd=64))
-    with pytest.raises(UserError, match=r"model shape differs.*family neox -> llama.*add --family neox"):
+    with pytest.raises(UserError, match=r"model shape differs.*family neox -> llama.*--family neox to continue"):
         run(data, out, overrides=dict(max_steps=6, family="llama"))
     with pytest.raises(UserError, match="trained with --optimizer muon, not adamw"):
         run(data, out, overrides=dict(max_steps=6, optimizer="adamw"))
