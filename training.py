@@ -839,13 +839,14 @@ def train(tokenizer, corpus, outdir: str | os.PathLike,
     folder = RunFolder(outdir)
     overrides = dict(overrides or {})
     given_shape = {k: overrides.get(k) for k in MODEL_FIELDS}
-    source, lineage, shape = _init_source(init_from, identity, folder, resume, force)
+    continued = _continued_config(folder)          # read once: the lineage and the kept preset values
+    source, lineage, shape = _init_source(init_from, identity, folder, resume, force, continued)
     kept = {}
     if lineage is not None:                         # a run from trained weights: their shape, lower lr
         overrides = init_from_defaults(preset, overrides)
         overrides.update({k: v for k, v in shape.to_dict().items() if k in MODEL_FIELDS and k != "dropout"})
     else:
-        kept = _kept_preset_values(folder, preset, overrides)
+        kept = _kept_preset_values(continued, preset, overrides)
         overrides.update(kept)
     try:
         mcfg, tcfg = make_configs(preset, overrides, vocab_size=identity.vocab_size,
@@ -928,14 +929,15 @@ def _starting_checkpoint(folder: RunFolder, source, mcfg: ModelConfig, identity,
     return None
 
 
-def _init_source(init_from, identity, folder: RunFolder, resume: bool, force: bool):
+def _init_source(init_from, identity, folder: RunFolder, resume: bool, force: bool, continued: Optional[dict]):
     """(InitSource or None, lineage record or None, its ModelConfig or None) of a run.
 
     --init-from: the weights are read and checked here, and refused when --resume is also given
     or --outdir already holds a run (unless --force). A run continued from a folder whose
-    config.json records an init_from keeps that lineage: its shape and the --init-from defaults."""
+    config.json (`continued`) records an init_from keeps that lineage: its shape and the --init-from
+    defaults."""
     if init_from is None:
-        recorded = _recorded_lineage(folder)
+        recorded = _recorded_lineage(continued)
         if recorded is None:
             return None, None, None
         lineage, shape = recorded
@@ -952,12 +954,12 @@ def _init_source(init_from, identity, folder: RunFolder, resume: bool, force: bo
     return source, source.record, source.model_config
 
 
-def _kept_preset_values(folder: RunFolder, preset: str, overrides: dict) -> dict:
-    """field -> value: the preset's fields that no flag sets now and that the run in `folder`
-    (one with a checkpoint to continue, started from the same preset) recorded with another
+def _kept_preset_values(config: Optional[dict], preset: str, overrides: dict) -> dict:
+    """field -> value: the preset's fields that no flag sets now and that the run being
+    continued (`config`, its config.json; started from the same preset) recorded with another
     value. Presets change between versions (the family and the optimizer have), and the same
     command must go on continuing a run, as a cron job repeats it."""
-    config, base = _continued_config(folder), PRESETS.get(CUSTOM_BASE if preset == "custom" else preset)
+    base = PRESETS.get(CUSTOM_BASE if preset == "custom" else preset)
     if config is None or base is None or config.get("preset") != preset:
         return {}
     train, model = config.get("train"), config.get("model")
@@ -968,10 +970,9 @@ def _kept_preset_values(folder: RunFolder, preset: str, overrides: dict) -> dict
             if overrides.get(k) is None and recorded.get(k) is not None and recorded[k] != v}
 
 
-def _recorded_lineage(folder: RunFolder):
-    """(init_from record, ModelConfig) from the config.json of a run started with --init-from
-    that has a checkpoint to continue; None for any other folder."""
-    config = _continued_config(folder)
+def _recorded_lineage(config: Optional[dict]):
+    """(init_from record, ModelConfig) from the config.json of a continued run (`config`) that
+    was started with --init-from; None for any other run."""
     record = config.get("init_from") if config is not None else None
     try:
         return (record, ModelConfig.from_dict(config["model"])) if isinstance(record, dict) else None
