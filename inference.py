@@ -14,8 +14,11 @@
   longer passes (prompts, evaluation windows) dequantize the weight first.
 - Outside autocast, products of more than one row run in bf16 where the CPU has native bf16,
   else in float32 (the stored weight converted at each call, a small cost beside the product):
-  emulated bf16 is 10-30x slower. On such a CPU `--quantize int8` also evaluates in float32, not
-  under bf16 autocast.
+  emulated bf16 is 10-30x slower. On such a CPU `--quantize int8` also evaluates outside bf16
+  autocast, and where the CPU has int8 dot products (VNNI) its products of more than
+  INT8_KERNEL_ROWS rows are int8 ones (`quantized::linear_dynamic` on oneDNN: the rows quantized
+  to uint8 with one scale per product, the int32 sums scaled back to float32 with the bias, in
+  one call), about twice as fast as float32 here; else in float32 from the dequantized weight.
 - bf16 / fp16 on a GPU: the Linear weights are cast in place and the model runs under autocast.
 
 The model must not be trained or saved after `prepare`.
@@ -23,6 +26,7 @@ The model must not be trained or saved after `prepare`.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -31,6 +35,8 @@ import torch.nn.functional as F
 
 QUANTIZE = ("int8",)
 INT8_KERNEL_ROWS = 8   # _weight_int8pack_mm beats a bf16 matmul up to ~8 rows and is 3x slower at 64
+INT8_ENGINE = "onednn"  # quantized::linear_dynamic's engine: on the AVX-512 VNNI Xeon 1.2x fbgemm's
+                       # ("x86") in whole evaluations; its weights are packed once, at first use
 INT8_ALIGN = 32        # ... and, with bf16 inputs, gave garbage or crashed for in_features of 24, 40
                        # and 683 (multiples of 16 worked); layers not aligned to 32 stay bf16
 
@@ -56,8 +62,11 @@ class FrozenLinear(nn.Module):
         else:
             raise ValueError(f"FrozenLinear kind {kind!r} must be bf16 or int8")
         self.register_buffer("bias", None if bias is None else bias.detach().float())
-        from precision import cpu_native_bf16
-        self.native_bf16 = cpu_native_bf16() is not None   # else products of many rows run in float32
+        from precision import cpu_int8_dot_product, cpu_native_bf16
+        self.native_bf16 = cpu_native_bf16() is not None   # else products of many rows run in float32,
+        self.int8_rows = (kind == "int8" and not self.native_bf16 and cpu_int8_dot_product()   # or int8
+                          and int8_products_available())
+        self._packed = None                                # linear_dynamic's packed weight and bias
 
     @property
     def weight(self) -> torch.Tensor:
@@ -75,6 +84,9 @@ class FrozenLinear(nn.Module):
         elif x2.shape[0] == 1 and cpu and not torch.compiler.is_compiling():
             y = _matvec_without_onednn(x2.to(torch.bfloat16), self.weight)
         elif cpu and not self.native_bf16 and not torch.is_autocast_enabled("cpu"):
+            if self.int8_rows and not torch.compiler.is_compiling():
+                y = torch.ops.quantized.linear_dynamic(x2.float().contiguous(), self._packed_weight(), False)
+                return y.view(*lead, self.out_features)         # float32, the bias added
             y = F.linear(x2.float(), self.weight.float())   # bf16 would be emulated: 10-30x slower
         else:
             y = F.linear(x2.to(torch.bfloat16), self.weight)
@@ -84,8 +96,34 @@ class FrozenLinear(nn.Module):
             y = y.float() if self.bias is None else torch.add(self.bias, y)   # float32, one pass
         return y.view(*lead, self.out_features)
 
+    def _packed_weight(self):
+        """The int8 weight and per-row scales (the same as the int8 kernel's) and the bias, packed
+        for quantized::linear_dynamic on INT8_ENGINE, once."""
+        if self._packed is None:
+            with warnings.catch_warnings():   # the quantized tensor type is deprecated; it only carries
+                warnings.simplefilter("ignore")   # the weight into the packing here
+                qweight = torch._make_per_channel_quantized_tensor(
+                    self.qweight, self.scales.double(), torch.zeros(self.out_features, dtype=torch.long), 0)
+            engine = torch.backends.quantized.engine
+            torch.backends.quantized.engine = INT8_ENGINE
+            try:
+                self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
+            finally:
+                torch.backends.quantized.engine = engine
+        return self._packed
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.kind}"
+
+
+def int8_products_available() -> bool:
+    """Whether this torch build has quantized::linear_dynamic on INT8_ENGINE (a deprecated part of
+    torch, so checked rather than assumed)."""
+    try:
+        return INT8_ENGINE in torch.backends.quantized.supported_engines and \
+            hasattr(torch.ops.quantized, "linear_dynamic")
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _matvec_without_onednn(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -163,7 +201,7 @@ def resolve_precision_for(requested: str, device, quantize: Optional[str], **sha
     multiplies in bf16, so an explicit fp32 or fp16 is refused (UserError); auto means bf16 where the
     CPU has native bf16, else float32 (see the module docstring). UserError."""
     from common import UserError
-    from precision import Precision, cpu_native_bf16, resolve_precision
+    from precision import Precision, cpu_int8_dot_product, cpu_native_bf16, resolve_precision
     if quantize is not None:
         if device.type != "cpu":
             raise UserError(f"--quantize {quantize} runs on CPUs (its kernel is a CPU one); on {device.type} "
@@ -172,7 +210,9 @@ def resolve_precision_for(requested: str, device, quantize: Optional[str], **sha
             raise UserError(f"--quantize {quantize} multiplies in bf16 and cannot run with --precision {requested}; "
                             f"drop --precision (or use --precision bf16)")
         if cpu_native_bf16() is None and requested == "auto":   # no bf16 autocast where it is emulated
+            rows = ("int8 products of many rows (VNNI)" if cpu_int8_dot_product() and int8_products_available()
+                    else "float32 products of many rows")
             return Precision("fp32", device.type, requested, "no native bf16 on this CPU (AVX512_BF16/AMX): "
-                             "float32 activations and products of many rows")
+                             f"float32 activations, {rows}")
         return resolve_precision("bf16", device, warn_emulated=False, **shape)
     return resolve_precision(requested, device, **shape)

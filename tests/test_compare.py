@@ -32,7 +32,7 @@ def test_quick_run_reports_every_row_with_positive_numbers(report):
     expected = {"train.fp32.ours", "train.fp32.ours_loop", "train.fp32.ours_end_to_end",
                 "train.fp32.hf_loop_neox", "train.fp32.hf_loop_llama",
                 "generate.b1.ours", "generate.b1.hf_neox", "generate.b8.ours", "generate.b8.hf_neox",
-                "evaluate.ours", "evaluate.hf_neox"}
+                "evaluate.ours", "evaluate.ours_int8", "evaluate.hf_neox"}
     if importlib.util.find_spec("accelerate") is not None:
         expected |= {"train.fp32.hf_trainer_neox", "train.fp32.hf_trainer_llama"}
     else:
@@ -47,7 +47,8 @@ def test_quick_run_reports_every_row_with_positive_numbers(report):
 def test_quick_run_ratios_targets_and_machine(report):
     ratios = {x["id"]: x for x in report["ratios"]}
     for rid in ("train.fp32.mfu", "train.fp32.ours_over_loop_neox", "train.fp32.ours_over_loop_llama",
-                "generate.b1.int8_over_hf", "generate.ours_b8_over_b1", "evaluate.fp32_over_hf"):
+                "generate.b1.int8_over_hf", "generate.ours_b8_over_b1", "evaluate.fp32_over_hf",
+                "evaluate.int8_over_hf"):
         assert ratios[rid]["value"] > 0 and ratios[rid]["target"] > 0
         assert isinstance(ratios[rid]["pass"], bool)
     assert ratios["generate.b1.fp32_over_hf"]["value"] > 0 and ratios["generate.b1.fp32_over_hf"]["target"] is None
@@ -66,6 +67,8 @@ def test_quick_run_checks_same_function_and_greedy_tokens(report):
     # compiled side in --quick)
     assert set(checks["greedy"]) == {"b1", "b8", "b1.ours_int8_vs_fp32", "b8.ours_int8_vs_fp32"}
     assert report["config"]["generate_compile_seconds"] == {}
+    evaluation = checks["evaluation"]                      # int8 evaluates (nearly) our fp32 function
+    assert evaluation["loss_ours_int8"] == pytest.approx(evaluation["loss_ours"], rel=0.01)
     for key in checks["greedy"]:
         g = checks["greedy"][key]
         assert g["k"] == 20 and 0 <= g["rows_agreeing_first_k"] <= g["rows"]

@@ -336,6 +336,7 @@ def test_int8_without_native_bf16_computes_in_float32(trained, ckpt, monkeypatch
 
     torch.manual_seed(0)
     weight, x = torch.randn(96, 64), torch.randn(40, 64)
+    monkeypatch.setattr(P, "cpu_int8_dot_product", lambda: False)         # no VNNI: float32 products
     emulated = inference.FrozenLinear(weight, None, "int8")
     dequantized = emulated.weight.float()
     with torch.no_grad():
@@ -347,11 +348,37 @@ def test_int8_without_native_bf16_computes_in_float32(trained, ckpt, monkeypatch
         one = torch.ops.aten._weight_int8pack_mm(x[:1].bfloat16(), emulated.qweight, emulated.scales).float()
         assert torch.equal(emulated(x[:1]), one)                            # the int8 kernel for one row
     monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
+    monkeypatch.undo()                                                    # the CPU's own VNNI, if any
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
 
     fp32 = evaluate_json(trained, ckpt, "fp32", capsys)
     assert main.main(["evaluate", "--tokenizer", str(trained["tok"]), "--ckpt", ckpt, "--test-file",
                       str(trained["test"]), "--quantize", "int8", "--json", "--quiet"]) == 0
     q = json.loads(capsys.readouterr().out)
     assert q["quantize"] == "int8" and q["precision"]["chosen"] == "fp32"
-    assert q["perplexity"] == pytest.approx(fp32["perplexity"], rel=0.02)
+    assert q["perplexity"] == pytest.approx(fp32["perplexity"], rel=0.01)
     assert q["perplexity"] != fp32["perplexity"]                             # the int8 weights were used
+
+
+@pytest.mark.skipif(not inference.int8_products_available(), reason="this torch has no quantized::linear_dynamic")
+def test_int8_products_of_many_rows_where_the_cpu_has_vnni(monkeypatch):
+    """Without native bf16 but with int8 dot products, products of more than INT8_KERNEL_ROWS rows
+    are int8 ones (the rows quantized per product, the bias added): within about 1% of the float32
+    product of the same int8 weights, float32 out, and the one-row kernel unchanged."""
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
+    monkeypatch.setattr(P, "cpu_int8_dot_product", lambda: True)
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 96)
+    q = inference.FrozenLinear(layer.weight, layer.bias, "int8")
+    assert q.int8_rows
+    x = torch.randn(5, 40, 64)
+    with torch.no_grad():
+        ref = x @ q.weight.float().t() + layer.bias                         # the same int8 weights, in float32
+        got = q(x)
+        assert got.shape == (5, 40, 96) and got.dtype == torch.float32
+        assert 0 < (got - ref).norm() < 0.02 * ref.norm()                   # int8 rows: close, not float32's
+        one = torch.ops.aten._weight_int8pack_mm(x[0, :1].bfloat16(), q.qweight, q.scales).float() + layer.bias
+        assert torch.allclose(q(x[0, :1]), one)
+        monkeypatch.setattr(P, "cpu_int8_dot_product", lambda: False)
+        plain = inference.FrozenLinear(layer.weight, layer.bias, "int8")
+        assert not plain.int8_rows and torch.allclose(plain(x), ref, atol=1e-5)
