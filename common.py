@@ -242,6 +242,46 @@ def add_log_file(path: str | os.PathLike) -> None:
     log.addHandler(handler)
 
 
+# =========================================================================== the C allocator
+
+ALLOCATOR_ENV = "MINI_LLM_ALLOCATOR"   # "default": leave the C allocator as it is
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc's mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 32 << 20              # the largest glibc accepts (HEAP_MAX_SIZE / 2 on 64-bit)
+TRIM_THRESHOLD = 1 << 30
+
+
+def tune_allocator() -> str:
+    """Have glibc's malloc keep the memory of freed tensors for the next ones instead of giving
+    it back to the system at once. By default every block over 128 KB-32 MB is a fresh mmap and a
+    munmap when freed, so each activation of a forward pass is first touched page by page (a
+    page fault per 4 KB): on 2 CPU cores that was a fifth to a third of an evaluation's time and
+    several percent of a training step. Blocks up to MMAP_THRESHOLD now come from the heap, and
+    the heap's top is kept up to TRIM_THRESHOLD (the memory stays with the process, up to its
+    peak, as with any caching allocator).
+
+    Returns what it did, for the log: "" where it did nothing: not glibc, MINI_LLM_ALLOCATOR=default,
+    or the user chose already (MALLOC_*_ environment variables, GLIBC_TUNABLES, or another
+    allocator in LD_PRELOAD)."""
+    import ctypes
+    import platform
+    if os.environ.get(ALLOCATOR_ENV, "").strip().lower() == "default":
+        return ""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return ""
+    chosen = [k for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_") if k in os.environ]
+    if chosen or "malloc" in os.environ.get("GLIBC_TUNABLES", "") or \
+            any(a in os.environ.get("LD_PRELOAD", "") for a in ("jemalloc", "tcmalloc", "mimalloc")):
+        return ""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        done = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and \
+            libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    except (OSError, AttributeError):
+        return ""
+    return f"glibc malloc keeps freed blocks up to {MMAP_THRESHOLD >> 20} MB ({ALLOCATOR_ENV}=default: off)" \
+        if done else ""
+
+
 def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 

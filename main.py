@@ -13,7 +13,7 @@ import os
 import sys
 
 from common import (DEVICES, EXIT_INTERRUPTED, EXIT_USAGE, UserError, log, parse_duration, refuse_same_file,
-                    require_file, setup_logging)
+                    require_file, setup_logging, tune_allocator)
 from config import INIT_FROM_LR_FACTOR, INIT_FROM_WARMUP_FRACTION, PRESETS, preset_parameters, train_flags
 from tokenizer import DOC_SEPARATOR, load_identity  # the tokenizer is loaded and hashed once per command
 
@@ -503,6 +503,9 @@ def main(argv=None) -> int:
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     setup_logging(quiet=getattr(args, "quiet", False))
+    allocator = tune_allocator()
+    if allocator:
+        log.debug(allocator)
     try:
         _check_text_args(args)
         return args.func(args) or 0

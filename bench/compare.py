@@ -791,6 +791,8 @@ def print_report(rep: dict) -> None:
           f"(intermediate {c['llama_intermediate']}); batch {c['batch_size']}; {c['tokens']:,} tokens of "
           f"{Path(c['corpus']).name}; median of {c['rounds']} round(s); fp32 matmul peak "
           f"{rep['matmul_peak_gflops']:.1f} GFLOP/s")
+    if m.get("allocator"):
+        print(f"allocator, both sides: {m['allocator']}")
     print(f"training: {c['train_steps']} steps, the first {c['warmup_steps_untimed']} untimed (warm-up); "
           f"ours evaluates every {c['eval_every']} steps ({c['eval_batches']} batches, a sample, two checkpoints)")
     section = None
@@ -864,9 +866,13 @@ def run(a, log) -> dict:
     import torch
     from checkpoint import load_model
     from precision import cpu_native_bf16
+    from common import tune_allocator
     if a.threads:
         torch.set_num_threads(a.threads)
-    machine = machine_info()
+    # Both sides under the allocator thresholds main.py sets (ours trains through main.py): the
+    # ratios then compare the code, not the allocators.
+    allocator = tune_allocator()
+    machine = dict(machine_info(), allocator=allocator or "the C library's default")
     peak = matmul_peak()
     data = prepare_data(a, log)
     cfg = our_config(a, data.identity.vocab_size)

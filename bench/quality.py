@@ -458,6 +458,8 @@ def main(argv=None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    from common import tune_allocator
+    tune_allocator()        # the peer trains in this process under the allocator main.py gives ours
     try:
         rep = run(a, log)
     except BenchError as e:
