@@ -503,9 +503,7 @@ def main(argv=None) -> int:
             stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     setup_logging(quiet=getattr(args, "quiet", False))
-    allocator = tune_allocator()
-    if allocator:
-        log.debug(allocator)
+    tune_allocator()                               # freed tensors' memory kept for the next ones
     try:
         _check_text_args(args)
         return args.func(args) or 0
