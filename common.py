@@ -254,8 +254,8 @@ def tune_allocator() -> str:
     """Have glibc's malloc keep the memory of freed tensors for the next ones instead of giving
     it back to the system at once. By default every block over 128 KB-32 MB is a fresh mmap and a
     munmap when freed, so each activation of a forward pass is first touched page by page (a
-    page fault per 4 KB): on 2 CPU cores that was a fifth to a third of an evaluation's time and
-    several percent of a training step. Blocks up to MMAP_THRESHOLD now come from the heap, and
+    page fault per 4 KB): on 2 CPU cores that was up to a fifth of an evaluation's time (a
+    training step's gain was within the noise). Blocks up to MMAP_THRESHOLD now come from the heap, and
     the heap's top is kept up to TRIM_THRESHOLD (the memory stays with the process, up to its
     peak, as with any caching allocator).
 

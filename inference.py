@@ -63,9 +63,11 @@ class FrozenLinear(nn.Module):
             raise ValueError(f"FrozenLinear kind {kind!r} must be bf16 or int8")
         self.register_buffer("bias", None if bias is None else bias.detach().float())
         from precision import cpu_int8_dot_product, cpu_native_bf16
-        self.native_bf16 = cpu_native_bf16() is not None   # else products of many rows run in float32,
-        self.int8_rows = (kind == "int8" and not self.native_bf16 and cpu_int8_dot_product()   # or int8
-                          and int8_products_available())
+        # Products of many rows: bf16 with native bf16; else int8 ones (int8 weights, a CPU with VNNI)
+        # or float32.
+        self.native_bf16 = cpu_native_bf16() is not None
+        self.int8_rows = kind == "int8" and not self.native_bf16 and cpu_int8_dot_product() and \
+            int8_products_available()
         self._packed = None                                # linear_dynamic's packed weight and bias
 
     @property
