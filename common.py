@@ -268,7 +268,7 @@ def tune_allocator() -> str:
         return ""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return ""
-    chosen = [k for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_") if k in os.environ]
+    chosen = any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"))
     if chosen or "malloc" in os.environ.get("GLIBC_TUNABLES", "") or \
             any(a in os.environ.get("LD_PRELOAD", "") for a in ("jemalloc", "tcmalloc", "mimalloc")):
         return ""

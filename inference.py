@@ -63,12 +63,11 @@ class FrozenLinear(nn.Module):
         else:
             raise ValueError(f"FrozenLinear kind {kind!r} must be bf16 or int8")
         self.register_buffer("bias", None if bias is None else bias.detach().float())
-        from precision import cpu_int8_dot_product, cpu_native_bf16
+        from precision import cpu_native_bf16
         # Products of many rows: bf16 with native bf16; else int8 ones (int8 weights, a CPU with VNNI)
         # or float32.
         self.native_bf16 = cpu_native_bf16() is not None
-        self.int8_rows = kind == "int8" and not self.native_bf16 and cpu_int8_dot_product() and \
-            int8_products_available()
+        self.int8_rows = kind == "int8" and not self.native_bf16 and int8_rows_here()
         self._packed = None                                # linear_dynamic's packed weight and bias
 
     @property
@@ -127,6 +126,13 @@ def int8_products_available() -> bool:
             hasattr(torch.ops.quantized, "linear_dynamic")
     except (AttributeError, RuntimeError):
         return False
+
+
+def int8_rows_here() -> bool:
+    """Whether int8 products of many rows run here: the CPU has int8 dot products (VNNI) and torch
+    has the op."""
+    from precision import cpu_int8_dot_product
+    return cpu_int8_dot_product() and int8_products_available()
 
 
 def _matvec_without_onednn(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -204,7 +210,7 @@ def resolve_precision_for(requested: str, device, quantize: Optional[str], **sha
     multiplies in bf16, so an explicit fp32 or fp16 is refused (UserError); auto means bf16 where the
     CPU has native bf16, else float32 (see the module docstring). UserError."""
     from common import UserError
-    from precision import Precision, cpu_int8_dot_product, cpu_native_bf16, resolve_precision
+    from precision import Precision, cpu_native_bf16, resolve_precision
     if quantize is not None:
         if device.type != "cpu":
             raise UserError(f"--quantize {quantize} runs on CPUs (its kernel is a CPU one); on {device.type} "
@@ -213,8 +219,7 @@ def resolve_precision_for(requested: str, device, quantize: Optional[str], **sha
             raise UserError(f"--quantize {quantize} multiplies in bf16 and cannot run with --precision {requested}; "
                             f"drop --precision (or use --precision bf16)")
         if cpu_native_bf16() is None and requested == "auto":   # no bf16 autocast where it is emulated
-            rows = ("int8 products of many rows (VNNI)" if cpu_int8_dot_product() and int8_products_available()
-                    else "float32 products of many rows")
+            rows = "int8 products of many rows (VNNI)" if int8_rows_here() else "float32 products of many rows"
             return Precision("fp32", device.type, requested, "no native bf16 on this CPU (AVX512_BF16/AMX): "
                              f"float32 activations, {rows}")
         return resolve_precision("bf16", device, warn_emulated=False, **shape)
