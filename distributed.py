@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
@@ -92,10 +93,16 @@ def init(device: torch.device) -> tuple[Dist, torch.device]:
 def shutdown(finished: bool = False) -> None:
     """Leave the process group. `finished`: every rank got here the same way, so they first wait
     for each other (a rank that tears gloo down while another still finishes its last writes can
-    abort at exit)."""
+    abort at exit). Garbage is collected first: the trainer and its DistributedDataParallel
+    wrapper outlive train() in reference cycles (any exception caught deep in a call keeps the
+    frames above it), and the wrapper's reducer holds the process group, whose gloo threads
+    would then be torn down at some later collection, possibly during interpreter shutdown,
+    where that aborts (SIGABRT, "terminate called without an active exception": a finished run
+    reported as failed by torchrun)."""
     if torch_dist.is_initialized():
         if finished:
             torch_dist.barrier()
+        gc.collect()
         torch_dist.destroy_process_group()
     _state.update(dist=SINGLE, device=torch.device("cpu"))
 

@@ -206,19 +206,22 @@ def log_setup(precision, quantize: Optional[str], stage: str, *, weight_only: bo
 
 
 def resolve_precision_for(requested: str, device, quantize: Optional[str], **shape):
-    """precision.resolve_precision for generation or evaluation. `--quantize int8` needs a CPU and
-    multiplies in bf16, so an explicit fp32 or fp16 is refused (UserError); auto means bf16 where the
-    CPU has native bf16, else float32 (see the module docstring). UserError."""
+    """precision.resolve_precision for generation or evaluation. `--quantize int8` needs a CPU. Where
+    the CPU has native bf16 its products take bf16 activations, so an explicit fp32 or fp16 is
+    refused (UserError); without native bf16 its activations stay float32 (auto and fp32 alike:
+    bf16 autocast would be emulated) and only fp16 is refused. See the module docstring."""
     from common import UserError
     from precision import Precision, cpu_native_bf16, resolve_precision
     if quantize is not None:
         if device.type != "cpu":
             raise UserError(f"--quantize {quantize} runs on CPUs (its kernel is a CPU one); on {device.type} "
                             f"use --precision bf16 instead")
-        if requested in ("fp32", "fp16"):
-            raise UserError(f"--quantize {quantize} multiplies in bf16 and cannot run with --precision {requested}; "
+        native = cpu_native_bf16() is not None
+        if requested == "fp16" or requested == "fp32" and native:
+            why = "multiplies in bf16 on this CPU (it has native bf16)" if native else "has no fp16 kernel"
+            raise UserError(f"--quantize {quantize} {why} and cannot run with --precision {requested}; "
                             f"drop --precision (or use --precision bf16)")
-        if cpu_native_bf16() is None and requested == "auto":   # no bf16 autocast where it is emulated
+        if not native and requested in ("auto", "fp32"):   # no bf16 autocast where it is emulated
             rows = "int8 products of many rows (VNNI)" if int8_rows_here() else "float32 products of many rows"
             return Precision("fp32", device.type, requested, "no native bf16 on this CPU (AVX512_BF16/AMX): "
                              f"float32 activations, {rows}")

@@ -159,6 +159,26 @@ def test_two_launchers_with_nnodes_2_over_localhost_train_together(data, tmp_pat
     assert_same_weights(one, out)
 
 
+def test_no_rank_keeps_the_process_group_alive_past_main(data, tmp_path):
+    """A finished run's ranks must not hold the gloo group after main() returns: the DDP wrapper
+    sat in a reference cycle, and its group, torn down during interpreter shutdown, could abort
+    one rank (SIGABRT) and make torchrun report a finished run as failed."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(f"""import gc, sys
+sys.path.insert(0, {str(ROOT)!r})
+import main
+rc = main.main(sys.argv[1:])
+held = [type(o).__name__ for o in gc.get_objects() if type(o).__name__ in ("Trainer", "DistributedDataParallel")]
+print("still held:", held, file=sys.stderr)
+sys.exit(rc or (3 if held else 0))
+""", encoding="utf-8")
+    cmd = torchrun(*train_args(data, tmp_path / "run", 2))
+    cmd[cmd.index(str(ROOT / "main.py"))] = str(probe)
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("still held: []") == 2
+
+
 def test_bad_input_under_torchrun_is_an_error_line_and_exit_2_with_nothing_written(data, tmp_path):
     proc = subprocess.run(torchrun(*train_args(data, tmp_path / "bad", 20, "--lr", "-1")), cwd=ROOT,
                           env=ENV, capture_output=True, text=True, timeout=600)

@@ -330,6 +330,10 @@ def test_int8_without_native_bf16_computes_in_float32(trained, ckpt, monkeypatch
         p = inference.resolve_precision_for("auto", torch.device("cpu"), "int8", **shape)
     assert p.name == "fp32" and p.dtype is None
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    asked = inference.resolve_precision_for("fp32", torch.device("cpu"), "int8", **shape)   # the same, asked for
+    assert asked.name == "fp32" and asked.reason == p.reason
+    with pytest.raises(UserError, match="no fp16 kernel"):
+        inference.resolve_precision_for("fp16", torch.device("cpu"), "int8", **shape)
     with caplog.at_level("WARNING"):
         inference.resolve_precision_for("bf16", torch.device("cpu"), None, **shape)
     assert any("10-30x" in r.getMessage() for r in caplog.records)
