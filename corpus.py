@@ -32,10 +32,9 @@ def read_documents(path: str | os.PathLike, separator: str = DOC_SEPARATOR) -> I
     path = Path(path)
     sep = _separator_line(separator, "separator")
     lines: list[str] = []
-    lineno = 0
     try:
         with open(path, encoding="utf-8-sig", newline=None) as f:
-            for lineno, line in enumerate(f, 1):
+            for line in f:
                 # cheap test first: a separator line is short
                 if len(line) <= len(sep) + 4 and line.strip() == sep:
                     doc = _finish_document(lines, path)
@@ -45,11 +44,38 @@ def read_documents(path: str | os.PathLike, separator: str = DOC_SEPARATOR) -> I
                 else:
                     lines.append(line)
     except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not valid UTF-8 text (bad byte after line {lineno}: {e.reason}); "
+        bad = first_invalid_utf8(path)
+        where = f"line {bad[0]}, byte {bad[1]:,}: {bad[2]}" if bad else e.reason
+        raise UserError(f"{path} is not valid UTF-8 text ({where}); "
                         f"clean it with 'python main.py prepare-corpus' first")
     doc = _finish_document(lines, path)
     if doc is not None:
         yield doc
+
+
+def first_invalid_utf8(path: str | os.PathLike, block: int = 1 << 24) -> Optional[tuple[int, int, str]]:
+    """(line number from 1, byte offset from 0, what is wrong) of the first byte of `path` that
+    is not valid UTF-8, or None if there is none. Read in blocks: a character cut by a block's
+    end is carried into the next block, so only real errors count."""
+    carry, offset, newlines = b"", 0, 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(block)
+            data = carry + chunk
+            if not data:
+                return None
+            try:
+                data.decode("utf-8")
+                good, carry = data, b""
+            except UnicodeDecodeError as e:
+                if chunk and e.end == len(data) and "end of data" in e.reason:   # cut by the block's end
+                    good, carry = data[:e.start], data[e.start:]
+                else:
+                    return newlines + data.count(b"\n", 0, e.start) + 1, offset + e.start, e.reason
+            if not chunk:
+                return None
+            newlines += good.count(b"\n")
+            offset += len(good)
 
 
 def _separator_line(separator: str, what: str) -> str:

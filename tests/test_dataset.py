@@ -475,3 +475,18 @@ def test_store_unwritable_cache_is_a_user_error(tok_path, tmp_path):
     not_a_dir.write_text("x", encoding="utf-8")
     with pytest.raises(UserError, match="cannot write .*tokens-.*is a file, not a folder"):
         dataset.load_or_build_token_store(corpus, tok_path, not_a_dir, quiet=True)
+
+
+def test_first_invalid_utf8_names_the_line_and_byte_across_block_ends(tmp_path):
+    """A multi-byte character cut by a block's end is not an error; the real bad byte is found
+    with its line and byte offset whatever the block size."""
+    from corpus import first_invalid_utf8
+    good = "¿Qué año?\nLa canción «niño» — ñandú\n".encode("utf-8")
+    path = tmp_path / "t.txt"
+    path.write_bytes(good * 3 + b"caf\xe9\n" + good)
+    for block in (1, 2, 3, 5, 7, 64, 1 << 20):
+        assert first_invalid_utf8(path, block=block) == (7, len(good) * 3 + 3, "invalid continuation byte")
+    path.write_bytes(good * 2)
+    assert all(first_invalid_utf8(path, block=b) is None for b in (1, 3, 1 << 20))
+    path.write_bytes(good + "ñ".encode("utf-8")[:1])                    # cut at the end of the file
+    assert first_invalid_utf8(path, block=4)[:2] == (3, len(good))
