@@ -172,12 +172,16 @@ def prepare(model, precision, quantize: Optional[str] = None, *, weight_only: bo
             ) -> Callable[[], contextlib.AbstractContextManager]:
     """Set `model` up for inference in `precision` (precision.Precision) and `quantize` (None or
     "int8", CPU only) and return the context to run it in. `weight_only`: on a CPU, keep the
-    activations float32 (generation, see the module docstring); else bf16 autocast (evaluation)."""
+    activations float32 (generation, see the module docstring); else bf16 autocast (evaluation).
+    On a CPU the model's RoPE layout is interleaved too (GPT.interleave_rope): the model is for
+    running from then on, not for saving."""
     device = model.tok_emb.weight.device
     if quantize is not None and quantize not in QUANTIZE:
         raise ValueError(f"quantize {quantize!r} must be one of {', '.join(QUANTIZE)}")
     if quantize is not None and device.type != "cpu":
         raise ValueError("--quantize int8 is for CPUs")
+    if device.type == "cpu":
+        model.interleave_rope()          # RoPE as one complex product (GPT.interleave_rope)
     if device.type == "cpu" and (quantize is not None or precision.dtype == torch.bfloat16):
         freeze_linear_layers(model, quantize or "bf16")
         return contextlib.nullcontext if weight_only else precision.autocast

@@ -244,6 +244,40 @@ def test_rope_matches_complex_formula():
     assert torch.allclose(rq[5] @ rk[2], rq[9] @ rk[6], atol=1e-5)
 
 
+@pytest.mark.parametrize("family", list(M.FAMILIES))
+def test_interleaved_rope_computes_what_the_checkpoint_layout_computes(family):
+    """GPT.interleave_rope (inference on a CPU): the same logits, token losses and cached
+    decoding as the model in the checkpoint's layout; a second call changes nothing; the real
+    form (torch.compile) and bf16 equal the complex product."""
+    ref = tiny_model(family=family, bias=family == "neox")
+    for block in ref.blocks:                  # zero-initialised biases and unit norms would hide a missed row
+        with torch.no_grad():
+            for p in (block.attn.qkv.bias, *(n.weight for n in (block.attn.q_norm, block.attn.k_norm) if n)):
+                if p is not None:
+                    p.uniform_(0.5, 1.5)
+    m = copy.deepcopy(ref)
+    m.interleave_rope()
+    m.interleave_rope()
+    assert m.rope_cos.shape == (64, 8) and not torch.equal(m.blocks[0].attn.qkv.weight, ref.blocks[0].attn.qkv.weight)
+    idx = random_tokens(2, 20)
+    idx[:, 5] = SEP                                                     # two documents in each row
+    plain = random_tokens(2, 12, seed=2)                                # one document, for the KV cache
+    with torch.no_grad():
+        assert torch.allclose(m(idx)[0], ref(idx)[0], atol=1e-5)
+        assert torch.allclose(m.token_losses(idx[:, :-1], idx[:, 1:]), ref.token_losses(idx[:, :-1], idx[:, 1:]),
+                              atol=1e-5)
+        m.setup_cache(batch_size=2, max_seq_len=16)
+        steps = [m(plain[:, :8], input_pos=torch.arange(8))[0]]
+        steps += [m(plain[:, t:t + 1], input_pos=torch.tensor([t]))[0] for t in range(8, 12)]
+        assert torch.allclose(torch.cat(steps, dim=1), ref(plain)[0], atol=1e-5)
+    x = torch.randn(2, 7, 2, 3, 16)                                     # D = 16: tables of D/2 = 8
+    cos, sin = m.rope_cos[:7, None, None, :], m.rope_sin[:7, None, None, :]
+    complex_form = M.apply_rope(x, torch.complex(cos, sin), None)
+    assert torch.allclose(M.apply_rope(x, cos, sin), complex_form, atol=1e-6)       # the real form
+    half = M.apply_rope(x.bfloat16(), torch.complex(cos, sin), None)
+    assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), complex_form, atol=0.02)
+
+
 def test_sdpa_matches_reference_attention():
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 9, 8) for _ in range(3))
