@@ -448,7 +448,11 @@ _VOCAB_ROWS = ("tok_emb.weight", "lm_head.weight")
 
 def _drop_vocab_padding(module, state: dict, prefix: str, local_metadata) -> None:
     """state_dict post-hook: the embedding / head hold their vocab_size real rows only (a copy,
-    so a saved checkpoint does not carry the padding in the slice's storage)."""
+    so a saved checkpoint does not carry the padding in the slice's storage). A model whose RoPE
+    layout was interleaved for inference has no checkpoint layout to give (GPT.interleave_rope)."""
+    if module.rope_cos.shape[-1] != module.cfg.head_dim:
+        raise RuntimeError("this model's q/k layout was interleaved for inference (GPT.interleave_rope); "
+                           "load the checkpoint again to save or export it")
     V, cut = module.cfg.vocab_size, {}
     for name in _VOCAB_ROWS:
         w = state.get(prefix + name)

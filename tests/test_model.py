@@ -258,6 +258,8 @@ def test_interleaved_rope_computes_what_the_checkpoint_layout_computes(family):
     m = copy.deepcopy(ref)
     m.interleave_rope()
     m.interleave_rope()
+    with pytest.raises(RuntimeError, match="interleaved for inference"):
+        m.state_dict()                                                  # never saved in that layout
     assert m.rope_cos.shape == (64, 8) and not torch.equal(m.blocks[0].attn.qkv.weight, ref.blocks[0].attn.qkv.weight)
     idx = random_tokens(2, 20)
     idx[:, 5] = SEP                                                     # two documents in each row
