@@ -21,6 +21,10 @@ Cached decoding (`input_pos` given): keys/values are written into preallocated b
 slots `input_pos`; each query attends to the slots <= its own slot, minus the padding slots
 marked False in `key_mask`. No document segmentation in that mode.
 
+Inference on a CPU (inference.prepare) reorders each head's q and k dimensions so that RoPE's
+pairs sit side by side and one complex product rotates them (GPT.interleave_rope); scores and
+outputs are unchanged, and training and checkpoints keep the layout above.
+
 Notation: B batch, T time (query length), S key slots (cache length), C channels (n_embd),
 H heads, D head dim (C // H), V vocabulary.
 """
