@@ -182,7 +182,7 @@ def prepare(model, precision, quantize: Optional[str] = None, *, weight_only: bo
         raise ValueError("--quantize int8 is for CPUs")
     if device.type == "cpu":
         model.interleave_rope()          # RoPE as one complex product (GPT.interleave_rope)
-    if device.type == "cpu" and (quantize is not None or precision.dtype == torch.bfloat16):
+    if _freezes_linear_layers(device.type, precision, quantize):
         freeze_linear_layers(model, quantize or "bf16")
         return contextlib.nullcontext if weight_only else precision.autocast
     if precision.dtype is not None:
@@ -190,13 +190,17 @@ def prepare(model, precision, quantize: Optional[str] = None, *, weight_only: bo
     return precision.autocast
 
 
+def _freezes_linear_layers(device_type: str, precision, quantize: Optional[str]) -> bool:
+    """Whether `prepare` replaces the Linear layers by FrozenLinear: on a CPU, int8 or bf16."""
+    return device_type == "cpu" and (quantize is not None or precision.dtype == torch.bfloat16)
+
+
 def log_setup(precision, quantize: Optional[str], stage: str, *, weight_only: bool) -> None:
     """The one line that says how a stage computes (precision.log_choice, with what `prepare`
     does on a CPU: weight-only bf16 or int8 weights)."""
     from common import log
     from precision import log_choice
-    frozen = precision.device_type == "cpu" and (quantize is not None or precision.dtype == torch.bfloat16)
-    if not frozen:
+    if not _freezes_linear_layers(precision.device_type, precision, quantize):
         log_choice(precision, stage)
         return
     bf16 = precision.dtype == torch.bfloat16
@@ -221,7 +225,7 @@ def resolve_precision_for(requested: str, device, quantize: Optional[str], **sha
             raise UserError(f"--quantize {quantize} runs on CPUs (its kernel is a CPU one); on {device.type} "
                             f"use --precision bf16 instead")
         native = cpu_native_bf16() is not None
-        if requested == "fp16" or requested == "fp32" and native:
+        if requested == "fp16" or (requested == "fp32" and native):
             why = "multiplies in bf16 on this CPU (it has native bf16)" if native else "has no fp16 kernel"
             raise UserError(f"--quantize {quantize} {why} and cannot run with --precision {requested}; "
                             f"drop --precision (or use --precision bf16)")

@@ -454,7 +454,7 @@ def _drop_vocab_padding(module, state: dict, prefix: str, local_metadata) -> Non
     """state_dict post-hook: the embedding / head hold their vocab_size real rows only (a copy,
     so a saved checkpoint does not carry the padding in the slice's storage). A model whose RoPE
     layout was interleaved for inference has no checkpoint layout to give (GPT.interleave_rope)."""
-    if module.rope_cos.shape[-1] != module.cfg.head_dim:
+    if module.rope_cis is not None:
         raise RuntimeError("this model's q/k layout was interleaved for inference (GPT.interleave_rope); "
                            "load the checkpoint again to save or export it")
     V, cut = module.cfg.vocab_size, {}
@@ -508,6 +508,7 @@ class GPT(nn.Module):
         cos, sin = rope_cache(cfg.block_size, cfg.head_dim, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, D)
         self.register_buffer("rope_sin", sin, persistent=False)  # (block_size, D)
+        self.register_buffer("rope_cis", None, persistent=False)  # cos + i sin (block_size, D/2): interleave_rope
         self.gradient_checkpointing = False  # recompute each block in backward (training mode only)
         self.document_kernel = "sdpa"        # set_document_kernel / use_flash_attn
         self._init_weights()
@@ -621,7 +622,7 @@ class GPT(nn.Module):
         products, the same permutation applied to both; values are untouched. The weights then
         no longer have the checkpoint's layout: such a model is for running, not for saving or
         exporting. Calling it again does nothing."""
-        if self.rope_cos.shape[-1] != self.cfg.head_dim:
+        if self.rope_cis is not None:
             return
         H, D = self.cfg.n_head, self.cfg.head_dim
         perm = torch.arange(D).view(2, D // 2).t().reshape(-1)             # new 2i <- i, 2i + 1 <- i + D/2
@@ -636,7 +637,8 @@ class GPT(nn.Module):
                     if norm is not None:
                         norm.weight.copy_(norm.weight[perm.to(norm.weight.device)])
         self.rope_cos = self.rope_cos[:, :D // 2].contiguous()             # the tables repeat their halves
-        self.rope_sin = self.rope_sin[:, :D // 2].contiguous()
+        self.rope_sin = self.rope_sin[:, :D // 2].contiguous()             # (what torch.compile traces)
+        self.rope_cis = torch.complex(self.rope_cos, self.rope_sin)
 
     # ----------------------------------------------------------------------- KV cache
 
@@ -753,9 +755,10 @@ class GPT(nn.Module):
                 else:
                     mask = mask[None, None]  # (1, 1, T, S)
         # RoPE tables laid out for (B, T, 2, H, D): (T, 1, 1, D) or (B, T, 1, 1, D)
-        cos, sin = self.rope_cos[positions][..., None, None, :], self.rope_sin[positions][..., None, None, :]
-        if cos.shape[-1] != self.cfg.head_dim and not torch.compiler.is_compiling():
-            cos, sin = torch.complex(cos, sin), None     # interleave_rope's layout: one complex factor
+        if self.rope_cis is not None and not torch.compiler.is_compiling():
+            cos, sin = self.rope_cis[positions][..., None, None, :], None    # interleave_rope's layout
+        else:
+            cos, sin = self.rope_cos[positions][..., None, None, :], self.rope_sin[positions][..., None, None, :]
 
         x = _dropout(self.tok_emb(idx), self.dropout, self.training)  # (B, T, C)
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
