@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model import without_onednn
+
 QUANTIZE = ("int8",)
 INT8_KERNEL_ROWS = 8   # _weight_int8pack_mm beats a bf16 matmul up to ~8 rows and is 3x slower at 64
 INT8_ENGINE = "onednn"  # quantized::linear_dynamic's engine: on the AVX-512 VNNI Xeon 1.2x fbgemm's
@@ -84,7 +86,9 @@ class FrozenLinear(nn.Module):
         if self.kind == "int8" and x2.shape[0] <= INT8_KERNEL_ROWS and cpu:
             y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.qweight, self.scales)
         elif x2.shape[0] == 1 and cpu and not torch.compiler.is_compiling():
-            y = _matvec_without_onednn(x2.to(torch.bfloat16), self.weight)
+            # oneDNN's bf16 matrix-vector product is ~1.7x slower than ATen's (0.85 against 0.51 ms
+            # for the 25 products of a 6 x 256 model here), though it wins from two rows on
+            y = without_onednn(F.linear, x2.to(torch.bfloat16), self.weight)
         elif cpu and not self.native_bf16 and not torch.is_autocast_enabled("cpu"):
             if self.int8_rows and not torch.compiler.is_compiling():
                 y = torch.ops.quantized.linear_dynamic(x2.float().contiguous(), self._packed_weight(), False)
@@ -133,18 +137,6 @@ def int8_rows_here() -> bool:
     has the op."""
     from precision import cpu_int8_dot_product
     return cpu_int8_dot_product() and int8_products_available()
-
-
-def _matvec_without_onednn(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """F.linear of one row by ATen's own kernel: oneDNN's bf16 matrix-vector product is ~1.7x
-    slower (0.85 against 0.51 ms for the 25 products of a 6 x 256 model here), though it wins
-    from two rows on. The flag is torch's global switch, put back at once."""
-    was = torch._C._get_mkldnn_enabled()
-    torch._C._set_mkldnn_enabled(False)
-    try:
-        return F.linear(x, weight)
-    finally:
-        torch._C._set_mkldnn_enabled(was)
 
 
 def freeze_linear_layers(model, kind: str) -> None:

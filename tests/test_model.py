@@ -123,6 +123,27 @@ def test_swiglu_mlp_is_silu_gate_times_up():
     assert isinstance(m.blocks[0].ln_1, torch.nn.RMSNorm) and isinstance(tiny_model().blocks[0].ln_1, torch.nn.LayerNorm)
 
 
+@pytest.mark.parametrize("rows", [1, 16, M.ONEDNN_GELU_MIN // 1024 + 1])
+def test_gelu_is_exact_gelu_and_leaves_small_tensors_to_aten(monkeypatch, rows):
+    """model.gelu equals F.gelu (values and gradients); below ONEDNN_GELU_MIN values it computes
+    with oneDNN switched off (its fixed cost dominates a decoding step) and switches it back on."""
+    x = torch.randn(rows, 1, 1024, requires_grad=True)
+    y = M.gelu(x)
+    y.sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    F.gelu(x2).sum().backward()
+    assert torch.allclose(y, F.gelu(x2), atol=1e-6) and torch.allclose(x.grad, x2.grad, atol=1e-6)
+    seen = []
+    real = F.gelu
+    monkeypatch.setattr(M.F, "gelu", lambda t: seen.append(torch.backends.mkldnn.enabled) or real(t))
+    M.gelu(x.detach())
+    assert seen == [x.numel() >= M.ONEDNN_GELU_MIN] and torch.backends.mkldnn.enabled
+    with torch.backends.mkldnn.flags(enabled=False):  # a caller's choice stands
+        M.gelu(x.detach())
+        assert seen[-1] is False and torch.backends.mkldnn.enabled is False
+    assert torch.backends.mkldnn.enabled
+
+
 def test_qk_norm_makes_attention_blind_to_the_scale_of_q_and_k():
     x = random_tokens(2, 16)
     for family, blind in (("qwen3", True), ("llama", False)):
