@@ -21,7 +21,7 @@ import numpy as np
 from common import Progress, UserError, require_file
 from config import PRESETS, preset_parameters
 from corpus import DOC_SEPARATOR, _separator_line, _text_pieces
-from dataset import ENCODE_BATCH_CHARS, _batch_encoder, _specials_as_text, tokenizer_parallelism
+from dataset import ENCODE_BATCH_CHARS, _specials_as_text, text_encoder, tokenizer_parallelism
 from tokenizer import load_tokenizer
 
 # ============================================================================ corpus analysis (analyze-corpus)
@@ -136,6 +136,7 @@ def _next_power_of_two(n: float) -> int:
 class _Scan:
     """Per-document statistics gathered while streaming the corpus."""
     tok: object = None
+    encode: object = None                              # exact mode: dataset.text_encoder
     doc_chars: list = field(default_factory=list)
     doc_tokens: list = field(default_factory=list)
     hashes: set = field(default_factory=set)
@@ -227,11 +228,11 @@ class _Scan:
         """Exact mode: encode the pending pieces on all cores and add their lengths."""
         if not self.pending:
             return
-        encodings = _batch_encoder(self.tok)([p for _, p in self.pending], add_special_tokens=False)
-        for (index, _), enc in zip(self.pending, encodings):
+        encodings = self.encode([p for _, p in self.pending])
+        for (index, _), ids in zip(self.pending, encodings):
             if index >= len(self.doc_tokens):
                 self.doc_tokens.extend([0] * (index + 1 - len(self.doc_tokens)))
-            self.doc_tokens[index] += len(enc.ids)
+            self.doc_tokens[index] += len(ids)
         self.pending, self.pending_chars = [], 0
 
 
@@ -254,6 +255,8 @@ def analyze_corpus(corpus: str | os.PathLike, separator: str = DOC_SEPARATOR,
     scan = _Scan(tok=tok)
     # text never becomes a special token (as in the store)
     with _specials_as_text(tok), tokenizer_parallelism(enabled=tok is not None):
+        if tok is not None:
+            scan.encode = text_encoder(tok, path.stat().st_size)
         n_separators = _scan_file(path, sep.encode("utf-8"), scan, quiet)
         if tok is not None:
             scan.flush()

@@ -7,9 +7,10 @@ document boundary). Without --tokenizer, a 32k byte-level BPE is trained first o
 (not timed). Each corpus is tokenized into a fresh cache folder, so nothing is reused; the time
 includes reading, hashing, encoding and writing. Target: >= 6 MB/s on 2 CPU cores.
 
-In the same run it also times the tokenizers library alone (encode_batch_fast on all cores over
-the same pieces, already in memory, nothing converted or written): the encoder's ceiling on this
-machine, so the build's share of it is a ratio that holds across machines.
+In the same run it also times the build's encoder alone (tiktoken for corpora of 16 MB or more
+where it gives the tokenizer's exact ids, else the tokenizers library; all cores, the same pieces
+already in memory, nothing written): the encoder's ceiling on this machine, so the build's share
+of it is a ratio that holds across machines; and the tokenizers library alone, for comparison.
 """
 from __future__ import annotations
 
@@ -52,14 +53,15 @@ def novel_slice(tmp: Path) -> Path:
     return out
 
 
-def encoder_ceiling(tok, batches: list[list[str]]) -> float:
-    """Seconds the tokenizers library alone takes to encode `batches` (the build's pieces of a
-    corpus, already in memory) on all cores."""
-    encode = dataset._batch_encoder(tok)
+def encoder_seconds(tok, batches: list[list[str]], size: int) -> float:
+    """Seconds dataset.text_encoder for a corpus of `size` bytes alone (tiktoken or tokenizers, as
+    the build picks; size 0: tokenizers) takes to encode `batches` (the build's pieces, already in
+    memory) on all cores."""
     with dataset._specials_as_text(tok), dataset.tokenizer_parallelism():
+        encode = dataset.text_encoder(tok, size)
         t0 = time.perf_counter()
         for pieces in batches:
-            encode(pieces, add_special_tokens=False)
+            encode(pieces)
         return time.perf_counter() - t0
 
 
@@ -89,7 +91,7 @@ def main() -> int:
             t0 = time.perf_counter()
             file_sha256(corpus)
             hash_s = time.perf_counter() - t0
-            best = best_cpu = ceiling = float("inf")
+            best = best_cpu = ceiling = library = float("inf")
             tok = tokenizer.load_tokenizer(tok_path)
             batches = [pieces for pieces, _, _ in dataset._encode_batches(corpus, DOC_SEPARATOR)]
             for r in range(args.repeat):
@@ -98,7 +100,8 @@ def main() -> int:
                 store = dataset.load_or_build_token_store(corpus, tok_path, cache, quiet=True)
                 if time.perf_counter() - t0 < best:
                     best, best_cpu = time.perf_counter() - t0, cpu_seconds() - c0
-                ceiling = min(ceiling, encoder_ceiling(tok, batches))  # alternating
+                ceiling = min(ceiling, encoder_seconds(tok, batches, size))  # alternating
+                library = min(library, encoder_seconds(tok, batches, 0))
             t0 = time.perf_counter()
             dataset.load_or_build_token_store(corpus, tok_path, cache, quiet=True)
             reuse_s = time.perf_counter() - t0
@@ -106,8 +109,13 @@ def main() -> int:
                   f"build {best:.2f}s = {size / 1e6 / best:.2f} MB/s "
                   f"({len(store) / best / 1e6:.2f} M tokens/s), {best_cpu:.2f} CPU-s = {best_cpu / best:.2f} cores busy; "
                   f"sha256 {hash_s:.2f}s; cached reload {reuse_s:.2f}s")
-            print(f"  the encoder alone (tokenizers, all cores, text in memory): {ceiling:.2f}s = "
+            fast = size >= dataset.FAST_ENCODER_MIN_BYTES and tokenizer.fast_plain_encoder(tok) is not None
+            which = "tiktoken" if fast else "tokenizers"
+            print(f"  its encoder alone ({which}, all cores, text in memory): {ceiling:.2f}s = "
                   f"{size / 1e6 / ceiling:.2f} MB/s; the build runs at {ceiling / best:.0%} of it")
+            if fast:
+                print(f"  the tokenizers library alone: {library:.2f}s = {size / 1e6 / library:.2f} MB/s "
+                      f"(tiktoken {library / ceiling:.2f}x, the same ids)")
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak memory of this process: {peak_mb:.0f} MB; "
               f"load average now: {os.getloadavg()[0]:.2f} (other processes slow the wall-clock numbers)")

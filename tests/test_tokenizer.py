@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -265,3 +266,85 @@ def test_cli_ten_megabyte_single_line(cli, tmp_path):
     proc = cli("init-tokenizer", "--files", big, "--vocab-size", 300, "--out", tmp_path / "t.json", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["vocab_size"] <= 300
+
+
+# ---------------------------------------------------------------------------------- fast encoding
+
+def _encode_as_store(tok, texts):
+    """tok's ids of `texts` with special-token strings as plain text, as the token store encodes."""
+    tok.encode_special_tokens = True
+    try:
+        return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+    finally:
+        tok.encode_special_tokens = False
+
+
+def test_fast_encoder_gives_the_tokenizer_ids(tok):
+    """tiktoken, built from a trained tokenizer, gives its ids: Spanish text, accents, ñ, ¿¡ « »,
+    emoji, other scripts, whitespace runs, special-token strings as text, non-breaking and other
+    Unicode spaces, long runs without a space."""
+    encode = tokenizer.fast_plain_encoder(tok)
+    assert encode is not None
+    texts = ROUND_TRIP + [
+        corpus_slice("wiki_es.txt", n_chars=100_000),
+        corpus_slice("novelas_es.txt", n_chars=100_000),
+        "a\u00a0b \u2009«sí»\u202f; \u3000x\u2028y\u0085z \u200bw\ufeffv \u180eu \u1680t",
+        "x" * 5000 + " " + "é" * 3000 + " " + "7" * 2000 + " " + "¡" * 1000 + "   \n\n  ",
+    ]
+    assert encode(texts, 2) == _encode_as_store(tok, texts)
+    assert encode(texts, 1) == encode(texts, 2)
+
+
+def test_fast_encoder_splits_words_as_the_tokenizer_on_every_character(tok):
+    """The word split (GPT-2's pattern, two regex engines) agrees on every character beyond the
+    Basic Multilingual Plane that fast_plain_encoder itself checks: the supplementary planes where
+    Unicode assigns characters (1-3, 14; 15-16 are private use)."""
+    encode = tokenizer.fast_plain_encoder(tok)
+    probe = tokenizer.split_probe([*range(0x10000, 0x40000), *range(0xE0000, 0xE1000)])
+    assert encode(probe, 2) == _encode_as_store(tok, probe)
+
+
+def _reordered(spec: dict, change: str) -> dict:
+    """spec (a tokenizer.json) changed so that tiktoken could encode some text otherwise."""
+    spec = json.loads(json.dumps(spec))
+    model = spec["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    first = min(model["vocab"][a + b] for a, b in merges)
+    if change == "normalizer":
+        spec["normalizer"] = {"type": "NFC"}
+    elif change == "prefix_space":
+        spec["pre_tokenizer"]["add_prefix_space"] = True
+    elif change == "ids_not_in_merge_order":
+        a, b = merges[-2:]
+        model["vocab"][a[0] + a[1]], model["vocab"][b[0] + b[1]] = model["vocab"][b[0] + b[1]], model["vocab"][a[0] + a[1]]
+    elif change == "token_not_encoding_to_itself":
+        # bytes and three merges, ids in merge order: "abc" = (a, bc), but alone "ab" forms first
+        # and "ab" + "c" is no merge, so "abc" encodes as [ab, c] (tiktoken: [abc], a token)
+        byte_chars = set(tokenizer._byte_level_alphabet())
+        model["vocab"] = {s: i for s, i in model["vocab"].items() if s in byte_chars or i < first and len(s) > 1}
+        model["merges"] = [["a", "b"], ["b", "c"], ["a", "bc"]]
+        for i, (a, b) in enumerate(model["merges"]):
+            model["vocab"][a + b] = first + i
+    return spec
+
+
+@pytest.mark.parametrize("change", ["normalizer", "prefix_space", "ids_not_in_merge_order",
+                                    "token_not_encoding_to_itself"])
+def test_fast_encoder_refuses_a_tokenizer_it_could_encode_otherwise(tok_path, tmp_path, change):
+    from tokenizers import Tokenizer
+    spec = _reordered(json.loads(tok_path.read_text(encoding="utf-8")), change)
+    other = Tokenizer.from_str(json.dumps(spec))
+    assert tokenizer.fast_plain_encoder(other) is None
+    if change == "token_not_encoding_to_itself":   # where the refusal matters: tiktoken differs
+        import tiktoken
+        ranks = {bytes(tokenizer._byte_level_alphabet()[ch] for ch in s): i
+                 for s, i in spec["model"]["vocab"].items() if i > 2}
+        raw = tiktoken.Encoding("raw", pat_str=tokenizer.BYTE_LEVEL_SPLIT, mergeable_ranks=ranks, special_tokens={})
+        assert [other.id_to_token(i) for i in _encode_as_store(other, ["abc"])[0]] == ["ab", "c"]
+        assert [other.id_to_token(i) for i in raw.encode_ordinary("abc")] == ["abc"]
+
+
+def test_fast_encoder_without_tiktoken_is_none(tok, monkeypatch):
+    monkeypatch.setattr(tokenizer, "_FAST_ENCODERS", {})
+    monkeypatch.setitem(sys.modules, "tiktoken", None)     # import tiktoken raises ImportError
+    assert tokenizer.fast_plain_encoder(tok) is None
