@@ -189,17 +189,21 @@ def format_fitness(report: dict) -> str:
 
 # ----------------------------------------------------------------------------------- fast encoding
 #
-# tiktoken encodes byte-level BPE 2-3x faster than the tokenizers library on 2 cores (8-14 against
-# 3.5-4.3 MB/s on Spanish text, in one run), with another rule: in each word it merges the
+# tiktoken encodes byte-level BPE 2-4x faster than the tokenizers library on 2 cores (8-14 against
+# 2.7-4.3 MB/s on Spanish text, in one run), with another rule: in each word it merges the
 # adjacent pair whose concatenation has the lowest id among all pairs whose concatenation is a
-# token, where tokenizers merges only the pairs of its merge list, in list order. The two give the
-# same ids when (a) the merges make distinct tokens whose ids increase along the list and (b) every
-# token encodes alone to itself. Proof: up to the first pair u, v -> t that tiktoken would merge
-# outside the list, both hold the same pieces (sequential BPE's). u v covers t's bytes with piece
-# boundaries on both sides, so those bytes were merged exactly as t alone is merged, and t alone
-# reaches its own merge x, y before t (by (a) and (b)): u, v = x, y, so there is no such pair.
-# The word split is GPT-2's pattern in two regex engines, checked on every character of the
-# Basic Multilingual Plane in several contexts (tests: every Unicode character).
+# token; tokenizers merges the adjacent pair that comes first in its merge list, among the pairs
+# of that list. Both take the leftmost pair on a tie. They give the same ids when (a) the merges
+# make distinct tokens whose ids increase along the list (and the vocabulary is the 256 bytes,
+# the merges' tokens and the special tokens) and (b) every token encodes alone to itself.
+# Proof: by (a), both pick the same pair as long as tiktoken's pick is a pair of the list. Say
+# its first other pick is u, v -> t. Up to then both held the same pieces, and no pair of the list
+# ranked below t was left. u v covers t's bytes with piece boundaries on both sides that no merge
+# ever crossed, so tokenizers on t's bytes alone makes the same merges there and also stops at
+# u, v (not a pair of the list, and nothing else to merge): t alone does not encode to t,
+# against (b). So there is no such pick. The word split is GPT-2's pattern in two regex engines:
+# checked on every character of the Basic Multilingual Plane in several contexts each time a
+# tokenizer is checked, and in the tests on the other planes where Unicode assigns characters.
 
 BYTE_LEVEL_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 SPLIT_PROBE_CONTEXTS = "a{c}b {c}{c}1  {c}\t"   # a character between letters, after a space, in a
@@ -217,7 +221,7 @@ def fast_plain_encoder(tok):
     """A function texts -> their ids by `tok` with special-token strings as plain text (as the
     token store encodes), computed by tiktoken, or None where that is not certain to give tok's
     ids (see above: tiktoken missing, another kind of tokenizer, conditions (a)-(b) not met, or the
-    word split differing on the probe). Checking takes ~0.5 s; the answer is kept per tokenizer."""
+    word split differing on the probe). Checking takes ~1 s; the answer is kept per tokenizer."""
     key = tok.to_str()
     if key not in _FAST_ENCODERS:
         _FAST_ENCODERS.clear()                      # one tokenizer per process in practice
