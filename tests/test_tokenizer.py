@@ -330,7 +330,7 @@ def _reordered(spec: dict, change: str) -> dict:
 
 @pytest.mark.parametrize("change", ["normalizer", "prefix_space", "ids_not_in_merge_order",
                                     "token_not_encoding_to_itself"])
-def test_fast_encoder_refuses_a_tokenizer_it_could_encode_otherwise(tok_path, tmp_path, change):
+def test_fast_encoder_refuses_a_tokenizer_it_could_encode_otherwise(tok_path, change):
     from tokenizers import Tokenizer
     spec = _reordered(json.loads(tok_path.read_text(encoding="utf-8")), change)
     other = Tokenizer.from_str(json.dumps(spec))
