@@ -256,7 +256,7 @@ def analyze_corpus(corpus: str | os.PathLike, separator: str = DOC_SEPARATOR,
     # text never becomes a special token (as in the store)
     with _specials_as_text(tok), tokenizer_parallelism(enabled=tok is not None):
         if tok is not None:
-            scan.encode = text_encoder(tok, path.stat().st_size)
+            _, scan.encode = text_encoder(tok, path.stat().st_size)
         n_separators = _scan_file(path, sep.encode("utf-8"), scan, quiet)
         if tok is not None:
             scan.flush()

@@ -247,16 +247,15 @@ def _specials_as_text(tok):
 
 
 def text_encoder(tok, corpus_bytes: int):
-    """A function pieces -> their ids (lists), for encoding a corpus of `corpus_bytes` inside
-    _specials_as_text and tokenizer_parallelism: from FAST_ENCODER_MIN_BYTES on, tiktoken where it
-    computes exactly tok's ids (tokenizer.fast_plain_encoder: 2-4x faster, checking costs ~1 s);
-    else tok.encode_batch_fast (no offsets: faster) where the library has it, else encode_batch."""
+    """(name, a function pieces -> their ids (lists)) for encoding a corpus of `corpus_bytes`
+    inside _specials_as_text and tokenizer_parallelism: from FAST_ENCODER_MIN_BYTES on, tiktoken
+    where it computes exactly tok's ids (tokenizer.fast_plain_encoder: 2-4x faster, checking costs
+    ~1 s); else tokenizers' encode_batch_fast (no offsets: faster), or encode_batch."""
     fast = fast_plain_encoder(tok) if corpus_bytes >= FAST_ENCODER_MIN_BYTES else None
     if fast is not None:
-        log.debug("encoding with tiktoken (the same ids as the tokenizer, checked)")
-        return lambda pieces: fast(pieces, _encoder_threads())
+        return "tiktoken", lambda pieces: fast(pieces, _encoder_threads())
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-    return lambda pieces: [e.ids for e in encode(pieces, add_special_tokens=False)]
+    return "tokenizers", lambda pieces: [e.ids for e in encode(pieces, add_special_tokens=False)]
 
 
 def _encoder_threads() -> int:
@@ -331,7 +330,7 @@ def build_token_store(corpus_path: Path, tok, tok_hash: str, corpus_hash: str, o
             open(tmp, "wb") as f, ThreadPoolExecutor(1) as pool, \
             Progress("tokenizing", total=total_bytes, unit="B", quiet=quiet) as progress:
         f.write(b"\0" * HEADER_BYTES)
-        encode = text_encoder(tok, total_bytes)
+        engine, encode = text_encoder(tok, total_bytes)
         pending = None
         for pieces, pieces_per_doc, n_bytes in _encode_batches(corpus_path, separator):
             job = (pool.submit(encode, pieces), pieces_per_doc, n_bytes)
@@ -363,7 +362,7 @@ def build_token_store(corpus_path: Path, tok, tok_hash: str, corpus_hash: str, o
         f.flush()
     seconds = time.perf_counter() - t0
     log.info(f"token store: {n_tokens:,} tokens, {header['n_docs']:,} documents in {seconds:.1f}s "
-             f"({total_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s) -> {out_path}")
+             f"({total_bytes / 1e6 / max(seconds, 1e-9):.1f} MB/s, {engine}) -> {out_path}")
 
 
 # ---------------------------------------------------------------------------------------- split

@@ -178,7 +178,7 @@ def test_store_cache_reused_without_tokenizing(varied_corpus, tok_path, tmp_path
     assert [p.name for p in tmp_path.iterdir()] == [s1.path.name]     # no temp files left
 
 
-def test_store_encoded_by_tiktoken_is_the_same_file(varied_corpus, tok_path, tmp_path, monkeypatch):
+def test_store_encoded_by_tiktoken_is_the_same_file(varied_corpus, tok_path, tmp_path, monkeypatch, caplog):
     """A corpus large enough for tiktoken (FAST_ENCODER_MIN_BYTES, lowered here) gives the very
     bytes of the store the tokenizers library builds; analyze-corpus counts the same tokens."""
     import analysis
@@ -187,8 +187,10 @@ def test_store_encoded_by_tiktoken_is_the_same_file(varied_corpus, tok_path, tmp
     used = []
     monkeypatch.setattr(dataset, "FAST_ENCODER_MIN_BYTES", 0)
     monkeypatch.setattr(dataset, "fast_plain_encoder", lambda tok: used.append(tokenizer.fast_plain_encoder(tok)) or used[-1])
-    fast = dataset.load_or_build_token_store(varied_corpus[0], tok_path, tmp_path / "fast", quiet=True)
+    with caplog.at_level("INFO", logger="mini_llm"):
+        fast = dataset.load_or_build_token_store(varied_corpus[0], tok_path, tmp_path / "fast", quiet=True)
     assert used and used[-1] is not None                       # tiktoken encoded it
+    assert "MB/s, tiktoken) ->" in caplog.text
     assert fast.path.read_bytes() == slow.path.read_bytes()
     assert analysis.analyze_corpus(varied_corpus[0], tokenizer_path=tok_path, quiet=True)["tokens"] == slow_counts
     assert len(used) == 2
