@@ -21,8 +21,8 @@ import numpy as np
 from common import Progress, UserError, require_file
 from config import PRESETS, preset_parameters
 from corpus import DOC_SEPARATOR, _separator_line, _text_pieces
-from dataset import ENCODE_BATCH_CHARS, _specials_as_text, text_encoder, tokenizer_parallelism
-from tokenizer import load_tokenizer
+from dataset import ENCODE_BATCH_CHARS, text_encoder, tokenizer_parallelism
+from tokenizer import load_tokenizer, specials_as_text
 
 # ============================================================================ corpus analysis (analyze-corpus)
 # (owned by the cleaning helper)
@@ -254,7 +254,7 @@ def analyze_corpus(corpus: str | os.PathLike, separator: str = DOC_SEPARATOR,
     tok = load_tokenizer(tokenizer_path) if tokenizer_path is not None else None
     scan = _Scan(tok=tok)
     # text never becomes a special token (as in the store)
-    with _specials_as_text(tok), tokenizer_parallelism(enabled=tok is not None):
+    with specials_as_text(tok), tokenizer_parallelism(enabled=tok is not None):
         if tok is not None:
             _, scan.encode = text_encoder(tok, path.stat().st_size)
         n_separators = _scan_file(path, sep.encode("utf-8"), scan, quiet)

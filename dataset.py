@@ -21,7 +21,7 @@ import numpy as np
 from common import Progress, UserError, atomic_path, file_sha256, log, require_file
 from config import DEFAULT_VAL_FRACTION
 from corpus import _document_bytes, _text_pieces, read_documents
-from tokenizer import as_identity, fast_plain_encoder, special_ids, tokenizer_separator
+from tokenizer import as_identity, encode_plain, fast_plain_encoder, special_ids, specials_as_text, tokenizer_separator
 
 # ============================================================================ reading, token store, windows
 
@@ -232,30 +232,15 @@ def tokenizer_parallelism(enabled: bool = True):
             _PARALLELISM_IS_OURS = True
 
 
-@contextlib.contextmanager
-def _specials_as_text(tok):
-    """Inside the block, special-token strings in the text `tok` encodes are plain text, so a
-    literal "<|doc|>" cannot fake a document boundary. `tok` None: nothing to do."""
-    if tok is None:
-        yield
-        return
-    tok.encode_special_tokens = True
-    try:
-        yield
-    finally:
-        tok.encode_special_tokens = False
-
-
 def text_encoder(tok, corpus_bytes: int):
     """(name, a function pieces -> their ids (lists)) for encoding a corpus of `corpus_bytes`
-    inside _specials_as_text and tokenizer_parallelism: from FAST_ENCODER_MIN_BYTES on, tiktoken
+    inside specials_as_text and tokenizer_parallelism: from FAST_ENCODER_MIN_BYTES on, tiktoken
     where it computes exactly tok's ids (tokenizer.fast_plain_encoder: 2-4x faster, checking costs
-    ~1 s); else tokenizers' encode_batch_fast (no offsets: faster), or encode_batch."""
+    ~1 s); else tokenizers (tokenizer.encode_plain)."""
     fast = fast_plain_encoder(tok) if corpus_bytes >= FAST_ENCODER_MIN_BYTES else None
     if fast is not None:
         return "tiktoken", lambda pieces: fast(pieces, _encoder_threads())
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-    return "tokenizers", lambda pieces: [e.ids for e in encode(pieces, add_special_tokens=False)]
+    return "tokenizers", lambda pieces: encode_plain(tok, pieces)
 
 
 def _encoder_threads() -> int:
@@ -326,7 +311,7 @@ def build_token_store(corpus_path: Path, tok, tok_hash: str, corpus_hash: str, o
         doc_starts_parts.append(sep_pos + n_tokens)
         n_tokens += len(out)
 
-    with _specials_as_text(tok), tokenizer_parallelism(), atomic_path(out_path) as tmp, \
+    with specials_as_text(tok), tokenizer_parallelism(), atomic_path(out_path) as tmp, \
             open(tmp, "wb") as f, ThreadPoolExecutor(1) as pool, \
             Progress("tokenizing", total=total_bytes, unit="B", quiet=quiet) as progress:
         f.write(b"\0" * HEADER_BYTES)

@@ -7,6 +7,7 @@ the sha256 of the tokenizer file (tokenizer_hash). Corpus reading is corpus.py's
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -187,6 +188,28 @@ def format_fitness(report: dict) -> str:
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def specials_as_text(tok):
+    """Inside the block, special-token strings in the text `tok` encodes are plain text, so a
+    literal "<|doc|>" cannot fake a document boundary. `tok` None: nothing to do."""
+    if tok is None:
+        yield
+        return
+    was = tok.encode_special_tokens
+    tok.encode_special_tokens = True
+    try:
+        yield
+    finally:
+        tok.encode_special_tokens = was
+
+
+def encode_plain(tok, texts: list[str]) -> list[list[int]]:
+    """tok's ids of each text, no special tokens added (encode_batch_fast, without offsets, where
+    the library has it)."""
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+
 # ----------------------------------------------------------------------------------- fast encoding
 #
 # tiktoken encodes byte-level BPE 2-4x faster than the tokenizers library on 2 cores (8-14 against
@@ -246,12 +269,8 @@ def _build_fast_encoder(tok, spec_json: str):
         return encoding.encode_ordinary_batch(texts, num_threads=max(1, threads))
 
     probe = split_probe(range(0x10000))
-    was = tok.encode_special_tokens
-    tok.encode_special_tokens = True
-    try:
-        expected = [e.ids for e in getattr(tok, "encode_batch_fast", tok.encode_batch)(probe, add_special_tokens=False)]
-    finally:
-        tok.encode_special_tokens = was
+    with specials_as_text(tok):
+        expected = encode_plain(tok, probe)
     if encode(probe, 2) != expected:
         log.info("tiktoken splits some text otherwise than this tokenizer: encoding with tokenizers")
         return None

@@ -57,7 +57,7 @@ def encoder_seconds(tok, batches: list[list[str]], size: int) -> tuple[str, floa
     """(name, seconds) of dataset.text_encoder for a corpus of `size` bytes (tiktoken or
     tokenizers, as the build picks; size 0: tokenizers) encoding `batches` (the build's pieces,
     already in memory) alone on all cores."""
-    with dataset._specials_as_text(tok), dataset.tokenizer_parallelism():
+    with tokenizer.specials_as_text(tok), dataset.tokenizer_parallelism():
         name, encode = dataset.text_encoder(tok, size)
         t0 = time.perf_counter()
         for pieces in batches:

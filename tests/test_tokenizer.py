@@ -272,11 +272,8 @@ def test_cli_ten_megabyte_single_line(cli, tmp_path):
 
 def _encode_as_store(tok, texts):
     """tok's ids of `texts` with special-token strings as plain text, as the token store encodes."""
-    tok.encode_special_tokens = True
-    try:
+    with tokenizer.specials_as_text(tok):
         return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
-    finally:
-        tok.encode_special_tokens = False
 
 
 def test_fast_encoder_gives_the_tokenizer_ids(tok):
