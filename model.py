@@ -198,13 +198,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
             for s in range(0, h.shape[0], chunk):
                 hc, yc = hm[s:s + chunk], targets[s:s + chunk].clamp(min=0)
                 logits = _mask_padding((hc @ Wm.t()).float(), vocab)  # (c, V')
-                lse = torch.logsumexp(logits, dim=-1)  # (c,)
-                total += ((lse - logits.gather(1, yc[:, None])[:, 0]) * valid[s:s + chunk]).sum()
-                p = logits.sub_(lse[:, None]).exp_()  # softmax
-                if z_loss:
-                    p.mul_((1.0 + 2.0 * z_loss * lse)[:, None])  # + d(z lse^2) / d logits
-                p[torch.arange(len(yc), device=p.device), yc] -= 1.0  # d loss_row / d logits
-                p.mul_(scale[s:s + chunk, None])
+                target = logits.gather(1, yc[:, None])[:, 0]  # (c,)
+                top = logits.amax(dim=-1)  # (c,)
+                e = logits.sub_(top[:, None]).exp_()  # one exp for both the log-sum-exp and the softmax
+                norm = e.sum(dim=-1)
+                lse = top + norm.log()  # (c,)
+                sc = scale[s:s + chunk]
+                total += ((lse - target) * valid[s:s + chunk]).sum()
+                factor = sc / norm if not z_loss else sc * (1.0 + 2.0 * z_loss * lse) / norm  # + d(z lse^2) / d logits
+                p = e.mul_(factor[:, None])  # softmax, scaled
+                p[torch.arange(len(yc), device=p.device), yc] -= sc  # d loss_row / d logits, scaled
                 pm = p if dt is None else p.to(dt)
                 grad_h[s:s + chunk] = pm @ Wm
                 grad_W += pm.t() @ hc
