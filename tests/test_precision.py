@@ -270,6 +270,35 @@ def test_frozen_linear_int8_kernel_and_dequantized_path_agree():
     assert odd.kind == "bf16" and torch.isfinite(odd(torch.randn(1, 24))).all()
 
 
+def test_frozen_linear_multiplies_many_rows_by_a_weight_packed_once(monkeypatch):
+    """With native bf16, products of more than one row use the bf16 weight reordered once for
+    oneDNN (where this CPU can reorder it; else F.linear): bf16 products of the same weight, float32
+    out (bf16 under autocast); one row stays on ATen's kernel and packs nothing; a deepcopy of a
+    used layer computes the same."""
+    import copy
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "1")
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 96)
+    frozen = inference.FrozenLinear(layer.weight, layer.bias, "bf16")
+    x = torch.randn(3, 40, 64)
+    ref = (x.bfloat16().float() @ frozen.weight.float().t() + layer.bias).detach()
+    with torch.no_grad():
+        frozen(x[:1, :1])
+        assert frozen._onednn is None                                    # one row: nothing packed
+        got = frozen(x)
+        try:
+            torch.ops.mkldnn._reorder_linear_weight(frozen.weight)
+            packs = True
+        except (AttributeError, RuntimeError):                            # no AVX-512 / AVX-NE-CONVERT
+            packs = False
+        assert isinstance(frozen._onednn, torch.Tensor) if packs else frozen._onednn is False
+        assert got.shape == (3, 40, 96) and got.dtype == torch.float32
+        assert (got - ref).abs().max() < 0.02 * ref.abs().max()          # bf16 rounding of the output
+        assert torch.equal(copy.deepcopy(frozen)(x), got)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert frozen(x).dtype == torch.bfloat16
+
+
 def test_quantize_int8_on_the_cli(trained, ckpt, monkeypatch, capsys):
     monkeypatch.setenv(P.NATIVE_BF16_ENV, "1")
     fp32 = evaluate_json(trained, ckpt, "fp32", capsys)
