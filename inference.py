@@ -17,8 +17,9 @@
   (mkldnn._reorder_linear_weight, as inductor's weight freezing does), made at first use: F.linear
   reorders the plain weight at every call. On a native-bf16 EPYC (6 x 256 model): 1.5x the
   products of a batch-8 decoding step, 1.16x the whole decoding (the same greedy tokens), ~1%
-  on evaluation. One-row products stay ATen's (oneDNN's call is slower there, packed or not).
-  The copy is as large as the bf16 weights it comes from.
+  on evaluation. One-row products stay ATen's (oneDNN's fixed cost is larger there, packed or
+  not), except for weights of PACKED_ONE_ROW values or more, the output head of a small model
+  (1.03-1.05x batch-1 decoding). The copy is as large as the bf16 weights it comes from.
 - Outside autocast, products of more than one row run in bf16 where the CPU has native bf16,
   else in float32 (the stored weight converted at each call, a small cost beside the product):
   emulated bf16 is 10-30x slower. On such a CPU `--quantize int8` also evaluates outside bf16
@@ -47,6 +48,8 @@ QUANTIZE = ("int8",)
 INT8_KERNEL_ROWS = 8   # _weight_int8pack_mm beats a bf16 matmul up to ~8 rows and is 3x slower at 64
 INT8_ENGINE = "onednn"  # quantized::linear_dynamic's engine: on the AVX-512 VNNI Xeon 1.2x fbgemm's
                        # ("x86") in whole evaluations; its weights are packed once, at first use
+PACKED_ONE_ROW = 1_500_000   # weights of this many values or more multiply even one row by the packed
+                             # weight (with native bf16): the output head, 8,000 x 256: 1.4-2.9x ATen's
 INT8_ALIGN = 32        # ... and, with bf16 inputs, gave garbage or crashed for in_features of 24, 40
                        # and 683 (multiples of 16 worked); layers not aligned to 32 stay bf16
 
@@ -79,6 +82,7 @@ class FrozenLinear(nn.Module):
         self.int8_rows = kind == "int8" and not self.native_bf16 and int8_rows_here()
         self._packed = None                                # linear_dynamic's packed weight and bias
         self._onednn = None                   # the bf16 weight in oneDNN's layout; False: none here
+        self.packed_one_row = self.native_bf16 and kind == "bf16" and weight.numel() >= PACKED_ONE_ROW
 
     @property
     def weight(self) -> torch.Tensor:
@@ -93,9 +97,10 @@ class FrozenLinear(nn.Module):
         cpu = x2.device.type == "cpu"
         if self.kind == "int8" and x2.shape[0] <= INT8_KERNEL_ROWS and cpu:
             y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.qweight, self.scales)
-        elif x2.shape[0] == 1 and cpu and not torch.compiler.is_compiling():
+        elif x2.shape[0] == 1 and cpu and not torch.compiler.is_compiling() and not self.packed_one_row:
             # oneDNN's bf16 matrix-vector product is ~1.7x slower than ATen's (0.85 against 0.51 ms
-            # for the 25 products of a 6 x 256 model here), though it wins from two rows on
+            # for the 25 products of a 6 x 256 model here), though it wins from two rows on, and
+            # from PACKED_ONE_ROW values with the packed weight
             y = without_onednn(F.linear, x2.to(torch.bfloat16), self.weight)
         elif cpu and self.native_bf16 and self.kind == "bf16" and not torch.compiler.is_compiling() \
                 and (packed := self._onednn_weight()) is not None:

@@ -297,6 +297,13 @@ def test_frozen_linear_multiplies_many_rows_by_a_weight_packed_once(monkeypatch)
         assert torch.equal(copy.deepcopy(frozen)(x), got)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert frozen(x).dtype == torch.bfloat16
+        head = inference.FrozenLinear(torch.randn(1500, 1000), None, "bf16")  # PACKED_ONE_ROW values
+        one = head(x[0, :1, :1].expand(1, 1000).contiguous())
+        assert head._onednn is not None                 # tried for one row too (False: this CPU cannot)
+        want = x[0, :1, :1].expand(1, 1000).bfloat16().float() @ head.weight.float().t()
+        assert (one - want).abs().max() < 0.02 * want.abs().max()
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
+    assert not inference.FrozenLinear(torch.randn(1500, 1000), None, "bf16").packed_one_row
 
 
 def test_quantize_int8_on_the_cli(trained, ckpt, monkeypatch, capsys):
