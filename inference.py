@@ -82,7 +82,8 @@ class FrozenLinear(nn.Module):
         self.int8_rows = kind == "int8" and not self.native_bf16 and int8_rows_here()
         self._packed = None                                # linear_dynamic's packed weight and bias
         self._onednn = None                   # the bf16 weight in oneDNN's layout; False: none here
-        self.packed_one_row = self.native_bf16 and kind == "bf16" and weight.numel() >= PACKED_ONE_ROW
+        self.packs = self.native_bf16 and kind == "bf16"      # multi-row products by _onednn_weight()
+        self.packed_one_row = self.packs and weight.numel() >= PACKED_ONE_ROW
 
     @property
     def weight(self) -> torch.Tensor:
@@ -102,8 +103,7 @@ class FrozenLinear(nn.Module):
             # for the 25 products of a 6 x 256 model here), though it wins from two rows on, and
             # from PACKED_ONE_ROW values with the packed weight
             y = without_onednn(F.linear, x2.to(torch.bfloat16), self.weight)
-        elif cpu and self.native_bf16 and self.kind == "bf16" and not torch.compiler.is_compiling() \
-                and (packed := self._onednn_weight()) is not None:
+        elif cpu and self.packs and not torch.compiler.is_compiling() and (packed := self._onednn_weight()) is not None:
             y = torch.ops.mkldnn._linear_pointwise(x2.to(torch.bfloat16), packed, None, "none", [], "")
         elif cpu and not self.native_bf16 and not torch.is_autocast_enabled("cpu"):
             if self.int8_rows and not torch.compiler.is_compiling():
