@@ -84,6 +84,7 @@ class FrozenLinear(nn.Module):
         self._onednn = None                   # the bf16 weight in oneDNN's layout; False: none here
         self.packs = self.native_bf16 and kind == "bf16"      # multi-row products by _onednn_weight()
         self.packed_one_row = self.packs and weight.numel() >= PACKED_ONE_ROW
+        self.aten_one_row = kind == "bf16" and not self.packed_one_row   # one row by ATen's bf16 product
 
     @property
     def weight(self) -> torch.Tensor:
@@ -95,14 +96,15 @@ class FrozenLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        cpu = x2.device.type == "cpu"
-        if self.kind == "int8" and x2.shape[0] <= INT8_KERNEL_ROWS and cpu:
-            y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.qweight, self.scales)
-        elif x2.shape[0] == 1 and cpu and not torch.compiler.is_compiling() and not self.packed_one_row:
+        rows, cpu, bias = x2.shape[0], x2.is_cpu, self.bias
+        if rows == 1 and cpu and self.aten_one_row and not torch.compiler.is_compiling():
             # oneDNN's bf16 matrix-vector product is ~1.7x slower than ATen's (0.85 against 0.51 ms
             # for the 25 products of a 6 x 256 model here), though it wins from two rows on, and
-            # from PACKED_ONE_ROW values with the packed weight
-            y = without_onednn(F.linear, x2.to(torch.bfloat16), self.weight)
+            # from PACKED_ONE_ROW values with the packed weight. The first branch: a decoded token
+            # takes it for every layer, so it tests the least (F.linear's own mm, called directly).
+            y = without_onednn(torch.mm, x2.to(torch.bfloat16), self.bf16_weight.t())
+        elif self.kind == "int8" and rows <= INT8_KERNEL_ROWS and cpu:
+            y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.qweight, self.scales)
         elif cpu and self.packs and not torch.compiler.is_compiling() and (packed := self._onednn_weight()) is not None:
             y = torch.ops.mkldnn._linear_pointwise(x2.to(torch.bfloat16), packed, None, "none", [], "")
         elif cpu and not self.native_bf16 and not torch.is_autocast_enabled("cpu"):
@@ -113,9 +115,9 @@ class FrozenLinear(nn.Module):
         else:
             y = F.linear(x2.to(torch.bfloat16), self.weight)
         if torch.is_autocast_enabled(x.device.type):
-            y = y if self.bias is None else y + self.bias.to(y.dtype)
+            y = y if bias is None else y + bias.to(y.dtype)
         else:
-            y = y.float() if self.bias is None else torch.add(self.bias, y)   # float32, one pass
+            y = y.float() if bias is None else torch.add(bias, y)   # float32, one pass
         return y.view(*lead, self.out_features)
 
     def _onednn_weight(self) -> Optional[torch.Tensor]:

@@ -471,7 +471,8 @@ def test_gradient_checkpointing_same_gradients_and_only_in_training():
         m = tiny_model(seed=0, dropout=0.1).train()
         m.gradient_checkpointing = ckpt
         calls.append(0)
-        m.blocks[0].mlp.fc.register_forward_hook(lambda *a: calls.__setitem__(-1, calls[-1] + 1))
+        m.blocks[0].register_forward_pre_hook(   # a Block's parts skip hooks (model.py docstring)
+            lambda *a: calls.__setitem__(-1, calls[-1] + 1))
         torch.manual_seed(123)  # same dropout masks; checkpoint replays the RNG state
         _, loss = m(idx, y)
         loss.backward()
