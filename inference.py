@@ -22,7 +22,9 @@
   (1.03-1.05x batch-1 decoding). The copy is as large as the bf16 weights it comes from.
 - Outside autocast, products of more than one row run in bf16 where the CPU has native bf16,
   else in float32 (the stored weight converted at each call, a small cost beside the product):
-  emulated bf16 is 10-30x slower. On such a CPU `--quantize int8` also evaluates outside bf16
+  emulated bf16 is 10-30x slower. One-row products need no native bf16 (ATen reads the bf16
+  weight and computes in float32), so `auto` may pick bf16 weights for batch-1 decoding on any
+  CPU (precision.resolve_precision). On such a CPU `--quantize int8` also evaluates outside bf16
   autocast, and where the CPU has int8 dot products (VNNI) its products of more than
   INT8_KERNEL_ROWS rows are int8 ones (`quantized::linear_dynamic` on oneDNN: the rows quantized
   to uint8 with one scale per product, the int32 sums scaled back to float32 with the bias, in

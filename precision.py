@@ -6,11 +6,13 @@
 - CPU, `auto`: bf16 autocast only when the CPU has native bf16 instructions (AVX512_BF16 or
   AMX on x86-64, the BF16 extension on ARM) *and* a short micro-benchmark of the model's own
   matmul shapes measures bf16 faster than fp32; else fp32. Without native support bf16 is
-  emulated and 10-30x slower than fp32, so the benchmark is not even run. Generation and
-  evaluation store the weights in bf16 once and measure that way (with the model's depth: batch-1
-  decoding is bound by the bytes of weights it reads per token); training measures autocast,
-  which casts fp32 weights at each call. The measured ratio is cached per machine (CPU, threads,
-  torch version, shapes, training or inference) in ~/.cache/mini-llm/precision.json.
+  emulated and 10-30x slower than fp32, so the benchmark is not even run, with one exception:
+  batch-1 decoding (`rows` 1 with `inference_layers`), whose one-row products ATen computes from
+  bf16 weights with float32 arithmetic (inference.FrozenLinear), native bf16 or not. Generation
+  and evaluation store the weights in bf16 once and measure that way (with the model's depth:
+  batch-1 decoding is bound by the bytes of weights it reads per token); training measures
+  autocast, which casts fp32 weights at each call. The measured ratio is cached per machine (CPU,
+  threads, torch version, shapes, training or inference) in ~/.cache/mini-llm/precision.json.
 - MPS, `auto`: fp32.
 - An explicit choice is honoured; bf16 or fp16 on a CPU without native support runs with a
   one-line warning that it will be much slower.
@@ -171,9 +173,13 @@ def measure_bf16_speedup(n_embd: int, vocab_size: int, rows: int, reps: int = 3,
     fp32 and bf16 passes alternate after one untimed pass each, and each side keeps its best, so
     a neighbour that loads the CPU for a while slows both sides alike. At least `reps` pairs, and
     enough to fill ~60 ms (tiny shapes); a bf16 side still 3x slower than fp32 after two pairs
-    ends the measurement (emulated bf16 is ~20x slower: no need to wait for it)."""
+    ends the measurement (emulated bf16 is ~20x slower: no need to wait for it).
+
+    Inference of one row (batch-1 decoding) multiplies as inference.FrozenLinear does: ATen's
+    bf16 kernel, float32 activations, no autocast."""
     import torch
     import torch.nn.functional as F
+    from model import without_onednn
     g = torch.Generator().manual_seed(0)
     rows = benchmark_rows(n_embd, vocab_size, rows)
     shapes = matmul_shapes(n_embd, vocab_size)
@@ -184,13 +190,22 @@ def measure_bf16_speedup(n_embd: int, vocab_size: int, rows: int, reps: int = 3,
     inputs = {i: torch.randn(rows, i, generator=g) for i, _ in shapes}
     half = [w.to(torch.bfloat16) for w in weights] if inference_layers else weights
 
+    one_row = bool(inference_layers) and rows == 1
+
+    def one_row_products(ws: list) -> None:
+        for w in ws:
+            torch.mm(inputs[w.shape[1]].to(torch.bfloat16), w.t())
+
     def one_pass(bf16: bool) -> float:
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 and not one_row else contextlib.nullcontext()
         ws = half if bf16 else weights
         t = time.perf_counter()
         with torch.inference_mode(), ctx:
-            for w in ws:
-                F.linear(inputs[w.shape[1]], w)
+            if bf16 and one_row:
+                without_onednn(one_row_products, ws)
+            else:
+                for w in ws:
+                    F.linear(inputs[w.shape[1]], w)
         return time.perf_counter() - t
 
     one_pass(False)
@@ -210,7 +225,7 @@ def _cache_key(n_embd: int, vocab_size: int, rows: int, inference_layers: int = 
     flag_hash = hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:12]
     rows = benchmark_rows(n_embd, vocab_size, rows)
     what = f"inference {inference_layers} layers" if inference_layers else "training"
-    return (f"v2|{model}|flags {flag_hash}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+    return (f"v3|{model}|flags {flag_hash}|torch {torch.__version__}|threads {torch.get_num_threads()}"
             f"|{rows}x{n_embd}x{vocab_size}|{what}")
 
 
@@ -268,7 +283,11 @@ def resolve_precision(requested: str, device, *, n_embd: int, vocab_size: int, r
         return Precision("bf16" if requested == AMP else requested, kind, requested, "asked for")
     # CPU
     native = cpu_native_bf16()
+    one_row = bool(inference_layers) and rows == 1   # batch-1 decoding: needs no native bf16
     if requested in ("bf16", AMP):
+        if native is None and one_row:
+            return Precision("bf16", kind, requested, "asked for; no native bf16 on this CPU, which batch-1 "
+                                                      "decoding's one-row products do not need")
         if native is None:
             if warn_emulated:
                 log.warning("warning: bf16 on a CPU without native bf16 (no AVX512_BF16/AMX): expect it to be "
@@ -280,16 +299,17 @@ def resolve_precision(requested: str, device, *, n_embd: int, vocab_size: int, r
             log.warning("warning: fp16 on a CPU without native fp16 (no AVX512_FP16/AMX-FP16) is emulated "
                         "and much slower than fp32; --precision auto picks the faster one")
         return Precision("fp16", kind, requested, "asked for")
-    if native is None:
+    if native is None and not one_row:
         return Precision("fp32", kind, requested, "this CPU has no native bf16 (AVX512_BF16/AMX), where "
                                                   "bf16 would be 10-30x slower")
     speedup, cached = cached_bf16_speedup(n_embd, vocab_size, rows, inference_layers)
     how = f"bf16 matmuls of this model's shapes measured {speedup:.2f}x as fast as fp32" + \
           (" (cached)" if cached else "")
+    why = f"native bf16 ({native})" if native else "no native bf16, which one-row products do not need"
     if speedup >= BF16_MIN_SPEEDUP:
-        return Precision("bf16", kind, requested, f"native bf16 ({native}); {how}", round(speedup, 3))
-    return Precision("fp32", kind, requested, f"native bf16 ({native}) but {how}, below the "
-                                              f"{BF16_MIN_SPEEDUP}x needed", round(speedup, 3))
+        return Precision("bf16", kind, requested, f"{why}; {how}", round(speedup, 3))
+    return Precision("fp32", kind, requested, f"{why}, but {how}, below the {BF16_MIN_SPEEDUP}x needed",
+                     round(speedup, 3))
 
 
 def log_choice(p: Precision, stage: str) -> None:

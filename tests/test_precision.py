@@ -87,6 +87,48 @@ def test_a_damaged_cache_is_measured_again(fresh_cache, monkeypatch):
     assert p.bf16_speedup is not None and json.loads(fresh_cache.read_text())
 
 
+def test_batch_1_decoding_is_measured_without_native_bf16(fresh_cache, monkeypatch, caplog):
+    """One-row products from bf16 weights need no native bf16 (ATen computes them in float32):
+    generation at batch 1 measures them and picks bf16 weights where they are faster; batched
+    decoding, evaluation and training stay fp32 unmeasured, and an explicit bf16 at batch 1 runs
+    without the emulation warning."""
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
+    one_row = dict(n_embd=64, vocab_size=512, rows=1, inference_layers=2)
+    p = P.resolve_precision("auto", CPU, **one_row)
+    assert p.bf16_speedup is not None and p.bf16_speedup > 0 and "no native bf16" in p.reason
+    assert p.name == ("bf16" if p.bf16_speedup >= P.BF16_MIN_SPEEDUP else "fp32")
+    assert list(json.loads(fresh_cache.read_text())) == [P._cache_key(**one_row)]
+    for rows in (2, 8):                                    # more rows: bf16 products would be emulated
+        batched = P.resolve_precision("auto", CPU, **{**one_row, "rows": rows})
+        assert batched.name == "fp32" and batched.bf16_speedup is None
+    assert len(json.loads(fresh_cache.read_text())) == 1
+    cache = {P._cache_key(**one_row): {"bf16_speedup": 2.0}}
+    fresh_cache.write_text(json.dumps(cache))
+    p = P.resolve_precision("auto", CPU, **one_row)
+    assert p.name == "bf16" and p.dtype == torch.bfloat16 and p.bf16_speedup == 2.0
+    with caplog.at_level("WARNING"):
+        assert P.resolve_precision("bf16", CPU, **one_row).name == "bf16"
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_one_row_inference_benchmark_measures_the_product_decoding_runs(monkeypatch):
+    """At one row the bf16 side of the inference benchmark is ATen's product with oneDNN off
+    (inference.FrozenLinear's), not autocast's F.linear."""
+    import torch.nn.functional as F
+    seen = []
+    real_mm, real_linear = torch.mm, F.linear
+    monkeypatch.setattr(torch, "mm", lambda a, b: seen.append(("mm", a.dtype, b.dtype,
+                                                               torch._C._get_mkldnn_enabled())) or real_mm(a, b))
+    monkeypatch.setattr(F, "linear", lambda x, w, *a: seen.append(("linear", x.dtype, w.dtype)) or real_linear(x, w, *a))
+    P.measure_bf16_speedup(64, 512, rows=1, reps=1, inference_layers=2)
+    assert ("mm", torch.bfloat16, torch.bfloat16, False) in seen
+    assert {s for s in seen if s[0] == "linear"} == {("linear", torch.float32, torch.float32)}
+    seen.clear()
+    P.measure_bf16_speedup(64, 512, rows=4, reps=1, inference_layers=2)   # more rows: autocast, as before
+    assert not [s for s in seen if s[0] == "mm"]
+    assert ("linear", torch.float32, torch.bfloat16) in seen
+
+
 def test_explicit_bf16_without_native_support_runs_with_one_warning(monkeypatch):
     monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
     records: list[logging.LogRecord] = []
@@ -180,8 +222,12 @@ def evaluate_json(trained, ckpt, prec, capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_evaluate_and_generate_auto_equal_fp32_where_fp32_is_chosen(trained, ckpt, monkeypatch, capsys):
+def test_evaluate_and_generate_auto_equal_fp32_where_fp32_is_chosen(trained, ckpt, fresh_cache, monkeypatch, capsys):
     monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
+    inject_speedup(1.0, n_embd=32, vocab_size=400, rows=1)              # a training key, to have the file
+    cache = json.loads(fresh_cache.read_text())                         # batch-1 decoding measured slower
+    cache[P._cache_key(32, 400, 1, inference_layers=1)] = {"bf16_speedup": 0.5}
+    fresh_cache.write_text(json.dumps(cache))
     results = {}
     for prec in ("auto", "fp32"):
         ev = evaluate_json(trained, ckpt, prec, capsys)
@@ -371,7 +417,7 @@ def test_int8_without_native_bf16_computes_in_float32(trained, ckpt, monkeypatch
     with pytest.raises(UserError, match="no fp16 kernel"):
         inference.resolve_precision_for("fp16", torch.device("cpu"), "int8", **shape)
     with caplog.at_level("WARNING"):
-        inference.resolve_precision_for("bf16", torch.device("cpu"), None, **shape)
+        inference.resolve_precision_for("bf16", torch.device("cpu"), None, **{**shape, "rows": 8})
     assert any("10-30x" in r.getMessage() for r in caplog.records)
 
     torch.manual_seed(0)
