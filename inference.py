@@ -104,7 +104,7 @@ class FrozenLinear(nn.Module):
             # for the 25 products of a 6 x 256 model here), though it wins from two rows on, and
             # from PACKED_ONE_ROW values with the packed weight. The first branch: a decoded token
             # takes it for every layer, so it tests the least (F.linear's own mm, called directly).
-            y = without_onednn(torch.mm, x2.to(torch.bfloat16), self.bf16_weight.t())
+            y = aten_bf16_product(x2, self.bf16_weight)
         elif self.kind == "int8" and rows <= INT8_KERNEL_ROWS and cpu:
             y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.qweight, self.scales)
         elif cpu and self.packs and not torch.compiler.is_compiling() and (packed := self._onednn_weight()) is not None:
@@ -154,6 +154,13 @@ class FrozenLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.kind}"
+
+
+def aten_bf16_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (N, in) times the bf16 weight (out, in) transposed, by ATen's bf16 kernel with oneDNN
+    off: bf16 output, float32 arithmetic, no bf16 instructions needed. FrozenLinear's one-row
+    product, and what precision.measure_bf16_speedup times for batch-1 decoding."""
+    return without_onednn(torch.mm, x.to(torch.bfloat16), weight.t())
 
 
 def int8_products_available() -> bool:

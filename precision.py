@@ -180,7 +180,7 @@ def measure_bf16_speedup(n_embd: int, vocab_size: int, rows: int, reps: int = 3,
     large output head by its packed weight instead, faster still: the measure errs low there)."""
     import torch
     import torch.nn.functional as F
-    from model import without_onednn
+    from inference import aten_bf16_product
     g = torch.Generator().manual_seed(0)
     rows = benchmark_rows(n_embd, vocab_size, rows)
     shapes = matmul_shapes(n_embd, vocab_size)
@@ -193,19 +193,15 @@ def measure_bf16_speedup(n_embd: int, vocab_size: int, rows: int, reps: int = 3,
 
     one_row = bool(inference_layers) and rows == 1
 
-    def one_row_products(ws: list) -> None:
-        for w in ws:
-            torch.mm(inputs[w.shape[1]].to(torch.bfloat16), w.t())
-
     def one_pass(bf16: bool) -> float:
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 and not one_row else contextlib.nullcontext()
         ws = half if bf16 else weights
         t = time.perf_counter()
         with torch.inference_mode(), ctx:
-            if bf16 and one_row:
-                without_onednn(one_row_products, ws)
-            else:
-                for w in ws:
+            for w in ws:
+                if bf16 and one_row:
+                    aten_bf16_product(inputs[w.shape[1]], w)
+                else:
                     F.linear(inputs[w.shape[1]], w)
         return time.perf_counter() - t
 

@@ -224,10 +224,8 @@ def evaluate_json(trained, ckpt, prec, capsys) -> dict:
 
 def test_evaluate_and_generate_auto_equal_fp32_where_fp32_is_chosen(trained, ckpt, fresh_cache, monkeypatch, capsys):
     monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
-    inject_speedup(1.0, n_embd=32, vocab_size=400, rows=1)              # a training key, to have the file
-    cache = json.loads(fresh_cache.read_text())                         # batch-1 decoding measured slower
-    cache[P._cache_key(32, 400, 1, inference_layers=1)] = {"bf16_speedup": 0.5}
-    fresh_cache.write_text(json.dumps(cache))
+    fresh_cache.parent.mkdir(parents=True)                              # batch-1 decoding measured slower
+    fresh_cache.write_text(json.dumps({P._cache_key(32, 400, 1, inference_layers=1): {"bf16_speedup": 0.5}}))
     results = {}
     for prec in ("auto", "fp32"):
         ev = evaluate_json(trained, ckpt, prec, capsys)
