@@ -26,6 +26,7 @@ import torch
 
 from common import UserError, atomic_path, log, refuse_same_file, require_file, resolve_device
 import inference
+from model import one_token_decoder
 from tokenizer import as_identity, special_ids
 from checkpoint import load_model
 from sampling import SamplingConfig, _NgramBlocker, apply_repetition_penalty, sample
@@ -194,6 +195,7 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
 
     model.setup_cache(B, S, reuse=compile)
     step_fn = compiled_decode_step(device) if compile else None
+    one_token = None if compile or B != 1 else one_token_decoder(model)   # batch 1 on a CPU: its own loop
     try:
         slots = torch.arange(S, device=device)
         batch, logits = _prefill(model, [h[s:] for h, s in zip(history, starts)], S, slots, device, pad_id,
@@ -224,6 +226,9 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                 batch, logits = _prefill(model, [h[s:] for h, s in zip(history, starts)], S, slots, device, pad_id,
                                          compile)
                 pos = batch.P
+            elif one_token is not None:
+                logits = one_token(new[:, None], pos)
+                pos += 1
             elif step_fn is not None:
                 logits = step_fn(model, new[:, None], slots[pos:pos + 1].clone(), batch.key_mask, batch.pad)
                 pos += 1

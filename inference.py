@@ -122,6 +122,28 @@ class FrozenLinear(nn.Module):
             y = y.float() if bias is None else torch.add(bias, y)   # float32, one pass
         return y.view(*lead, self.out_features)
 
+    def row_product(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        """forward for one float32 row (1, in) outside autocast, as a function with its branch
+        chosen once and its tensors bound, for model.OneTokenDecoder (which calls it with oneDNN's
+        switch off: ATen's bf16 product needs it off, the others do not see it); None where
+        forward would take a path it does not have (a packed weight this CPU cannot make)."""
+        bf16 = torch.bfloat16
+        if self.aten_one_row:
+            weight_t = self.bf16_weight.t()
+            product = lambda x: torch.mm(x.to(bf16), weight_t)  # noqa: E731
+        elif self.kind == "int8":
+            qweight, scales = self.qweight, self.scales
+            product = lambda x: torch.ops.aten._weight_int8pack_mm(x.to(bf16), qweight, scales)  # noqa: E731
+        elif (packed := self._onednn_weight()) is not None:
+            linear = torch.ops.mkldnn._linear_pointwise
+            product = lambda x: linear(x.to(bf16), packed, None, "none", [], "")  # noqa: E731
+        else:
+            return None
+        bias = self.bias
+        if bias is None:
+            return lambda x: product(x).float()
+        return lambda x: torch.add(bias, product(x))
+
     def _onednn_weight(self) -> Optional[torch.Tensor]:
         """The bf16 weight reordered for oneDNN's bf16 products, made once; None where this torch
         or CPU has none (the reorder needs AVX-512 or AVX-NE-CONVERT)."""

@@ -519,3 +519,67 @@ def test_compiled_int8_decoding_gives_the_eager_int8_tokens():
             compiled = list(G.generate_batch(model, prompts, 16, GREEDY, stop_ids=(), compile=True))
         assert compiled == eager
     model.clear_cache()
+
+
+# --------------------------------------------------------------------------- one-token decoding
+
+def decoder_model(family: str, seed: int, **kw) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(ModelConfig(vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=64, block_size=BLOCK, family=family, **kw))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3) if p.dim() >= 2 else p.uniform_(0.5, 1.5)   # norms and biases not trivial
+    return model.eval()
+
+
+@pytest.mark.parametrize("weights", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("family,kw", [("neox", {}), ("neox", dict(bias=False, activation="relu2", tie_embeddings=False)),
+                                       ("llama", {}), ("qwen3", {})])
+def test_one_token_decoder_gives_the_models_logits_bit_for_bit(family, kw, weights):
+    """model.OneTokenDecoder (batch-1 decoding on a CPU) computes what GPT.forward computes for a
+    cached token: equal logits at every step, for each family, float32, bf16 and int8 weights
+    (llama's MLP output, 171 inputs, stays bf16 under int8: a mixed model)."""
+    import inference
+    from model import one_token_decoder
+    from precision import Precision
+    model = decoder_model(family, seed=3, **kw)
+    precision = Precision("fp32", "cpu", "fp32") if weights == "fp32" else Precision("bf16", "cpu", "bf16")
+    context = inference.prepare(model, precision, "int8" if weights == "int8" else None, weight_only=True)
+    prompt = torch.tensor([[0, 17, 42, 99, 7]])
+    with context(), torch.inference_mode():
+        model.setup_cache(1, 40)
+        slots = torch.arange(40)
+        logits, _ = model(prompt, input_pos=slots[:5], kv_len=5, last_only=True)
+        decoder = one_token_decoder(model)
+        assert decoder is not None
+        token = logits[:, -1].argmax(-1, keepdim=True)
+        for pos in range(5, 30):
+            want, _ = model(token, input_pos=slots[pos:pos + 1], kv_len=pos + 1)
+            got = decoder(token, pos)               # writes the same keys and values at slot pos
+            assert got.shape == (1, VOCAB) and got.dtype == torch.float32
+            assert torch.equal(got, want[:, -1]), (pos, (got - want[:, -1]).abs().max())
+            token = got.argmax(-1, keepdim=True)
+    model.clear_cache()
+
+
+def test_batch_1_generation_runs_the_one_token_decoder_and_others_do_not(monkeypatch):
+    """generate_batch decodes one prompt through OneTokenDecoder on a CPU model set up by
+    inference.prepare, with the tokens of the full-recompute reference, sliding included; a
+    batch of several prompts, an unprepared model and a compiled step stay on GPT.forward."""
+    import inference
+    import model as M
+    from precision import Precision
+    calls = []
+    step = M.OneTokenDecoder._step
+    monkeypatch.setattr(M.OneTokenDecoder, "_step", lambda self, *a: calls.append(1) or step(self, *a))
+    model = random_model(seed=1, block=32)
+    prompt = [0] + list(range(40, 60))
+    want = uncached_greedy(model, prompt, 50, stop_ids=())
+    assert list(G.generate_tokens(model, prompt, 50, GREEDY, stop_ids=())) == want
+    assert calls == []                                   # not interleaved: forward decodes
+    inference.prepare(model, Precision("fp32", "cpu", "fp32"), weight_only=True)
+    assert list(G.generate_tokens(model, prompt, 50, GREEDY, stop_ids=())) == want
+    assert len(calls) > 40                               # every step but the re-prefills after sliding
+    calls.clear()
+    batch = list(G.generate_batch(model, [prompt, prompt[:5]], 10, GREEDY, stop_ids=()))
+    assert calls == [] and [row[0] for row in batch] == want[:10]
