@@ -6,7 +6,9 @@ Layers, bottom up:
   - `filter_logits` / `sample` (sampling.py): pure functions of a (B, V) logits tensor.
   - `generate_batch`: KV-cached decoding of B prompts (token ids) -> one list of B new ids per
     step; `generate_tokens` is its single-prompt, streaming form (nanochat style: streaming is
-    iterating it).
+    iterating it). Each step runs GPT.forward, or, for one prompt on a CPU,
+    model.OneTokenDecoder (the same logits without the modules' per-call overhead), or with
+    `compile` the compiled step.
   - `IncrementalDecoder` / `TextStream`: ids -> text pieces that never split a character, cut
     before stop strings.
   - `generate_texts` / `complete`: prompts (str) -> results (str).

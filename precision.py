@@ -222,7 +222,9 @@ def _cache_key(n_embd: int, vocab_size: int, rows: int, inference_layers: int = 
     flag_hash = hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:12]
     rows = benchmark_rows(n_embd, vocab_size, rows)
     what = f"inference {inference_layers} layers" if inference_layers else "training"
-    return (f"v3|{model}|flags {flag_hash}|torch {torch.__version__}|threads {torch.get_num_threads()}"
+    # the kernels' instruction sets: ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA may hold them below the CPU's
+    isa = f"{torch.backends.cpu.get_cpu_capability()}/{os.environ.get('ONEDNN_MAX_CPU_ISA', '').strip().upper() or '-'}"
+    return (f"v4|{model}|flags {flag_hash}|kernels {isa}|torch {torch.__version__}|threads {torch.get_num_threads()}"
             f"|{rows}x{n_embd}x{vocab_size}|{what}")
 
 

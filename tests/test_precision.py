@@ -253,6 +253,16 @@ def test_evaluate_and_generate_run_in_bf16_when_asked(trained, ckpt, monkeypatch
 
 # =========================================================================== inference in bf16
 
+def test_kernels_held_below_the_cpu_are_measured_apart(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA (and ATEN_CPU_CAPABILITY, read by torch at start-up) change which
+    kernels run: a measurement made with them is not the CPU's own, and keys apart."""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    own = P._cache_key(32, 400, 1, inference_layers=2)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    held = P._cache_key(32, 400, 1, inference_layers=2)
+    assert own != held and "/AVX2|" in held
+
+
 def test_inference_is_measured_and_cached_apart_from_training(fresh_cache, monkeypatch):
     training = P._cache_key(32, 400, 4)
     inference = P._cache_key(32, 400, 4, inference_layers=2)
