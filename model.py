@@ -854,12 +854,12 @@ class OneTokenDecoder:
     ATen's kernels compute products, GELU and norms, as Block's decoding path has them do) and
     gives the same logits (tests compare them bit for bit). Module hooks do not fire in it.
 
-    Build it with GPT.one_token_decoder(), after setup_cache(1, S) and for as long as those
+    Build it with one_token_decoder(model), after model.setup_cache(1, S), for as long as those
     caches stand; anything that changes the model's structure (Block, attention, MLP) must change
     this loop with it."""
 
-    def __init__(self, model: "GPT", layers: list, head, cis: torch.Tensor):
-        self.model, self.layers, self.head, self.cis = model, layers, head, cis
+    def __init__(self, model: "GPT", layers: list, head):
+        self.layers, self.head, self.cis = layers, head, model.rope_cis
         self.emb, self.norm_f, self.vocab = model.tok_emb.weight, _norm_function(model.ln_f), model.cfg.vocab_size
         self.H, self.D = model.cfg.n_head, model.cfg.head_dim
 
@@ -900,7 +900,8 @@ def one_token_decoder(model: "GPT") -> Optional[OneTokenDecoder]:
     interleaved (GPT.interleave_rope: inference.prepare does it on CPUs), or a layer it cannot
     multiply one row by (see _row_product)."""
     cache = model.blocks[0].attn.kv_cache
-    if model.training or model.rope_cis is None or cache is None or cache.k.shape[0] != 1 \
+    act = _ROW_ACTIVATIONS.get(model.cfg.activation)
+    if act is None or model.training or model.rope_cis is None or cache is None or cache.k.shape[0] != 1 \
             or cache.k.dtype != torch.float32 or model.tok_emb.weight.device.type != "cpu" \
             or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
         return None
@@ -908,18 +909,15 @@ def one_token_decoder(model: "GPT") -> Optional[OneTokenDecoder]:
     for block in model.blocks:
         attn, mlp = block.attn, block.mlp
         products = [_row_product(m) for m in (attn.qkv, attn.proj, mlp.fc, mlp.proj)]
-        if any(p is None for p in products):
+        if any(p is None for p in products) or attn.kv_cache.k.shape != cache.k.shape:
             return None
         qk_norm = None
         if attn.q_norm is not None:       # (scales (2, 1, D), eps) as CausalSelfAttention applies them
             qk_norm = (torch.stack((attn.q_norm.weight, attn.k_norm.weight))[:, None], attn.qk_norm_eps)
-        act = _ROW_ACTIVATIONS.get(model.cfg.activation)
-        if act is None or attn.kv_cache.k.shape[0] != 1:
-            return None
         layers.append((_norm_function(block.ln_1), products[0], qk_norm, products[1], _norm_function(block.ln_2),
                        products[2], act, mlp.gated, products[3], attn.kv_cache.k[0], attn.kv_cache.v[0]))
     head = _row_product(model.lm_head)
-    return None if head is None else OneTokenDecoder(model, layers, head, model.rope_cis)
+    return None if head is None else OneTokenDecoder(model, layers, head)
 
 
 # =========================================================================== loading
