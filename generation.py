@@ -6,9 +6,8 @@ Layers, bottom up:
   - `filter_logits` / `sample` (sampling.py): pure functions of a (B, V) logits tensor.
   - `generate_batch`: KV-cached decoding of B prompts (token ids) -> one list of B new ids per
     step; `generate_tokens` is its single-prompt, streaming form (nanochat style: streaming is
-    iterating it). Each step runs GPT.forward, or, for one prompt on a CPU,
-    model.OneTokenDecoder (the same logits without the modules' per-call overhead), or with
-    `compile` the compiled step.
+    iterating it). Each step runs model.TokenDecoder on a CPU (GPT.forward's logits without the
+    modules' per-call overhead), else GPT.forward, or with `compile` the compiled step.
   - `IncrementalDecoder` / `TextStream`: ids -> text pieces that never split a character, cut
     before stop strings.
   - `generate_texts` / `complete`: prompts (str) -> results (str).
@@ -28,7 +27,7 @@ import torch
 
 from common import UserError, atomic_path, log, refuse_same_file, require_file, resolve_device
 import inference
-from model import one_token_decoder
+from model import token_decoder
 from tokenizer import as_identity, special_ids
 from checkpoint import load_model
 from sampling import SamplingConfig, _NgramBlocker, apply_repetition_penalty, sample
@@ -197,7 +196,7 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
 
     model.setup_cache(B, S, reuse=compile)
     step_fn = compiled_decode_step(device) if compile else None
-    one_token = None if compile or B != 1 else one_token_decoder(model)   # batch 1 on a CPU: its own loop
+    decoder = None if compile else token_decoder(model)   # a CPU: the modules' operations in one loop
     try:
         slots = torch.arange(S, device=device)
         batch, logits = _prefill(model, [h[s:] for h, s in zip(history, starts)], S, slots, device, pad_id,
@@ -228,8 +227,8 @@ def generate_batch(model, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                 batch, logits = _prefill(model, [h[s:] for h, s in zip(history, starts)], S, slots, device, pad_id,
                                          compile)
                 pos = batch.P
-            elif one_token is not None:
-                logits = one_token(new[:, None], pos)
+            elif decoder is not None:
+                logits = decoder(new[:, None], pos, batch.key_mask, batch.positions)
                 pos += 1
             elif step_fn is not None:
                 logits = step_fn(model, new[:, None], slots[pos:pos + 1].clone(), batch.key_mask, batch.pad)

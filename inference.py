@@ -122,19 +122,19 @@ class FrozenLinear(nn.Module):
             y = y.float() if bias is None else torch.add(bias, y)   # float32, one pass
         return y.view(*lead, self.out_features)
 
-    def row_product(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-        """forward for one float32 row (1, in) outside autocast, as a function with its branch
-        chosen once and its tensors bound, for model.OneTokenDecoder (which calls it with oneDNN's
-        switch off: ATen's bf16 product needs it off, the others do not see it); None where
-        forward would take a path it does not have (a packed weight this CPU cannot make)."""
+    def rows_product(self, rows: int) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        """forward for `rows` float32 rows (rows, in) outside autocast, as a function with its
+        branch chosen once and its tensors bound (model.TokenDecoder calls it for every layer and
+        token); None where forward would take a branch it does not have (float32 or int8
+        products of many rows without native bf16, a packed weight this CPU cannot make)."""
         bf16 = torch.bfloat16
-        if self.aten_one_row:
-            weight_t = self.bf16_weight.t()
-            product = lambda x: torch.mm(x.to(bf16), weight_t)  # noqa: E731
-        elif self.kind == "int8":
+        if rows == 1 and self.aten_one_row:
+            weight = self.bf16_weight
+            product = lambda x: aten_bf16_product(x, weight)  # noqa: E731
+        elif self.kind == "int8" and rows <= INT8_KERNEL_ROWS:
             qweight, scales = self.qweight, self.scales
             product = lambda x: torch.ops.aten._weight_int8pack_mm(x.to(bf16), qweight, scales)  # noqa: E731
-        elif (packed := self._onednn_weight()) is not None:
+        elif self.packs and (packed := self._onednn_weight()) is not None:
             linear = torch.ops.mkldnn._linear_pointwise
             product = lambda x: linear(x.to(bf16), packed, None, "none", [], "")  # noqa: E731
         else:

@@ -31,11 +31,11 @@ calls and 7% of a token decoded at batch 1 on a 2-core EPYC (greedy tokens ident
 therefore fire on the model, its embedding, final norm, output head and Blocks (what gradient
 checkpointing and DDP wrap), not on a Block's parts.
 
-Batch-1 decoding on a CPU does not go through the modules at all: OneTokenDecoder runs the same
-operations on the same tensors for one cached token in one loop (bit-identical logits, no
-hooks), 1.5x the tokens per second of GPT.forward with bf16 weights on a 2-core EPYC. A change
-to Block, attention or MLP changes OneTokenDecoder with it; the tests compare the two for every
-family and weight kind.
+Decoding on a CPU does not go through the modules at all: TokenDecoder runs the same operations
+on the same tensors for one new token per row in one loop (bit-identical logits, no hooks),
+1.5x the tokens per second of GPT.forward at batch 1 with bf16 weights on a 2-core EPYC. A
+change to Block, attention or MLP changes TokenDecoder with it; the tests compare the two for
+every family and weight kind.
 
 Notation: B batch, T time (query length), S key slots (cache length), C channels (n_embd),
 H heads, D head dim (C // H), V vocabulary.
@@ -828,62 +828,63 @@ def _norm_function(norm: nn.Module):
     return lambda x: F.rms_norm(x, shape, w, eps)
 
 
-def _row_product(layer: nn.Module):
-    """layer's forward for one float32 row (1, in) -> (1, out) float32 outside autocast, as a
-    function with its weights bound: a float32 nn.Linear, or a layer with its own `row_product`
-    (inference.FrozenLinear); None for any other layer."""
+def _rows_product(layer: nn.Module, rows: int):
+    """layer's forward for `rows` float32 rows (rows, in) -> (rows, out) float32 outside
+    autocast, as a function with its weights bound: a float32 nn.Linear, or a layer with its own
+    `rows_product` (inference.FrozenLinear); None for any other layer."""
     if type(layer) is nn.Linear and layer.weight.dtype == torch.float32:
         w, b = layer.weight, layer.bias
         return lambda x: F.linear(x, w, b)
-    make = getattr(layer, "row_product", None)
-    return make() if make is not None else None
+    make = getattr(layer, "rows_product", None)
+    return make(rows) if make is not None else None
 
 
-_ROW_ACTIVATIONS = {"gelu": F.gelu, "silu": F.silu, "relu2": relu2}  # oneDNN off: ATen's kernels
+class TokenDecoder:
+    """Cached decoding of one new token per row on a CPU, computed as GPT.forward computes it
+    (input_pos = (pos,), kv_len = pos + 1, the batch's key_mask and RoPE positions), with the
+    same operations on the same tensors, in one Python function with every weight bound
+    beforehand.
 
+    Decoding a small model at small batches is bound by per-operation overhead, not arithmetic:
+    the modules' forwards (attribute lookups, shape handling, branches for training, masks,
+    prompts and autocast) cost about a third of a batch-1 token. This loop runs only the
+    operations, on (B, C) rows, and gives the same logits (tests compare them bit for bit).
+    Module hooks do not fire in it.
 
-class OneTokenDecoder:
-    """Cached decoding of one token of one sequence on a CPU, computed as GPT.forward computes
-    it (input_pos (1,), kv_len = pos + 1, no key_mask, RoPE position = slot), with the same
-    operations on the same tensors, in one Python function with every weight bound beforehand.
-
-    Batch-1 decoding of a small model is bound by per-operation overhead, not arithmetic: the
-    modules' forwards (attribute lookups, shape handling, branches for training, masks, batches
-    and autocast, each product's own oneDNN switch) cost ~30% of a token. This loop runs the
-    model's ~150 operations per token on (1, C) rows with oneDNN's switch off once per token (so
-    ATen's kernels compute products, GELU and norms, as Block's decoding path has them do) and
-    gives the same logits (tests compare them bit for bit). Module hooks do not fire in it.
-
-    Build it with one_token_decoder(model), after model.setup_cache(1, S), for as long as those
-    caches stand; anything that changes the model's structure (Block, attention, MLP) must change
-    this loop with it."""
+    Build it with token_decoder(model), after model.setup_cache(B, S), for as long as those
+    caches stand; a change to what a Block computes (attention, MLP, norms) changes this loop
+    with it."""
 
     def __init__(self, model: "GPT", layers: list, head):
         self.layers, self.head, self.cis = layers, head, model.rope_cis
         self.emb, self.norm_f, self.vocab = model.tok_emb.weight, _norm_function(model.ln_f), model.cfg.vocab_size
         self.H, self.D = model.cfg.n_head, model.cfg.head_dim
 
-    def __call__(self, token: torch.Tensor, pos: int) -> torch.Tensor:
-        """token (1, 1) long written at cache slot `pos`, with the slots before it filled -> the
-        next-token logits (1, V) float32."""
-        return without_onednn(self._step, token, pos)
-
-    def _step(self, token: torch.Tensor, pos: int) -> torch.Tensor:
-        H, D = self.H, self.D
+    def __call__(self, tokens: torch.Tensor, pos: int, key_mask: Optional[torch.Tensor] = None,
+                 positions: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """tokens (B, 1) long written at cache slot `pos`, the slots before it filled; key_mask
+        (B, S) bool (False: a padding slot) and positions (B, S) long (each slot's RoPE position),
+        or None for none and position = slot -> the next-token logits (B, V) float32."""
+        B, H, D = tokens.shape[0], self.H, self.D
         C, end = H * D, pos + 1
-        cis = self.cis[pos]                                                  # (D/2,) complex
-        x = F.embedding(token.view(1), self.emb)                              # (1, C)
+        if positions is None:
+            cis = self.cis[pos]                                              # (D/2,) complex
+        else:
+            cis = self.cis[positions[:, pos]][:, None, None]                 # (B, 1, 1, D/2)
+        mask = None if key_mask is None else key_mask[:, None, None, :end]   # (B, 1, 1, pos + 1)
+        x = F.embedding(tokens.view(B), self.emb)                            # (B, C)
         for norm_1, qkv, qk_norm, proj, norm_2, fc, act, gated, fc_proj, k_cache, v_cache in self.layers:
-            y = qkv(norm_1(x)).view(3, H, D)                                 # [q | k | v] heads
-            qk = y[:2]
+            y = qkv(norm_1(x)).view(B, 3, H, D)                              # [q | k | v] heads
+            qk = y[:, :2]
             if qk_norm is not None:                                          # qwen3's q/k RMS norms
                 scale, eps = qk_norm
                 qk = F.rms_norm(qk, (D,), eps=eps) * scale
-            qk = torch.view_as_real(torch.view_as_complex(qk.unflatten(-1, (-1, 2))) * cis).view(2, H, 1, D)
-            k_cache[:, pos] = qk[1, :, 0]                                    # caches (H, S, D)
-            v_cache[:, pos] = y[2]
-            a = F.scaled_dot_product_attention(qk[:1], k_cache[None, :, :end], v_cache[None, :, :end])
-            x = x + proj(a.view(1, C))
+            qk = torch.view_as_real(torch.view_as_complex(qk.unflatten(-1, (-1, 2))) * cis).flatten(-2)
+            k_cache[:, :, pos] = qk[:, 1]                                    # caches (B, H, S, D)
+            v_cache[:, :, pos] = y[:, 2]
+            a = F.scaled_dot_product_attention(qk[:, 0, :, None], k_cache[:, :, :end], v_cache[:, :, :end],
+                                               attn_mask=mask)              # (B, H, 1, D)
+            x = x + proj(a.view(B, C))
             h = fc(norm_2(x))
             if gated:
                 gate, up = h.chunk(2, dim=-1)
@@ -891,33 +892,33 @@ class OneTokenDecoder:
             else:
                 h = act(h)
             x = x + fc_proj(h)
-        return self.head(self.norm_f(x))[:, :self.vocab].float()            # (1, V)
+        return self.head(self.norm_f(x))[:, :self.vocab].float()            # (B, V)
 
 
-def one_token_decoder(model: "GPT") -> Optional[OneTokenDecoder]:
-    """An OneTokenDecoder for `model` as it stands (its caches set up for one row), or None where
-    it does not apply and GPT.forward decodes: not a CPU, training mode, autocast on, RoPE not
-    interleaved (GPT.interleave_rope: inference.prepare does it on CPUs), or a layer it cannot
-    multiply one row by (see _row_product)."""
+def token_decoder(model: "GPT") -> Optional[TokenDecoder]:
+    """A TokenDecoder for `model` as it stands (its caches set up), or None where it does not
+    apply and GPT.forward decodes: not a CPU, training mode, autocast on, caches not float32,
+    RoPE not interleaved (GPT.interleave_rope: inference.prepare does it on CPUs), or a layer it
+    cannot multiply the batch's rows by (see _rows_product)."""
     cache = model.blocks[0].attn.kv_cache
-    act = _ROW_ACTIVATIONS.get(model.cfg.activation)
-    if act is None or model.training or model.rope_cis is None or cache is None or cache.k.shape[0] != 1 \
-            or cache.k.dtype != torch.float32 or model.tok_emb.weight.device.type != "cpu" \
-            or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
+    if model.training or model.rope_cis is None or cache is None or cache.k.dtype != torch.float32 \
+            or model.tok_emb.weight.device.type != "cpu" or torch.is_autocast_enabled("cpu") \
+            or torch.compiler.is_compiling():
         return None
+    rows = cache.k.shape[0]
     layers = []
     for block in model.blocks:
         attn, mlp = block.attn, block.mlp
-        products = [_row_product(m) for m in (attn.qkv, attn.proj, mlp.fc, mlp.proj)]
+        products = [_rows_product(m, rows) for m in (attn.qkv, attn.proj, mlp.fc, mlp.proj)]
         if any(p is None for p in products) or attn.kv_cache.k.shape != cache.k.shape:
             return None
         qk_norm = None
         if attn.q_norm is not None:       # (scales (2, 1, D), eps) as CausalSelfAttention applies them
             qk_norm = (torch.stack((attn.q_norm.weight, attn.k_norm.weight))[:, None], attn.qk_norm_eps)
         layers.append((_norm_function(block.ln_1), products[0], qk_norm, products[1], _norm_function(block.ln_2),
-                       products[2], act, mlp.gated, products[3], attn.kv_cache.k[0], attn.kv_cache.v[0]))
-    head = _row_product(model.lm_head)
-    return None if head is None else OneTokenDecoder(model, layers, head)
+                       products[2], mlp.act, mlp.gated, products[3], attn.kv_cache.k, attn.kv_cache.v))
+    head = _rows_product(model.lm_head, rows)
+    return None if head is None else TokenDecoder(model, layers, head)
 
 
 # =========================================================================== loading

@@ -532,46 +532,63 @@ def decoder_model(family: str, seed: int, **kw) -> GPT:
     return model.eval()
 
 
+def cpu_has_native_bf16() -> bool:
+    from precision import _X86_BF16_FLAGS, _cpu_flags
+    return any(f in _cpu_flags()[1] for f in _X86_BF16_FLAGS)
+
+
 @pytest.mark.parametrize("weights", ["fp32", "bf16", "int8"])
 @pytest.mark.parametrize("family,kw", [("neox", {}), ("neox", dict(bias=False, activation="relu2", tie_embeddings=False)),
                                        ("llama", {}), ("qwen3", {})])
-def test_one_token_decoder_gives_the_models_logits_bit_for_bit(family, kw, weights):
-    """model.OneTokenDecoder (batch-1 decoding on a CPU) computes what GPT.forward computes for a
-    cached token: equal logits at every step, for each family, float32, bf16 and int8 weights
-    (llama's MLP output, 171 inputs, stays bf16 under int8: a mixed model)."""
+def test_token_decoder_gives_the_models_logits_bit_for_bit(family, kw, weights, monkeypatch):
+    """model.TokenDecoder (cached decoding on a CPU) computes what GPT.forward computes for one
+    new token per row: equal logits at every step, for each family, float32, bf16 and int8
+    weights (llama's MLP output, 171 inputs, stays bf16 under int8: a mixed model), one prompt,
+    and a left-padded batch of three (its key mask and per-row RoPE positions). bf16 weights
+    multiply several rows only with native bf16 (the packed weights): without it (the tests'
+    default) a batch with bf16 layers decodes through GPT.forward; where the CPU has native bf16,
+    it is tried too."""
     import inference
-    from model import one_token_decoder
-    from precision import Precision
-    model = decoder_model(family, seed=3, **kw)
-    precision = Precision("fp32", "cpu", "fp32") if weights == "fp32" else Precision("bf16", "cpu", "bf16")
-    context = inference.prepare(model, precision, "int8" if weights == "int8" else None, weight_only=True)
-    prompt = torch.tensor([[0, 17, 42, 99, 7]])
-    with context(), torch.inference_mode():
-        model.setup_cache(1, 40)
-        slots = torch.arange(40)
-        logits, _ = model(prompt, input_pos=slots[:5], kv_len=5, last_only=True)
-        decoder = one_token_decoder(model)
-        assert decoder is not None
-        token = logits[:, -1].argmax(-1, keepdim=True)
-        for pos in range(5, 30):
-            want, _ = model(token, input_pos=slots[pos:pos + 1], kv_len=pos + 1)
-            got = decoder(token, pos)               # writes the same keys and values at slot pos
-            assert got.shape == (1, VOCAB) and got.dtype == torch.float32
-            assert torch.equal(got, want[:, -1]), (pos, (got - want[:, -1]).abs().max())
-            token = got.argmax(-1, keepdim=True)
-    model.clear_cache()
+    from model import token_decoder
+    from precision import NATIVE_BF16_ENV, Precision
+    natives = ["0", "1"] if weights == "bf16" and cpu_has_native_bf16() else ["0"]
+    for native in natives:
+        monkeypatch.setenv(NATIVE_BF16_ENV, native)
+        model = decoder_model(family, seed=3, **kw)
+        precision = Precision("fp32", "cpu", "fp32") if weights == "fp32" else Precision("bf16", "cpu", "bf16")
+        context = inference.prepare(model, precision, "int8" if weights == "int8" else None, weight_only=True)
+        for prompts in ([[0, 17, 42, 99, 7]], [[0, 17, 42, 99, 7], [0, 5], [0, 8, 9]]):
+            with context(), torch.inference_mode():
+                model.setup_cache(len(prompts), 40)
+                slots = torch.arange(40)
+                batch, logits = G._prefill(model, prompts, 40, slots, torch.device("cpu"), pad_id=0)
+                decoder = token_decoder(model)
+                bf16_layers = any(getattr(m, "kind", None) == "bf16" for m in model.modules())
+                if bf16_layers and native == "0" and len(prompts) > 1:
+                    assert decoder is None                   # GPT.forward multiplies them in float32
+                    continue
+                assert decoder is not None
+                token = logits.argmax(-1, keepdim=True)
+                for pos in range(batch.P, 30):
+                    want, _ = model(token, input_pos=slots[pos:pos + 1], key_mask=batch.key_mask,
+                                    positions=batch.positions_at(pos, pos + 1), kv_len=pos + 1)
+                    got = decoder(token, pos, batch.key_mask, batch.positions)  # same keys and values at pos
+                    assert got.shape == (len(prompts), VOCAB) and got.dtype == torch.float32
+                    assert torch.equal(got, want[:, -1]), (native, pos, (got - want[:, -1]).abs().max())
+                    token = got.argmax(-1, keepdim=True)
+            model.clear_cache()
 
 
-def test_batch_1_generation_runs_the_one_token_decoder_and_others_do_not(monkeypatch):
-    """generate_batch decodes one prompt through OneTokenDecoder on a CPU model set up by
-    inference.prepare, with the tokens of the full-recompute reference, sliding included; a
-    batch of several prompts, an unprepared model and a compiled step stay on GPT.forward."""
+def test_generation_on_a_cpu_runs_the_token_decoder(monkeypatch):
+    """generate_batch decodes through TokenDecoder on a CPU model set up by inference.prepare,
+    with the tokens of the full-recompute reference, sliding included, one prompt or a padded
+    batch; an unprepared model (RoPE not interleaved) stays on GPT.forward."""
     import inference
     import model as M
     from precision import Precision
     calls = []
-    step = M.OneTokenDecoder._step
-    monkeypatch.setattr(M.OneTokenDecoder, "_step", lambda self, *a: calls.append(1) or step(self, *a))
+    call = M.TokenDecoder.__call__
+    monkeypatch.setattr(M.TokenDecoder, "__call__", lambda self, *a: calls.append(1) or call(self, *a))
     model = random_model(seed=1, block=32)
     prompt = [0] + list(range(40, 60))
     want = uncached_greedy(model, prompt, 50, stop_ids=())
@@ -582,4 +599,4 @@ def test_batch_1_generation_runs_the_one_token_decoder_and_others_do_not(monkeyp
     assert len(calls) > 40                               # every step but the re-prefills after sliding
     calls.clear()
     batch = list(G.generate_batch(model, [prompt, prompt[:5]], 10, GREEDY, stop_ids=()))
-    assert calls == [] and [row[0] for row in batch] == want[:10]
+    assert len(calls) == 9 and [row[0] for row in batch] == want[:10]
