@@ -125,8 +125,8 @@ class FrozenLinear(nn.Module):
     def rows_product(self, rows: int) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
         """forward for `rows` float32 rows (rows, in) outside autocast, as a function with its
         branch chosen once and its tensors bound (model.TokenDecoder calls it for every layer and
-        token); None where forward would take a branch it does not have (float32 or int8
-        products of many rows without native bf16, a packed weight this CPU cannot make)."""
+        token); None where forward would take a branch it does not have: products of many rows
+        in float32 or from the dequantized int8 weight, or a packed weight this CPU cannot make."""
         bf16 = torch.bfloat16
         if rows == 1 and self.aten_one_row:
             weight = self.bf16_weight
