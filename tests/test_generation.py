@@ -340,8 +340,16 @@ def test_batched_greedy_equals_each_prompt_alone():
                [(r.text, r.tokens, r.finish_reason) for r in alone]
 
 
-def test_batched_token_ids_equal_single_including_sliding():
+@pytest.mark.parametrize("prepared", [False, True])
+def test_batched_token_ids_equal_single_including_sliding(prepared):
+    """prepared: set up for a CPU (inference.prepare, fp32), so that both sides decode through
+    model.TokenDecoder, the batch with its padding mask and per-row positions, again after each
+    re-prefill of the slid context."""
     model = random_model(seed=3, block=32)
+    if prepared:
+        import inference
+        from precision import Precision
+        inference.prepare(model, Precision("fp32", "cpu", "fp32"), weight_only=True)
     prompts = [[0, 5], [0] + list(range(20, 45)), [0, 7, 8, 9, 10, 11]]
     alone = [list(G.generate_tokens(model, p, 45, GREEDY, stop_ids=())) for p in prompts]
     steps = list(G.generate_batch(model, prompts, 45, GREEDY, stop_ids=()))
