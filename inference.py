@@ -37,6 +37,7 @@ The model must not be trained or saved after `prepare`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from typing import Callable, Optional
 
@@ -99,16 +100,10 @@ class FrozenLinear(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         rows, cpu, bias = x2.shape[0], x2.is_cpu, self.bias
-        if rows == 1 and cpu and self.aten_one_row and not torch.compiler.is_compiling():
-            # oneDNN's bf16 matrix-vector product is ~1.7x slower than ATen's (0.85 against 0.51 ms
-            # for the 25 products of a 6 x 256 model here), though it wins from two rows on, and
-            # from PACKED_ONE_ROW values with the packed weight. The first branch: a decoded token
-            # takes it for every layer, so it tests the least (F.linear's own mm, called directly).
-            y = aten_bf16_product(x2, self.bf16_weight)
-        elif self.kind == "int8" and rows <= INT8_KERNEL_ROWS and cpu:
-            y = torch.ops.aten._weight_int8pack_mm(x2.to(torch.bfloat16).contiguous(), self.qweight, self.scales)
-        elif cpu and self.packs and not torch.compiler.is_compiling() and (packed := self._onednn_weight()) is not None:
-            y = torch.ops.mkldnn._linear_pointwise(x2.to(torch.bfloat16), packed, None, "none", [], "")
+        if cpu and not torch.compiler.is_compiling() and (product := self._cpu_product(rows)) is not None:
+            y = product(x2)
+        elif self.kind == "int8" and rows <= INT8_KERNEL_ROWS and cpu:   # what torch.compile traces
+            y = _int8_product(x2, self.qweight, self.scales)
         elif cpu and not self.native_bf16 and not torch.is_autocast_enabled("cpu"):
             if self.int8_rows and not torch.compiler.is_compiling():
                 y = torch.ops.quantized.linear_dynamic(x2.float().contiguous(), self._packed_weight(), False)
@@ -122,24 +117,31 @@ class FrozenLinear(nn.Module):
             y = y.float() if bias is None else torch.add(bias, y)   # float32, one pass
         return y.view(*lead, self.out_features)
 
-    def rows_product(self, rows: int) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-        """forward for `rows` float32 rows (rows, in) outside autocast, as a function with its
-        branch chosen once and its tensors bound (model.TokenDecoder calls it for every layer and
-        token); None where forward would take a branch it does not have: products of many rows
-        in float32 or from the dequantized int8 weight, or a packed weight this CPU cannot make."""
-        bf16 = torch.bfloat16
+    def _cpu_product(self, rows: int) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        """The product of `rows` rows (rows, in) -> (rows, out) bf16, without the bias, that this
+        layer's own CPU kernels compute, as a function with its tensors bound; None where forward
+        falls back to F.linear (products of many rows in float32, from the dequantized int8
+        weight, or without a packed weight).
+
+        One row: ATen's bf16 product; oneDNN's bf16 matrix-vector product is ~1.7x slower (0.85
+        against 0.51 ms for the 25 products of a 6 x 256 model here), though it wins from two rows
+        on, and from PACKED_ONE_ROW values with the packed weight. Up to INT8_KERNEL_ROWS rows of
+        int8 weights: the int8 kernel. Else, with native bf16: the packed weight."""
         if rows == 1 and self.aten_one_row:
-            weight = self.bf16_weight
-            product = lambda x: aten_bf16_product(x, weight)  # noqa: E731
-        elif self.kind == "int8" and rows <= INT8_KERNEL_ROWS:
-            qweight, scales = self.qweight, self.scales
-            product = lambda x: torch.ops.aten._weight_int8pack_mm(x.to(bf16), qweight, scales)  # noqa: E731
-        elif self.packs and (packed := self._onednn_weight()) is not None:
-            linear = torch.ops.mkldnn._linear_pointwise
-            product = lambda x: linear(x.to(bf16), packed, None, "none", [], "")  # noqa: E731
-        else:
+            return functools.partial(aten_bf16_product, weight=self.bf16_weight)
+        if self.kind == "int8" and rows <= INT8_KERNEL_ROWS:
+            return functools.partial(_int8_product, qweight=self.qweight, scales=self.scales)
+        if self.packs and (packed := self._onednn_weight()) is not None:
+            return functools.partial(_packed_product, packed=packed)
+        return None
+
+    def rows_product(self, rows: int) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        """forward for `rows` float32 rows (rows, in) -> (rows, out) float32 outside autocast, as a
+        function with its branch chosen once and its tensors bound (model.TokenDecoder calls it
+        for every layer and token); None where _cpu_product is None."""
+        product, bias = self._cpu_product(rows), self.bias
+        if product is None:
             return None
-        bias = self.bias
         if bias is None:
             return lambda x: product(x).float()
         return lambda x: torch.add(bias, product(x))
@@ -176,6 +178,16 @@ class FrozenLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.kind}"
+
+
+def _int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x (N, in) times the int8 weight with its per-row scales, by torch's int8 kernel (bf16 out)."""
+    return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), qweight, scales)
+
+
+def _packed_product(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    """x (N, in) times a bf16 weight in oneDNN's layout (FrozenLinear._onednn_weight), bf16 out."""
+    return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), packed, None, "none", [], "")
 
 
 def aten_bf16_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

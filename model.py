@@ -27,7 +27,8 @@ outputs are unchanged, and training and checkpoints keep the layout above.
 
 Inside a Block, its parts (norms, attention, MLP and their Linear layers) call each other's
 `forward` directly, not through nn.Module.__call__, whose hook checks cost ~1.5 us a call: 48
-calls and 7% of a token decoded at batch 1 on a 2-core EPYC (greedy tokens identical). Hooks
+calls and 7% of a token decoded at batch 1 through GPT.forward on a 2-core EPYC (greedy tokens
+identical; measured before TokenDecoder, which CPU decoding now runs). Hooks
 therefore fire on the model, its embedding, final norm, output head and Blocks (what gradient
 checkpointing and DDP wrap), not on a Block's parts.
 

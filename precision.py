@@ -160,6 +160,12 @@ def benchmark_rows(n_embd: int, vocab_size: int, rows: int) -> int:
     return max(1, min(int(rows), max(_BENCH_MIN_ROWS, int(_BENCH_FLOPS // per_row))))
 
 
+def decodes_one_row(rows: int, inference_layers: int) -> bool:
+    """Whether a precision is asked for batch-1 decoding: inference of one row per pass, whose
+    products ATen computes from bf16 weights in float32 arithmetic, native bf16 or not."""
+    return bool(inference_layers) and rows == 1
+
+
 def measure_bf16_speedup(n_embd: int, vocab_size: int, rows: int, reps: int = 3,
                          inference_layers: int = 0) -> float:
     """fp32 time / bf16 time of the model's matmuls (forward Linear layers) on the CPU.
@@ -191,7 +197,7 @@ def measure_bf16_speedup(n_embd: int, vocab_size: int, rows: int, reps: int = 3,
     inputs = {i: torch.randn(rows, i, generator=g) for i, _ in shapes}
     half = [w.to(torch.bfloat16) for w in weights] if inference_layers else weights
 
-    one_row = bool(inference_layers) and rows == 1
+    one_row = decodes_one_row(rows, inference_layers)
 
     def one_pass(bf16: bool) -> float:
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 and not one_row else contextlib.nullcontext()
@@ -282,7 +288,7 @@ def resolve_precision(requested: str, device, *, n_embd: int, vocab_size: int, r
         return Precision("bf16" if requested == AMP else requested, kind, requested, "asked for")
     # CPU
     native = cpu_native_bf16()
-    one_row = bool(inference_layers) and rows == 1   # batch-1 decoding: needs no native bf16
+    one_row = decodes_one_row(rows, inference_layers)   # needs no native bf16
     if requested in ("bf16", AMP):
         if native is None and one_row:
             return Precision("bf16", kind, requested, "asked for; no native bf16 on this CPU, which batch-1 "
