@@ -22,9 +22,11 @@
   (1.03-1.05x batch-1 decoding). The copy is as large as the bf16 weights it comes from.
 - Outside autocast, products of more than one row run in bf16 where the CPU has native bf16,
   else in float32 (the stored weight converted at each call, a small cost beside the product):
-  emulated bf16 is 10-30x slower. One-row products need no native bf16 (ATen reads the bf16
-  weight and computes in float32), so `auto` may pick bf16 weights for batch-1 decoding on any
-  CPU (precision.resolve_precision). On such a CPU `--quantize int8` also evaluates outside bf16
+  emulated bf16 is 10-30x slower. Products of a few rows need no native bf16: ATen reads the
+  bf16 weight and computes in float32, faster than float32 weights up to ~4 rows (ATEN_BF16_ROWS;
+  AVX2 kernels, 6 x 256 model: decoding at batch 2 2.2x, at batch 4 1.5x, at batch 8 0.8x), so
+  `auto` may pick bf16 weights for decoding up to 4 rows at a time on any CPU
+  (precision.resolve_precision). On such a CPU `--quantize int8` also evaluates outside bf16
   autocast, and where the CPU has int8 dot products (VNNI) its products of more than
   INT8_KERNEL_ROWS rows are int8 ones (`quantized::linear_dynamic` on oneDNN: the rows quantized
   to uint8 with one scale per product, the int32 sums scaled back to float32 with the bias, in
@@ -78,7 +80,7 @@ class FrozenLinear(nn.Module):
         else:
             raise ValueError(f"FrozenLinear kind {kind!r} must be bf16 or int8")
         self.register_buffer("bias", None if bias is None else bias.detach().float())
-        from precision import cpu_native_bf16
+        from precision import aten_bf16_rows, cpu_native_bf16
         # Products of many rows: bf16 with native bf16; else int8 ones (int8 weights, a CPU with VNNI)
         # or float32.
         self.native_bf16 = cpu_native_bf16() is not None
@@ -87,7 +89,8 @@ class FrozenLinear(nn.Module):
         self._onednn = None                   # the bf16 weight in oneDNN's layout; False: none here
         self.packs = self.native_bf16 and kind == "bf16"      # multi-row products by _onednn_weight()
         self.packed_one_row = self.packs and weight.numel() >= PACKED_ONE_ROW
-        self.aten_one_row = kind == "bf16" and not self.packed_one_row   # one row by ATen's bf16 product
+        # products of up to this many rows by ATen's bf16 product (precision.aten_bf16_rows)
+        self.aten_rows = aten_bf16_rows(self.native_bf16) if kind == "bf16" and not self.packed_one_row else 0
 
     @property
     def weight(self) -> torch.Tensor:
@@ -125,9 +128,10 @@ class FrozenLinear(nn.Module):
 
         One row: ATen's bf16 product; oneDNN's bf16 matrix-vector product is ~1.7x slower (0.85
         against 0.51 ms for the 25 products of a 6 x 256 model here), though it wins from two rows
-        on, and from PACKED_ONE_ROW values with the packed weight. Up to INT8_KERNEL_ROWS rows of
-        int8 weights: the int8 kernel. Else, with native bf16: the packed weight."""
-        if rows == 1 and self.aten_one_row:
+        on, and from PACKED_ONE_ROW values with the packed weight. Without native bf16, ATen's
+        product up to ATEN_BF16_ROWS rows (precision.aten_bf16_rows). Up to INT8_KERNEL_ROWS rows
+        of int8 weights: the int8 kernel. Else, with native bf16: the packed weight."""
+        if rows <= self.aten_rows:
             return functools.partial(aten_bf16_product, weight=self.bf16_weight)
         if self.kind == "int8" and rows <= INT8_KERNEL_ROWS:
             return functools.partial(_int8_product, qweight=self.qweight, scales=self.scales)
@@ -192,8 +196,8 @@ def _packed_product(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
 
 def aten_bf16_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (N, in) times the bf16 weight (out, in) transposed, by ATen's bf16 kernel with oneDNN
-    off: bf16 output, float32 arithmetic, no bf16 instructions needed. FrozenLinear's one-row
-    product, and what precision.measure_bf16_speedup times for batch-1 decoding."""
+    off: bf16 output, float32 arithmetic, no bf16 instructions needed. FrozenLinear's product of
+    few rows, and what precision.measure_bf16_speedup times for decoding them."""
     return without_onednn(torch.mm, x.to(torch.bfloat16), weight.t())
 
 

@@ -212,12 +212,14 @@ def _precision_arg(args) -> str:
 
 def _precision_flags(p: argparse.ArgumentParser, stage: str) -> None:
     """--precision and its aliases --amp / --no-amp (the same on train, evaluate and generate)."""
+    from precision import ATEN_BF16_ROWS
+    few = f", and for decoding up to {ATEN_BF16_ROWS} prompts at a time on any CPU" if stage == "generation" else ""
     g = p.add_mutually_exclusive_group()
     g.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=None,
                    help=f"numeric precision of the {stage} (default: auto: on CUDA bf16 where supported, else "
-                        f"fp16 with loss scaling; on CPU bf16 only when the CPU has native bf16 (AVX512_BF16/"
-                        f"AMX) and a short benchmark of this model's matmuls, cached in ~/.cache/mini-llm, "
-                        f"measures it faster, else fp32; fp32 on Apple MPS)")
+                        f"fp16 with loss scaling; on CPU bf16 only where a short benchmark of this model's "
+                        f"matmuls, cached in ~/.cache/mini-llm, measures it faster, else fp32: it runs where the "
+                        f"CPU has native bf16 (AVX512_BF16/AMX){few}; fp32 on Apple MPS)")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="alias: --amp = the device's half precision (bf16; fp16 on GPUs without bf16), "
                         "--no-amp = --precision fp32")

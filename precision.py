@@ -7,8 +7,9 @@
   AMX on x86-64, the BF16 extension on ARM) *and* a short micro-benchmark of the model's own
   matmul shapes measures bf16 faster than fp32; else fp32. Without native support bf16 is
   emulated and 10-30x slower than fp32, so the benchmark is not even run, with one exception:
-  batch-1 decoding (`rows` 1 with `inference_layers`), whose one-row products ATen computes from
-  bf16 weights with float32 arithmetic (inference.FrozenLinear), native bf16 or not. Generation
+  decoding up to ATEN_BF16_ROWS rows at a time (`rows` with `inference_layers`), whose products
+  ATen computes from bf16 weights with float32 arithmetic (inference.FrozenLinear), native bf16
+  or not. Generation
   and evaluation store the weights in bf16 once and measure that way (with the model's depth:
   batch-1 decoding is bound by the bytes of weights it reads per token); training measures
   autocast, which casts fp32 weights at each call. The measured ratio is cached per machine (CPU,
@@ -39,6 +40,8 @@ from common import UserError, cache_dir, log, read_json, write_json
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AMP = "amp"                 # what --amp means: the device's half precision (bf16, or fp16 on old GPUs)
 BF16_MIN_SPEEDUP = 1.15     # auto picks bf16 on CPU only when it measures at least this much faster
+ATEN_BF16_ROWS = 4          # without native bf16, ATen's bf16 product beats float32 up to ~4 rows: decoding
+                            # 2.6x / 2.2x / 1.5x / 0.8x at batch 1 / 2 / 4 / 8 (6 x 256 model, AVX2 kernels)
 CACHE_FILE = "precision.json"
 NATIVE_BF16_ENV = "MINI_LLM_NATIVE_BF16"
 CACHE_ENV = "MINI_LLM_PRECISION_CACHE"
@@ -160,10 +163,17 @@ def benchmark_rows(n_embd: int, vocab_size: int, rows: int) -> int:
     return max(1, min(int(rows), max(_BENCH_MIN_ROWS, int(_BENCH_FLOPS // per_row))))
 
 
-def decodes_one_row(rows: int, inference_layers: int) -> bool:
-    """Whether a precision is asked for batch-1 decoding: inference of one row per pass, whose
-    products ATen computes from bf16 weights in float32 arithmetic, native bf16 or not."""
-    return bool(inference_layers) and rows == 1
+def aten_bf16_rows(native: bool) -> int:
+    """The most rows per product that inference.FrozenLinear multiplies by ATen's bf16 kernel
+    (bf16 weights, float32 arithmetic, no bf16 instructions needed): one with native bf16, where
+    oneDNN's packed weights are faster from two rows on; ATEN_BF16_ROWS without."""
+    return 1 if native else ATEN_BF16_ROWS
+
+
+def decodes_by_aten(rows: int, inference_layers: int) -> bool:
+    """Whether a precision is asked for token-by-token decoding of so few rows per pass (the batch
+    size) that ATen's bf16 product multiplies them (aten_bf16_rows): native bf16 or not."""
+    return bool(inference_layers) and rows <= aten_bf16_rows(cpu_native_bf16() is not None)
 
 
 def measure_bf16_speedup(n_embd: int, vocab_size: int, rows: int, reps: int = 3,
@@ -181,9 +191,9 @@ def measure_bf16_speedup(n_embd: int, vocab_size: int, rows: int, reps: int = 3,
     enough to fill ~60 ms (tiny shapes); a bf16 side still 3x slower than fp32 after two pairs
     ends the measurement (emulated bf16 is ~20x slower: no need to wait for it).
 
-    Inference of one row (batch-1 decoding) multiplies as inference.FrozenLinear does: ATen's
-    bf16 kernel, float32 activations, no autocast (with native bf16 FrozenLinear multiplies a
-    large output head by its packed weight instead, faster still: the measure errs low there)."""
+    Inference of as few rows as decodes_by_aten allows multiplies as inference.FrozenLinear does:
+    ATen's bf16 kernel, float32 activations, no autocast (with native bf16 FrozenLinear multiplies
+    a large output head by its packed weight instead, faster still: the measure errs low there)."""
     import torch
     import torch.nn.functional as F
     from inference import aten_bf16_product
@@ -197,15 +207,15 @@ def measure_bf16_speedup(n_embd: int, vocab_size: int, rows: int, reps: int = 3,
     inputs = {i: torch.randn(rows, i, generator=g) for i, _ in shapes}
     half = [w.to(torch.bfloat16) for w in weights] if inference_layers else weights
 
-    one_row = decodes_one_row(rows, inference_layers)
+    aten = decodes_by_aten(rows, inference_layers)
 
     def one_pass(bf16: bool) -> float:
-        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 and not one_row else contextlib.nullcontext()
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 and not aten else contextlib.nullcontext()
         ws = half if bf16 else weights
         t = time.perf_counter()
         with torch.inference_mode(), ctx:
             for w in ws:
-                if bf16 and one_row:
+                if bf16 and aten:
                     aten_bf16_product(inputs[w.shape[1]], w)
                 else:
                     F.linear(inputs[w.shape[1]], w)
@@ -288,11 +298,11 @@ def resolve_precision(requested: str, device, *, n_embd: int, vocab_size: int, r
         return Precision("bf16" if requested == AMP else requested, kind, requested, "asked for")
     # CPU
     native = cpu_native_bf16()
-    one_row = decodes_one_row(rows, inference_layers)   # needs no native bf16
+    aten = decodes_by_aten(rows, inference_layers)   # needs no native bf16
     if requested in ("bf16", AMP):
-        if native is None and one_row:
-            return Precision("bf16", kind, requested, "asked for; no native bf16 on this CPU, which batch-1 "
-                                                      "decoding's one-row products do not need")
+        if native is None and aten:
+            return Precision("bf16", kind, requested, f"asked for; no native bf16 on this CPU, which decoding "
+                                                      f"{rows} row{'s' if rows > 1 else ''} at a time does not need")
         if native is None:
             if warn_emulated:
                 log.warning("warning: bf16 on a CPU without native bf16 (no AVX512_BF16/AMX): expect it to be "
@@ -304,13 +314,13 @@ def resolve_precision(requested: str, device, *, n_embd: int, vocab_size: int, r
             log.warning("warning: fp16 on a CPU without native fp16 (no AVX512_FP16/AMX-FP16) is emulated "
                         "and much slower than fp32; --precision auto picks the faster one")
         return Precision("fp16", kind, requested, "asked for")
-    if native is None and not one_row:
+    if native is None and not aten:
         return Precision("fp32", kind, requested, "this CPU has no native bf16 (AVX512_BF16/AMX), where "
                                                   "bf16 would be 10-30x slower")
     speedup, cached = cached_bf16_speedup(n_embd, vocab_size, rows, inference_layers)
     how = f"bf16 matmuls of this model's shapes measured {speedup:.2f}x as fast as fp32" + \
           (" (cached)" if cached else "")
-    why = f"native bf16 ({native})" if native else "no native bf16, which one-row products do not need"
+    why = f"native bf16 ({native})" if native else f"no native bf16, which products of {rows} row{'s' if rows > 1 else ''} do not need"
     if speedup >= BF16_MIN_SPEEDUP:
         return Precision("bf16", kind, requested, f"{why}; {how}", round(speedup, 3))
     return Precision("fp32", kind, requested, f"{why}, but {how}, below the {BF16_MIN_SPEEDUP}x needed",

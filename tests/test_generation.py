@@ -552,27 +552,28 @@ def test_token_decoder_gives_the_models_logits_bit_for_bit(family, kw, weights, 
     """model.TokenDecoder (cached decoding on a CPU) computes what GPT.forward computes for one
     new token per row: equal logits at every step, for each family, float32, bf16 and int8
     weights (llama's MLP output, 171 inputs, stays bf16 under int8: a mixed model), one prompt,
-    and a left-padded batch of three (its key mask and per-row RoPE positions). bf16 weights
-    multiply several rows only with native bf16 (the packed weights): without it (the tests'
-    default) a batch with bf16 layers decodes through GPT.forward; where the CPU has native bf16,
-    it is tried too."""
+    and left-padded batches of three and five (their key masks and per-row RoPE positions). bf16
+    weights multiply many rows only with native bf16 (the packed weights): without it (the tests'
+    default) ATen's product takes up to ATEN_BF16_ROWS rows and a larger batch with bf16 layers
+    decodes through GPT.forward; where the CPU has native bf16, it is tried too."""
     import inference
     from model import token_decoder
-    from precision import NATIVE_BF16_ENV, Precision
+    from precision import ATEN_BF16_ROWS, NATIVE_BF16_ENV, Precision
     natives = ["0", "1"] if weights == "bf16" and cpu_has_native_bf16() else ["0"]
     for native in natives:
         monkeypatch.setenv(NATIVE_BF16_ENV, native)
         model = decoder_model(family, seed=3, **kw)
         precision = Precision("fp32", "cpu", "fp32") if weights == "fp32" else Precision("bf16", "cpu", "bf16")
         context = inference.prepare(model, precision, "int8" if weights == "int8" else None, weight_only=True)
-        for prompts in ([[0, 17, 42, 99, 7]], [[0, 17, 42, 99, 7], [0, 5], [0, 8, 9]]):
+        for prompts in ([[0, 17, 42, 99, 7]], [[0, 17, 42, 99, 7], [0, 5], [0, 8, 9]],
+                        [[0, 17, 42, 99, 7], [0, 5], [0, 8, 9], [0, 3, 4, 5], [0, 11]]):
             with context(), torch.inference_mode():
                 model.setup_cache(len(prompts), 40)
                 slots = torch.arange(40)
                 batch, logits = G._prefill(model, prompts, 40, slots, torch.device("cpu"), pad_id=0)
                 decoder = token_decoder(model)
                 bf16_layers = any(getattr(m, "kind", None) == "bf16" for m in model.modules())
-                if bf16_layers and native == "0" and len(prompts) > 1:
+                if bf16_layers and native == "0" and len(prompts) > ATEN_BF16_ROWS:
                     assert decoder is None                   # GPT.forward multiplies them in float32
                     continue
                 assert decoder is not None

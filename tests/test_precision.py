@@ -87,21 +87,23 @@ def test_a_damaged_cache_is_measured_again(fresh_cache, monkeypatch):
     assert p.bf16_speedup is not None and json.loads(fresh_cache.read_text())
 
 
-def test_batch_1_decoding_is_measured_without_native_bf16(fresh_cache, monkeypatch, caplog):
-    """One-row products from bf16 weights need no native bf16 (ATen computes them in float32):
-    generation at batch 1 measures them and picks bf16 weights where they are faster; batched
-    decoding, evaluation and training stay fp32 unmeasured, and an explicit bf16 at batch 1 runs
-    without the emulation warning."""
+def test_decoding_a_few_rows_is_measured_without_native_bf16(fresh_cache, monkeypatch, caplog):
+    """Products of up to ATEN_BF16_ROWS rows from bf16 weights need no native bf16 (ATen computes
+    them in float32): generation at batch 1 to 4 measures them and picks bf16 weights where they
+    are faster; larger batches, evaluation and training stay fp32 unmeasured, and an explicit bf16
+    at batch 1 runs without the emulation warning."""
     monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
     one_row = dict(n_embd=64, vocab_size=512, rows=1, inference_layers=2)
     p = P.resolve_precision("auto", CPU, **one_row)
     assert p.bf16_speedup is not None and p.bf16_speedup > 0 and "no native bf16" in p.reason
     assert p.name == ("bf16" if p.bf16_speedup >= P.BF16_MIN_SPEEDUP else "fp32")
     assert list(json.loads(fresh_cache.read_text())) == [P._cache_key(**one_row)]
-    for rows in (2, 8):                                    # more rows: bf16 products would be emulated
+    few = P.resolve_precision("auto", CPU, **{**one_row, "rows": P.ATEN_BF16_ROWS})
+    assert few.bf16_speedup is not None and f"products of {P.ATEN_BF16_ROWS} rows" in few.reason
+    for rows in (P.ATEN_BF16_ROWS + 1, 8):                 # more rows: bf16 products would be emulated
         batched = P.resolve_precision("auto", CPU, **{**one_row, "rows": rows})
         assert batched.name == "fp32" and batched.bf16_speedup is None
-    assert len(json.loads(fresh_cache.read_text())) == 1
+    assert len(json.loads(fresh_cache.read_text())) == 2
     cache = {P._cache_key(**one_row): {"bf16_speedup": 2.0}}
     fresh_cache.write_text(json.dumps(cache))
     p = P.resolve_precision("auto", CPU, **one_row)
@@ -111,9 +113,10 @@ def test_batch_1_decoding_is_measured_without_native_bf16(fresh_cache, monkeypat
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
-def test_one_row_inference_benchmark_measures_the_product_decoding_runs(monkeypatch):
-    """At one row the bf16 side of the inference benchmark is ATen's product with oneDNN off
-    (inference.FrozenLinear's), not autocast's F.linear."""
+def test_few_rows_inference_benchmark_measures_the_product_decoding_runs(monkeypatch):
+    """At one row, and without native bf16 up to ATEN_BF16_ROWS rows, the bf16 side of the
+    inference benchmark is ATen's product with oneDNN off (inference.FrozenLinear's), not
+    autocast's F.linear."""
     import torch.nn.functional as F
     seen = []
     real_mm, real_linear = torch.mm, F.linear
@@ -123,10 +126,12 @@ def test_one_row_inference_benchmark_measures_the_product_decoding_runs(monkeypa
     P.measure_bf16_speedup(64, 512, rows=1, reps=1, inference_layers=2)
     assert ("mm", torch.bfloat16, torch.bfloat16, False) in seen
     assert {s for s in seen if s[0] == "linear"} == {("linear", torch.float32, torch.float32)}
-    seen.clear()
-    P.measure_bf16_speedup(64, 512, rows=4, reps=1, inference_layers=2)   # more rows: autocast, as before
-    assert not [s for s in seen if s[0] == "mm"]
-    assert ("linear", torch.float32, torch.bfloat16) in seen
+    for native, rows, aten in (("0", P.ATEN_BF16_ROWS, True), ("0", P.ATEN_BF16_ROWS + 1, False), ("1", 2, False)):
+        monkeypatch.setenv(P.NATIVE_BF16_ENV, native)
+        seen.clear()
+        P.measure_bf16_speedup(64, 512, rows=rows, reps=1, inference_layers=2)   # else autocast, as before
+        assert bool([s for s in seen if s[0] == "mm"]) == aten, (native, rows)
+        assert (("linear", torch.float32, torch.bfloat16) in seen) != aten, (native, rows)
 
 
 def test_explicit_bf16_without_native_support_runs_with_one_warning(monkeypatch):
@@ -358,6 +363,25 @@ def test_frozen_linear_multiplies_many_rows_by_a_weight_packed_once(monkeypatch)
         assert (one - want).abs().max() < 0.02 * want.abs().max()
     monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
     assert not inference.FrozenLinear(torch.randn(1500, 1000), None, "bf16").packed_one_row
+
+
+def test_without_native_bf16_a_few_rows_multiply_by_atens_bf16_product(monkeypatch):
+    """Without native bf16, FrozenLinear multiplies up to ATEN_BF16_ROWS rows by ATen's bf16
+    product (float32 arithmetic: no emulated bf16) and more rows in float32, each within bf16's
+    rounding of the float32 product."""
+    monkeypatch.setenv(P.NATIVE_BF16_ENV, "0")
+    layer = torch.nn.Linear(64, 96)
+    frozen = inference.FrozenLinear(layer.weight, layer.bias, "bf16")
+    calls, real = [], inference.aten_bf16_product
+    monkeypatch.setattr(inference, "aten_bf16_product", lambda x, weight: calls.append(len(x)) or real(x, weight))
+    x = torch.randn(P.ATEN_BF16_ROWS + 1, 64)
+    with torch.no_grad():
+        for rows in range(1, P.ATEN_BF16_ROWS + 2):
+            got = frozen(x[:rows])
+            want = x[:rows] @ frozen.weight.float().t() + layer.bias
+            assert got.shape == (rows, 96) and got.dtype == torch.float32
+            assert (got - want).abs().max() < 0.02 * want.abs().max(), rows
+    assert calls == list(range(1, P.ATEN_BF16_ROWS + 1))
 
 
 def test_quantize_int8_on_the_cli(trained, ckpt, monkeypatch, capsys):
