@@ -24,7 +24,7 @@
   else in float32 (the stored weight converted at each call, a small cost beside the product):
   emulated bf16 is 10-30x slower. Products of a few rows need no native bf16: ATen reads the
   bf16 weight and computes in float32, faster than float32 weights up to ~4 rows (ATEN_BF16_ROWS;
-  AVX2 kernels, 6 x 256 model: decoding at batch 2 2.2x, at batch 4 1.5x, at batch 8 0.8x), so
+  AVX2 kernels, 6 x 256 model: decoding at batch 2 2.2x, at batch 4 1.3-1.5x, at batch 8 0.8x), so
   `auto` may pick bf16 weights for decoding up to 4 rows at a time on any CPU
   (precision.resolve_precision). On such a CPU `--quantize int8` also evaluates outside bf16
   autocast, and where the CPU has int8 dot products (VNNI) its products of more than

@@ -9,11 +9,11 @@
   emulated and 10-30x slower than fp32, so the benchmark is not even run, with one exception:
   decoding up to ATEN_BF16_ROWS rows at a time (`rows` with `inference_layers`), whose products
   ATen computes from bf16 weights with float32 arithmetic (inference.FrozenLinear), native bf16
-  or not. Generation
-  and evaluation store the weights in bf16 once and measure that way (with the model's depth:
-  batch-1 decoding is bound by the bytes of weights it reads per token); training measures
-  autocast, which casts fp32 weights at each call. The measured ratio is cached per machine (CPU,
-  threads, torch version, shapes, training or inference) in ~/.cache/mini-llm/precision.json.
+  or not. Generation and evaluation store the weights in bf16 once and measure that way (with
+  the model's depth: batch-1 decoding is bound by the bytes of weights it reads per token);
+  training measures autocast, which casts fp32 weights at each call. The measured ratio is
+  cached per machine (CPU, threads, torch version, shapes, training or inference) in
+  ~/.cache/mini-llm/precision.json.
 - MPS, `auto`: fp32.
 - An explicit choice is honoured; bf16 or fp16 on a CPU without native support runs with a
   one-line warning that it will be much slower.
@@ -41,7 +41,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AMP = "amp"                 # what --amp means: the device's half precision (bf16, or fp16 on old GPUs)
 BF16_MIN_SPEEDUP = 1.15     # auto picks bf16 on CPU only when it measures at least this much faster
 ATEN_BF16_ROWS = 4          # without native bf16, ATen's bf16 product beats float32 up to ~4 rows: decoding
-                            # 2.6x / 2.2x / 1.5x / 0.8x at batch 1 / 2 / 4 / 8 (6 x 256 model, AVX2 kernels)
+                            # 2.3-2.7x / 2.2x / 1.3-1.5x / 0.8x at batch 1 / 2 / 4 / 8 (6 x 256, AVX2 kernels)
 CACHE_FILE = "precision.json"
 NATIVE_BF16_ENV = "MINI_LLM_NATIVE_BF16"
 CACHE_ENV = "MINI_LLM_PRECISION_CACHE"
@@ -299,10 +299,11 @@ def resolve_precision(requested: str, device, *, n_embd: int, vocab_size: int, r
     # CPU
     native = cpu_native_bf16()
     aten = decodes_by_aten(rows, inference_layers)   # needs no native bf16
+    few_rows = f"{rows} row{'s' if rows > 1 else ''}"
     if requested in ("bf16", AMP):
         if native is None and aten:
             return Precision("bf16", kind, requested, f"asked for; no native bf16 on this CPU, which decoding "
-                                                      f"{rows} row{'s' if rows > 1 else ''} at a time does not need")
+                                                      f"{few_rows} at a time does not need")
         if native is None:
             if warn_emulated:
                 log.warning("warning: bf16 on a CPU without native bf16 (no AVX512_BF16/AMX): expect it to be "
@@ -320,7 +321,7 @@ def resolve_precision(requested: str, device, *, n_embd: int, vocab_size: int, r
     speedup, cached = cached_bf16_speedup(n_embd, vocab_size, rows, inference_layers)
     how = f"bf16 matmuls of this model's shapes measured {speedup:.2f}x as fast as fp32" + \
           (" (cached)" if cached else "")
-    why = f"native bf16 ({native})" if native else f"no native bf16, which products of {rows} row{'s' if rows > 1 else ''} do not need"
+    why = f"native bf16 ({native})" if native else f"no native bf16, which products of {few_rows} do not need"
     if speedup >= BF16_MIN_SPEEDUP:
         return Precision("bf16", kind, requested, f"{why}; {how}", round(speedup, 3))
     return Precision("fp32", kind, requested, f"{why}, but {how}, below the {BF16_MIN_SPEEDUP}x needed",
