@@ -312,6 +312,90 @@ def test_sdpa_matches_reference_attention():
     assert torch.allclose(got, M.reference_attention(q, k, v, mask=mask), atol=1e-5)
 
 
+def _document_positions_3x16() -> torch.Tensor:
+    """RoPE positions of three 16-token windows: one document, two, three (segment_mask's input)."""
+    return torch.stack([torch.arange(16), torch.cat([torch.arange(5), torch.arange(11)]),
+                        torch.cat([torch.arange(1), torch.arange(9), torch.arange(6)])])
+
+
+@pytest.mark.parametrize("H, tile_heads", [(6, 6), (6, 2), (5, 1)])
+def test_cpu_attention_computes_attention_and_its_gradients(monkeypatch, H, tile_heads):
+    """_CpuBf16Attention's algorithm, run in float32 (the same code with float32 products): the
+    outputs and the q, k, v gradients of SDPA within rounding, causal and with a document mask,
+    a whole row of heads per tile or a few."""
+    monkeypatch.setattr(M, "_SCORE_TILE_BYTES", tile_heads * 16 * 16 * 4)
+    assert M._heads_per_tile(H, 16) == tile_heads
+    torch.manual_seed(0)
+    for mask in (None, M.segment_mask(_document_positions_3x16())):
+        q, k, v = (torch.randn(3, H, 16, 8, requires_grad=True) for _ in range(3))
+        w = torch.randn(3, H, 16, 8)
+        got = M.cpu_bf16_attention(q, k, v, mask)
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        assert torch.allclose(got, want, atol=1e-5)
+        got_grads = torch.autograd.grad((got * w).sum(), (q, k, v))
+        want_grads = torch.autograd.grad((want * w).sum(), (q, k, v))
+        for name, g, ref in zip("qkv", got_grads, want_grads):
+            assert torch.allclose(g, ref, atol=1e-4), (mask is None, name, (g - ref).abs().max())
+
+
+def test_cpu_attention_in_bf16_is_about_as_close_to_float32_as_sdpas_kernel():
+    """In bf16, its outputs and gradients stay within 3x the error of SDPA's own bf16 kernel
+    (both against float32 SDPA): it rounds the scores to bf16, the flash kernel does not."""
+    torch.manual_seed(0)
+    for mask in (None, M.segment_mask(_document_positions_3x16())):
+        qkv, w = [torch.randn(3, 4, 16, 8) for _ in range(3)], torch.randn(3, 4, 16, 8)
+
+        def run(attention, dtype):
+            xs = [x.to(dtype).requires_grad_() for x in qkv]
+            y = attention(*xs)
+            return [y.float()] + [g.float() for g in torch.autograd.grad((y.float() * w).sum(), xs)]
+
+        def sdpa(q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+
+        ref, flash = run(sdpa, torch.float32), run(sdpa, torch.bfloat16)
+        ours = run(lambda q, k, v: M.cpu_bf16_attention(q, k, v, mask), torch.bfloat16)
+        for name, r, f, o in zip(("out", "dq", "dk", "dv"), ref, flash, ours):
+            assert (o - r).abs().max() <= 3 * (f - r).abs().max() + 1e-3, (mask is None, name)
+
+
+def test_bf16_training_on_a_cpu_takes_the_cpu_attention(monkeypatch):
+    """Training under bf16 autocast on a CPU attends with _CpuBf16Attention in every layer (with
+    a document mask too, and under gradient checkpointing), the loss and gradients of the SDPA
+    path within bf16 rounding; evaluation, float32 training and dropout keep SDPA."""
+    calls, apply = [], M._CpuBf16Attention.apply
+    monkeypatch.setattr(M._CpuBf16Attention, "apply", lambda *a: calls.append(1) or apply(*a))
+    idx, y = random_tokens(2, 32), random_tokens(2, 32, seed=9)
+    idx[:, 0] = SEP
+    idx[1, 10] = SEP                                   # row 1 holds two documents: the dense mask
+
+    def loss_and_grads(m, autocast=True):
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            _, loss = m(idx, y)
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
+
+    m = tiny_model(n_layer=3).train()
+    loss, grads = loss_and_grads(m)
+    assert len(calls) == 3
+    m.gradient_checkpointing = True
+    assert loss_and_grads(m)[0] == loss and len(calls) == 9   # and again in the backward
+    m.gradient_checkpointing = False
+    applies = M.cpu_bf16_attention_applies
+    monkeypatch.setattr(M, "cpu_bf16_attention_applies", lambda *a: False)
+    sdpa_loss, sdpa_grads = loss_and_grads(m)
+    assert abs(loss - sdpa_loss) < 0.01 * sdpa_loss
+    assert F.cosine_similarity(grads, sdpa_grads, dim=0) > 0.99
+    monkeypatch.setattr(M, "cpu_bf16_attention_applies", applies)
+    calls.clear()
+    loss_and_grads(m, autocast=False)                  # float32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        m.eval()(idx, y)                               # evaluation
+    loss_and_grads(tiny_model(n_layer=3, dropout=0.1).train())
+    assert calls == []
+
+
 def _with_reference_attention(monkeypatch):
     def ref(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False):
         assert dropout_p == 0.0
