@@ -1,4 +1,5 @@
-"""The transformer: RoPE, attention (SDPA / flash-attn / reference), blocks, KV cache.
+"""The transformer: RoPE, attention (SDPA / flash-attn / reference; bf16 training on a CPU:
+_CpuBf16Attention), blocks, KV cache.
 
 Architecture, one of the families of `config.FAMILIES` (each matches one Hugging Face model class
 exactly, so `export.py` is a renaming of weights):
@@ -354,8 +355,7 @@ class _CpuBf16Attention(torch.autograd.Function):
         for i in range(0, B * H, g):
             heads = slice(i, i + g)
             scores = torch.bmm(q[heads], k[heads].transpose(1, 2)).float().mul_(scale)
-            p = torch.softmax(scores.add_(bias[i // H if bias.shape[0] > 1 else 0]), dim=-1).to(q.dtype)
-            probs[heads] = p
+            p = probs[heads].copy_(torch.softmax(scores.add_(bias[i // H if bias.shape[0] > 1 else 0]), dim=-1))
             torch.bmm(p, v[heads], out=out[heads])
         ctx.save_for_backward(q, k, v, probs, out)
         ctx.scale = scale
