@@ -358,18 +358,17 @@ class _CpuBf16Attention(torch.autograd.Function):
             p = probs[heads].copy_(torch.softmax(scores.add_(bias[i // H if bias.shape[0] > 1 else 0]), dim=-1))
             torch.bmm(p, v[heads], out=out[heads])
         ctx.save_for_backward(q, k, v, probs, out)
-        ctx.scale = scale
+        ctx.scale, ctx.tile = scale, g
         return out.view(B, H, T, D)
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, probs, out = ctx.saved_tensors
         BH, T, D = q.shape
-        H = grad_out.shape[1]
+        g = ctx.tile
         do = grad_out.reshape(BH, T, D).to(q.dtype)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         delta = (do.float() * out.float()).sum(-1, keepdim=True)   # (BH, T, 1): rowsum(dP * P) = rowsum(dO * O)
-        g = _heads_per_tile(H, T)
         for i in range(0, BH, g):
             heads, p = slice(i, i + g), probs[i:i + g]
             torch.bmm(p.transpose(1, 2), do[heads], out=dv[heads])
@@ -389,7 +388,8 @@ def _heads_per_tile(H: int, T: int) -> int:
 
 def cpu_bf16_attention_applies(q: torch.Tensor, mask, dropout_p: float, training: bool) -> bool:
     """Whether a training pass takes _CpuBf16Attention: a CPU, bf16 q (autocast), no dropout,
-    no cache, a causal or dense boolean mask, probabilities within CPU_ATTENTION_MAX_BYTES."""
+    a causal or dense boolean mask, probabilities within CPU_ATTENTION_MAX_BYTES (the caller
+    checks that no KV cache is in use)."""
     B, H, T, _ = q.shape
     return training and q.device.type == "cpu" and q.dtype == torch.bfloat16 and dropout_p == 0 \
         and (mask is None or (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool)) \
