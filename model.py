@@ -329,59 +329,62 @@ def _flex_attention(q, k, v, block_mask):
 
 CPU_ATTENTION_MAX_BYTES = 64 * 2**20   # _CpuBf16Attention keeps its probabilities, B*H*T*T bf16 values a
                                        # layer, for the backward: beyond this, SDPA's flash kernel (O(T) memory)
-_SCORE_TILE_BYTES = 2 * 2**20          # float32 scores of the heads it handles at once: L2-sized
+_SCORE_TILE_BYTES = 2 * 2**20          # (T, T) scores of the heads it handles at once, counted at 4 bytes
+                                       # each (the softmax's float32 rows): L2-sized
 
 
 class _CpuBf16Attention(torch.autograd.Function):
-    """Attention for bf16 training on a CPU: q, k, v (B, H, T, D) bf16, bias (B|1, T, T) float32
-    additive (0 or -inf: causal, or causal within documents) -> (B, H, T, D) bf16.
+    """Attention for bf16 training on a CPU: q (already scaled by 1/sqrt(D)), k, v (B, H, T, D)
+    bf16, bias (B|1, T, T) in q's dtype, additive (0 or -inf: causal, or causal within
+    documents) -> (B, H, T, D) bf16.
 
     SDPA's CPU flash kernel is bound by its per-tile softmax work at small head sizes, and its
     bf16 backward is no faster than float32: for 8 heads of 32 at T 256 it spent 4.5 ms forward
     and 12.8 ms backward a layer, ~40% of a bf16 training step. Here the four products are
-    oneDNN's bf16 batched products over a few heads at a time (their float32 scores, ~2 MB, stay
-    in the core's cache for the softmax, which runs in float32), and the probabilities are kept
-    in bf16 for the backward instead of recomputed: 1.9x the flash kernel for one layer, forward
-    and backward, 1.26x the whole training step (2-core native-bf16 EPYC). The scores are
-    rounded to bf16 as they leave the product, as in eager bf16 attention on a GPU: outputs and
-    gradients differ from float32 attention by about as much as the flash kernel's in bf16."""
+    oneDNN's bf16 batched products over a few heads at a time (their scores, ~1 MB, stay in the
+    core's cache), and everything between them works on bf16 tensors, as eager bf16 attention on
+    a GPU does: the masked scores go through ATen's bf16 softmax (float32 inside, bf16 out) and
+    its backward (torch._softmax_backward_data: the same, rowsum(dP * P) included), one pass
+    each. The probabilities are kept for the backward instead of recomputed. A layer's forward
+    and backward: 1.7-2x the flash kernel, and the scale folded into q and softmax kept in bf16
+    saved another 1.1-1.25x over float32 scores (2-core native-bf16 EPYC). Outputs and gradients
+    differ from float32 attention by about as much as the flash kernel's in bf16."""
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, scale):
+    def forward(ctx, q, k, v, bias):
         B, H, T, D = q.shape
         q, k, v = (x.reshape(B * H, T, D) for x in (q, k, v))
         out, probs = torch.empty_like(q), q.new_empty(B * H, T, T)
         g = _heads_per_tile(H, T)
         for i in range(0, B * H, g):
             heads = slice(i, i + g)
-            scores = torch.bmm(q[heads], k[heads].transpose(1, 2)).float().mul_(scale)
-            p = probs[heads].copy_(torch.softmax(scores.add_(bias[i // H if bias.shape[0] > 1 else 0]), dim=-1))
-            torch.bmm(p, v[heads], out=out[heads])
-        ctx.save_for_backward(q, k, v, probs, out)
-        ctx.scale, ctx.tile = scale, g
+            scores = torch.bmm(q[heads], k[heads].transpose(1, 2)).add_(bias[i // H if bias.shape[0] > 1 else 0])
+            torch.softmax(scores, dim=-1, out=probs[heads])
+            torch.bmm(probs[heads], v[heads], out=out[heads])
+        ctx.save_for_backward(q, k, v, probs)
+        ctx.tile = g
         return out.view(B, H, T, D)
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, probs, out = ctx.saved_tensors
+        q, k, v, probs = ctx.saved_tensors
         BH, T, D = q.shape
         g = ctx.tile
         do = grad_out.reshape(BH, T, D).to(q.dtype)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        delta = (do.float() * out.float()).sum(-1, keepdim=True)   # (BH, T, 1): rowsum(dP * P) = rowsum(dO * O)
         for i in range(0, BH, g):
             heads, p = slice(i, i + g), probs[i:i + g]
             torch.bmm(p.transpose(1, 2), do[heads], out=dv[heads])
-            dp = torch.bmm(do[heads], v[heads].transpose(1, 2)).float()
-            ds = dp.sub_(delta[heads]).mul_(p).mul_(ctx.scale).to(q.dtype)   # softmax's backward, scaled
+            dp = torch.bmm(do[heads], v[heads].transpose(1, 2))
+            ds = torch._softmax_backward_data(dp, p, -1, q.dtype)   # P * (dP - rowsum(dP * P))
             torch.bmm(ds, k[heads], out=dq[heads])
             torch.bmm(ds.transpose(1, 2), q[heads], out=dk[heads])
         shape = grad_out.shape
-        return dq.view(shape), dk.view(shape), dv.view(shape), None, None
+        return dq.view(shape), dk.view(shape), dv.view(shape), None
 
 
 def _heads_per_tile(H: int, T: int) -> int:
-    """The most heads of one batch row (a divisor of H) whose float32 (T, T) scores fit a tile."""
+    """The most heads of one batch row (a divisor of H) whose (T, T) scores, at 4 bytes each, fit a tile."""
     fit = max(1, _SCORE_TILE_BYTES // (T * T * 4))
     return max(g for g in range(1, H + 1) if H % g == 0 and g <= fit)
 
@@ -400,8 +403,8 @@ def cpu_bf16_attention(q, k, v, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """_CpuBf16Attention with mask None (causal) or bool (B|1, 1, T, T), True = attend."""
     T = q.shape[2]
     allowed = torch.ones(1, T, T, dtype=torch.bool, device=q.device).tril() if mask is None else mask[:, 0]
-    bias = torch.zeros(allowed.shape, device=q.device).masked_fill_(~allowed, float("-inf"))
-    return _CpuBf16Attention.apply(q, k, v, bias, q.shape[-1] ** -0.5)
+    bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
+    return _CpuBf16Attention.apply(q * q.shape[-1] ** -0.5, k, v, bias)
 
 
 def document_block_mask(positions: torch.Tensor) -> "BlockMask":
