@@ -362,9 +362,12 @@ def test_cpu_attention_in_bf16_is_about_as_close_to_float32_as_sdpas_kernel():
 def test_bf16_training_on_a_cpu_takes_the_cpu_attention(monkeypatch):
     """Training under bf16 autocast on a CPU attends with _CpuBf16Attention in every layer (with
     a document mask too, and under gradient checkpointing), the loss and gradients of the SDPA
-    path within bf16 rounding; evaluation, float32 training and dropout keep SDPA."""
+    path within bf16 rounding; bf16 evaluation takes its forward alone (the loss of SDPA's within
+    bf16 rounding); float32 training and dropout keep SDPA."""
     calls, apply = [], M._CpuBf16Attention.apply
     monkeypatch.setattr(M._CpuBf16Attention, "apply", lambda *a: calls.append(1) or apply(*a))
+    forwards, tiled = [], M._tiled_attention
+    monkeypatch.setattr(M, "_tiled_attention", lambda *a: forwards.append(1) or tiled(*a))
     idx, y = random_tokens(2, 32), random_tokens(2, 32, seed=9)
     idx[:, 0] = SEP
     idx[1, 10] = SEP                                   # row 1 holds two documents: the dense mask
@@ -376,24 +379,30 @@ def test_bf16_training_on_a_cpu_takes_the_cpu_attention(monkeypatch):
         loss.backward()
         return loss.item(), torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
 
+    def eval_loss(m):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return m.eval()(idx, y)[1].item()
+
     m = tiny_model(n_layer=3).train()
     loss, grads = loss_and_grads(m)
-    assert len(calls) == 3
+    assert len(calls) == 3 and len(forwards) == 3
     m.gradient_checkpointing = True
     assert loss_and_grads(m)[0] == loss and len(calls) == 9   # and again in the backward
     m.gradient_checkpointing = False
+    calls.clear(), forwards.clear()
+    ours_eval = eval_loss(m)
+    assert calls == [] and len(forwards) == 3            # evaluation: the forward alone
     applies = M.cpu_bf16_attention_applies
     monkeypatch.setattr(M, "cpu_bf16_attention_applies", lambda *a: False)
-    sdpa_loss, sdpa_grads = loss_and_grads(m)
+    assert abs(ours_eval - eval_loss(m)) < 0.01 * ours_eval
+    sdpa_loss, sdpa_grads = loss_and_grads(m.train())
     assert abs(loss - sdpa_loss) < 0.01 * sdpa_loss
     assert F.cosine_similarity(grads, sdpa_grads, dim=0) > 0.99
     monkeypatch.setattr(M, "cpu_bf16_attention_applies", applies)
-    calls.clear()
+    calls.clear(), forwards.clear()
     loss_and_grads(m, autocast=False)                  # float32
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        m.eval()(idx, y)                               # evaluation
     loss_and_grads(tiny_model(n_layer=3, dropout=0.1).train())
-    assert calls == []
+    assert calls == [] and forwards == []
 
 
 def _with_reference_attention(monkeypatch):
