@@ -406,7 +406,11 @@ def cpu_bf16_attention_applies(q: torch.Tensor, mask, dropout_p: float) -> bool:
     if q.device.type != "cpu" or q.dtype != torch.bfloat16 or dropout_p or torch.compiler.is_compiling() \
             or not (mask is None or (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool)):
         return False
-    return not q.requires_grad or B * H * T * T * 2 <= CPU_ATTENTION_MAX_BYTES
+    return not _grad_flows(q) or B * H * T * T * 2 <= CPU_ATTENTION_MAX_BYTES
+
+
+def _grad_flows(*xs: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
 
 
 def cpu_bf16_attention(q, k, v, mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -417,7 +421,7 @@ def cpu_bf16_attention(q, k, v, mask: Optional[torch.Tensor]) -> torch.Tensor:
     allowed = torch.ones(1, T, T, dtype=torch.bool, device=q.device).tril() if mask is None else mask[:, 0]
     bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
     q = q * D ** -0.5
-    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v)):
+    if _grad_flows(q, k, v):
         return _CpuBf16Attention.apply(q, k, v, bias)
     flat = [x.reshape(B * H, T, D) for x in (q, k, v)]
     return _tiled_attention(*flat, bias, H).view(B, H, T, D)
