@@ -185,6 +185,20 @@ def _loss_chunk_rows(vocab_size: int) -> int:
     return max(64, min(4096, LOSS_CHUNK_ELEMENTS // vocab_size))
 
 
+# _LinearCrossEntropy gathers the logits' gradients of several chunks, up to this many bytes, and
+# multiplies them into grad_h and grad_W at once: grad_W's float32 sum is then read and written
+# once per this many rows instead of once per chunk (with a 32,000-token vocabulary: 131-row
+# chunks, 1,048 rows a product), and the products get more rows to work on. The training step:
+# 1.10x for the small preset (32,000 tokens, batch 32; bf16 and fp32), 1.03x at 8,000 tokens x
+# batch 8 (2-core EPYC, alternating in one process), for up to 64 MB more memory.
+LOSS_PRODUCT_BYTES = 64 * 2**20
+
+
+def _loss_product_rows(vocab_size: int, chunk: int, element_size: int) -> int:
+    """Rows per product of _LinearCrossEntropy's gradients: a multiple of `chunk`."""
+    return chunk * max(1, LOSS_PRODUCT_BYTES // (chunk * vocab_size * element_size))
+
+
 def _matmul_dtype(device_type: str):
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
 
@@ -208,24 +222,30 @@ class _LinearCrossEntropy(torch.autograd.Function):
             count = valid.sum()
             scale = valid.to(torch.float32) / count  # (N,) NaN everywhere when nothing is scored
             grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
-            grad_W = torch.zeros(W.shape, dtype=torch.float32, device=W.device)
+            grad_W = None
             total = torch.zeros((), dtype=torch.float32, device=h.device)
-            for s in range(0, h.shape[0], chunk):
-                hc, yc = hm[s:s + chunk], targets[s:s + chunk].clamp(min=0)
-                logits = _mask_padding((hc @ Wm.t()).float(), vocab)  # (c, V')
-                target = logits.gather(1, yc[:, None])[:, 0]  # (c,)
-                top = logits.amax(dim=-1)  # (c,)
-                e = logits.sub_(top[:, None]).exp_()  # one exp for both the log-sum-exp and the softmax
-                norm = e.sum(dim=-1)
-                lse = top + norm.log()  # (c,)
-                sc = scale[s:s + chunk]
-                total += ((lse - target) * valid[s:s + chunk]).sum()
-                factor = sc / norm if not z_loss else sc * (1.0 + 2.0 * z_loss * lse) / norm  # + d(z lse^2) / d logits
-                p = e.mul_(factor[:, None])  # softmax, scaled
-                p[torch.arange(len(yc), device=p.device), yc] -= sc  # d loss_row / d logits, scaled
-                pm = p if dt is None else p.to(dt)
-                grad_h[s:s + chunk] = pm @ Wm
-                grad_W += pm.t() @ hc
+            rows = _loss_product_rows(W.shape[0], chunk, hm.element_size())
+            grads = hm.new_empty(min(rows, h.shape[0]), W.shape[0])  # the logits' gradients of `rows` rows
+            for a in range(0, h.shape[0], rows):
+                n = min(rows, h.shape[0] - a)
+                for s in range(a, a + n, chunk):
+                    hc, yc = hm[s:s + chunk], targets[s:s + chunk].clamp(min=0)
+                    logits = _mask_padding((hc @ Wm.t()).float(), vocab)  # (c, V')
+                    target = logits.gather(1, yc[:, None])[:, 0]  # (c,)
+                    top = logits.amax(dim=-1)  # (c,)
+                    e = logits.sub_(top[:, None]).exp_()  # one exp for both the log-sum-exp and the softmax
+                    norm = e.sum(dim=-1)
+                    lse = top + norm.log()  # (c,)
+                    sc = scale[s:s + chunk]
+                    total += ((lse - target) * valid[s:s + chunk]).sum()
+                    factor = sc / norm if not z_loss else sc * (1.0 + 2.0 * z_loss * lse) / norm  # + d(z lse^2) / d logits
+                    p = e.mul_(factor[:, None])  # softmax, scaled
+                    p[torch.arange(len(yc), device=p.device), yc] -= sc  # d loss_row / d logits, scaled
+                    grads[s - a:s - a + len(yc)] = p
+                g = grads[:n]
+                grad_h[a:a + n] = g @ Wm
+                part = g.t() @ hm[a:a + n]
+                grad_W = part.float() if grad_W is None else grad_W.add_(part)
         ctx.save_for_backward(grad_h, grad_W)
         ctx.dtypes = (h.dtype, W.dtype)
         return total / count

@@ -500,11 +500,18 @@ def test_positions_given_equal_positions_computed():
         assert torch.equal(m(batch, positions=pos)[0], m(batch)[0])
 
 
+@pytest.mark.parametrize("product_bytes", [1, 2 * 64 * 97 * 2, None])
 @pytest.mark.parametrize("autocast", [False, True])
-def test_chunked_linear_cross_entropy_equals_the_plain_loss_and_gradients(monkeypatch, autocast):
+def test_chunked_linear_cross_entropy_equals_the_plain_loss_and_gradients(monkeypatch, autocast, product_bytes):
     """The chunked loss (several chunks: LOSS_CHUNK_ELEMENTS made tiny) gives F.cross_entropy's
-    value and the same gradients for h and W, ignored targets included, in fp32 and bf16."""
+    value and the same gradients for h and W, ignored targets included, in fp32 and bf16: with
+    the gradients multiplied chunk by chunk, two chunks at a time (bf16; the last group short) or
+    all at once."""
     monkeypatch.setattr(M, "LOSS_CHUNK_ELEMENTS", 97 * 64)  # 64-row chunks
+    if product_bytes is not None:
+        monkeypatch.setattr(M, "LOSS_PRODUCT_BYTES", product_bytes)
+    rows = M._loss_product_rows(97, 64, 2)                # bf16 gradients, rows per product
+    assert rows == {1: 64, 2 * 64 * 97 * 2: 128}[product_bytes] if product_bytes else rows >= 150
     g = torch.Generator().manual_seed(0)
     h = torch.randn(150, 16, generator=g, requires_grad=True)
     W = (0.3 * torch.randn(97, 16, generator=g)).requires_grad_()
@@ -532,6 +539,7 @@ def test_z_loss_is_in_the_gradient_and_not_in_the_value(monkeypatch):
     """z_loss adds z * mean(logsumexp^2) over the scored rows to what is differentiated; the value
     returned is still the plain cross-entropy."""
     monkeypatch.setattr(M, "LOSS_CHUNK_ELEMENTS", 97 * 64)
+    monkeypatch.setattr(M, "LOSS_PRODUCT_BYTES", 1)       # each chunk multiplied on its own
     g = torch.Generator().manual_seed(1)
     h = torch.randn(150, 16, generator=g, requires_grad=True)
     W = (2.0 * torch.randn(97, 16, generator=g)).requires_grad_()   # large logits: a visible z-loss
