@@ -199,6 +199,11 @@ def _loss_product_rows(vocab_size: int, chunk: int, element_size: int) -> int:
     return chunk * max(1, LOSS_PRODUCT_BYTES // (chunk * vocab_size * element_size))
 
 
+def _grad_flows(*xs: torch.Tensor) -> bool:
+    """Whether autograd records an operation on xs."""
+    return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
+
+
 def _matmul_dtype(device_type: str):
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
 
@@ -274,7 +279,7 @@ def linear_cross_entropy(h: torch.Tensor, W: Optional[torch.Tensor], targets: to
     gradients only: the module that computes the logits instead of h @ W.T (W unused), such as an
     inference.FrozenLinear with its own kernels."""
     chunk = _loss_chunk_rows(W.shape[0] if head is None else head.out_features)
-    if head is None and reduction == "mean" and torch.is_grad_enabled() and (h.requires_grad or W.requires_grad):
+    if head is None and reduction == "mean" and _grad_flows(h, W):
         return _LinearCrossEntropy.apply(h, W, targets, chunk, float(z_loss), vocab)
     dt = _matmul_dtype(h.device.type)
     out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
@@ -350,7 +355,7 @@ def _flex_attention(q, k, v, block_mask):
 CPU_ATTENTION_MAX_BYTES = 64 * 2**20   # _CpuBf16Attention keeps its probabilities, B*H*T*T bf16 values a
                                        # layer, for the backward: beyond this, SDPA's flash kernel (O(T) memory)
 _SCORE_TILE_BYTES = 2 * 2**20          # (T, T) scores of the heads it handles at once, counted at 4 bytes
-                                       # each (the softmax's float32 rows): L2-sized
+                                       # each as when they were float32 (half that measured alike): L2-sized
 
 
 class _CpuBf16Attention(torch.autograd.Function):
@@ -427,10 +432,6 @@ def cpu_bf16_attention_applies(q: torch.Tensor, mask, dropout_p: float) -> bool:
             or not (mask is None or (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool)):
         return False
     return not _grad_flows(q) or B * H * T * T * 2 <= CPU_ATTENTION_MAX_BYTES
-
-
-def _grad_flows(*xs: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
 
 
 def cpu_bf16_attention(q, k, v, mask: Optional[torch.Tensor]) -> torch.Tensor:
