@@ -434,13 +434,32 @@ def cpu_bf16_attention_applies(q: torch.Tensor, mask, dropout_p: float) -> bool:
     return not _grad_flows(q) or B * H * T * T * 2 <= CPU_ATTENTION_MAX_BYTES
 
 
+_last_bias: tuple = (None, None, None)   # (mask, key, bias) of the last _additive_mask call
+
+
+def _additive_mask(mask: Optional[torch.Tensor], T: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """The additive form (B|1, T, T), 0 or -inf, of mask None (causal) or bool (B|1, 1, T, T),
+    True = attend. Every layer of a forward gets the same mask object, so the bias of the last
+    call is kept (with that mask, so its identity cannot pass to another tensor) and the other
+    layers reuse it; a causal one is reused across steps too (an inference tensor only in
+    inference mode)."""
+    global _last_bias
+    last_mask, last_key, last_bias = _last_bias
+    key = (T, dtype, torch.device(device), torch.is_inference_mode_enabled())
+    if last_mask is mask and last_key == key:
+        return last_bias
+    allowed = torch.ones(1, T, T, dtype=torch.bool, device=device).tril() if mask is None else mask[:, 0]
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))
+    _last_bias = (mask, key, bias)
+    return bias
+
+
 def cpu_bf16_attention(q, k, v, mask: Optional[torch.Tensor]) -> torch.Tensor:
     """Attention of q, k, v (B, H, T, D) with mask None (causal) or bool (B|1, 1, T, T), True =
     attend: _CpuBf16Attention where gradients flow, else its forward alone, which keeps no
     probabilities (evaluation in bf16: 1.1-1.5x SDPA's CPU flash kernel, D 32-64, T 256-512)."""
     B, H, T, D = q.shape
-    allowed = torch.ones(1, T, T, dtype=torch.bool, device=q.device).tril() if mask is None else mask[:, 0]
-    bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
+    bias = _additive_mask(mask, T, q.dtype, q.device)
     q = q * D ** -0.5
     if _grad_flows(q, k, v):
         return _CpuBf16Attention.apply(q, k, v, bias)

@@ -338,6 +338,28 @@ def test_cpu_attention_computes_attention_and_its_gradients(monkeypatch, H, tile
             assert torch.allclose(g, ref, atol=1e-4), (mask is None, name, (g - ref).abs().max())
 
 
+def test_cpu_attention_builds_a_masks_bias_once_and_never_reuses_another_masks():
+    """The layers of one forward share the mask object, and with it its additive bias; a new
+    mask (the next window's documents, even one equal to the last), another length or dtype, or
+    a causal call gets its own, so outputs always follow the mask given."""
+    positions = _document_positions_3x16()
+    mask = M.segment_mask(positions)
+    bias = M._additive_mask(mask, 16, torch.float32, "cpu")
+    assert M._additive_mask(mask, 16, torch.float32, "cpu") is bias
+    assert M._additive_mask(mask.clone(), 16, torch.float32, "cpu") is not bias
+    assert M._additive_mask(mask, 16, torch.bfloat16, "cpu").dtype == torch.bfloat16
+    causal = M._additive_mask(None, 16, torch.float32, "cpu")
+    assert M._additive_mask(None, 16, torch.float32, "cpu") is causal
+    assert M._additive_mask(None, 8, torch.float32, "cpu").shape == (1, 8, 8)
+    assert torch.equal(causal[0].isinf(), ~torch.ones(16, 16, dtype=torch.bool).tril())
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 16, 8) for _ in range(3))
+    other = M.segment_mask(positions.roll(5, dims=0))       # the rows' documents in another order
+    for m in (mask, other, mask, None, other):
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=m is None)
+        assert torch.allclose(M.cpu_bf16_attention(q, k, v, m), want, atol=1e-5)
+
+
 def test_cpu_attention_in_bf16_is_about_as_close_to_float32_as_sdpas_kernel():
     """In bf16, its outputs and gradients stay within 3x the error of SDPA's own bf16 kernel
     (both against float32 SDPA): it rounds the scores to bf16, the flash kernel does not."""
