@@ -410,7 +410,7 @@ def _tiled_attention(q, k, v, bias, H: int, probs: Optional[torch.Tensor] = None
     out, g = torch.empty_like(q), _heads_per_tile(H, T)
     for i in range(0, BH, g):
         heads = slice(i, i + g)
-        scores = torch.bmm(q[heads], k[heads].transpose(1, 2)).add_(bias[i // H if bias.shape[0] > 1 else 0])
+        scores = torch.baddbmm(bias[i // H if bias.shape[0] > 1 else 0], q[heads], k[heads].transpose(1, 2))
         p = torch.softmax(scores, dim=-1) if probs is None else torch.softmax(scores, dim=-1, out=probs[heads])
         torch.bmm(p, v[heads], out=out[heads])
     return out
