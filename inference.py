@@ -103,6 +103,12 @@ class FrozenLinear(nn.Module):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         rows, cpu, bias = x2.shape[0], x2.is_cpu, self.bias
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if autocast and bias is not None and cpu and not torch.compiler.is_compiling() and self._packs_rows(rows):
+            # the float32 bias added inside oneDNN's product, the sum rounded to bf16 once: one
+            # pass over the output less than adding it after, 1.06-1.15x these products of 4,096 rows
+            y = _packed_product(x2, self._onednn_weight(), bias)
+            return y.view(*lead, self.out_features)
         if cpu and not torch.compiler.is_compiling() and (product := self._cpu_product(rows)) is not None:
             y = product(x2)
         elif self.kind == "int8" and rows <= INT8_KERNEL_ROWS and cpu:   # what torch.compile traces
@@ -114,7 +120,7 @@ class FrozenLinear(nn.Module):
             y = F.linear(x2.float(), self.weight.float())   # bf16 would be emulated: 10-30x slower
         else:
             y = F.linear(x2.to(torch.bfloat16), self.weight)
-        if torch.is_autocast_enabled(x.device.type):
+        if autocast:
             y = y if bias is None else y + bias.to(y.dtype)
         else:
             y = y.float() if bias is None else torch.add(bias, y)   # float32, one pass
@@ -135,9 +141,13 @@ class FrozenLinear(nn.Module):
             return functools.partial(aten_bf16_product, weight=self.bf16_weight)
         if self.kind == "int8" and rows <= INT8_KERNEL_ROWS:
             return functools.partial(_int8_product, qweight=self.qweight, scales=self.scales)
-        if self.packs and (packed := self._onednn_weight()) is not None:
-            return functools.partial(_packed_product, packed=packed)
+        if self._packs_rows(rows):
+            return functools.partial(_packed_product, packed=self._onednn_weight())
         return None
+
+    def _packs_rows(self, rows: int) -> bool:
+        """Whether products of `rows` rows multiply by the packed weight (_cpu_product's last case)."""
+        return rows > self.aten_rows and self.packs and self._onednn_weight() is not None
 
     def rows_product(self, rows: int) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
         """forward for `rows` float32 rows (rows, in) -> (rows, out) float32 outside autocast, as a
@@ -189,9 +199,10 @@ def _int8_product(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) 
     return torch.ops.aten._weight_int8pack_mm(x.to(torch.bfloat16).contiguous(), qweight, scales)
 
 
-def _packed_product(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
-    """x (N, in) times a bf16 weight in oneDNN's layout (FrozenLinear._onednn_weight), bf16 out."""
-    return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), packed, None, "none", [], "")
+def _packed_product(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x (N, in) times a bf16 weight in oneDNN's layout (FrozenLinear._onednn_weight), plus `bias`
+    (float32, added before the rounding) where given, bf16 out."""
+    return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), packed, bias, "none", [], "")
 
 
 def aten_bf16_product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

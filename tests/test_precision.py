@@ -355,7 +355,11 @@ def test_frozen_linear_multiplies_many_rows_by_a_weight_packed_once(monkeypatch)
         assert (got - ref).abs().max() < 0.02 * ref.abs().max()          # bf16 rounding of the output
         assert torch.equal(copy.deepcopy(frozen)(x), got)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            assert frozen(x).dtype == torch.bfloat16
+            under = frozen(x)                  # packed: the bias inside oneDNN's product, rounded once
+        assert under.dtype == torch.bfloat16
+        assert (under.float() - ref).abs().max() < 0.02 * ref.abs().max()
+        if packs:                         # the exact sum rounded once: within half a bf16 step
+            assert ((under.float() - ref).abs() <= 2 ** -8 * ref.abs() + 1e-5).all()
         head = inference.FrozenLinear(torch.randn(1500, 1000), None, "bf16")  # PACKED_ONE_ROW values
         one = head(x[0, :1, :1].expand(1, 1000).contiguous())
         assert head._onednn is not None                 # tried for one row too (False: this CPU cannot)
