@@ -104,17 +104,18 @@ class FrozenLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features)
         rows, cpu, bias = x2.shape[0], x2.is_cpu, self.bias
         autocast = torch.is_autocast_enabled(x.device.type)
-        if autocast and bias is not None and cpu and not torch.compiler.is_compiling() and self._packs_rows(rows):
+        eager_cpu = cpu and not torch.compiler.is_compiling()         # our own kernels (not traced)
+        if autocast and bias is not None and eager_cpu and self._packs_rows(rows):
             # the float32 bias added inside oneDNN's product, the sum rounded to bf16 once: one
             # pass over the output less than adding it after, 1.06-1.15x these products of 4,096 rows
             y = _packed_product(x2, self._onednn_weight(), bias)
             return y.view(*lead, self.out_features)
-        if cpu and not torch.compiler.is_compiling() and (product := self._cpu_product(rows)) is not None:
+        if eager_cpu and (product := self._cpu_product(rows)) is not None:
             y = product(x2)
         elif self.kind == "int8" and rows <= INT8_KERNEL_ROWS and cpu:   # what torch.compile traces
             y = _int8_product(x2, self.qweight, self.scales)
-        elif cpu and not self.native_bf16 and not torch.is_autocast_enabled("cpu"):
-            if self.int8_rows and not torch.compiler.is_compiling():
+        elif cpu and not self.native_bf16 and not autocast:
+            if self.int8_rows and eager_cpu:
                 y = torch.ops.quantized.linear_dynamic(x2.float().contiguous(), self._packed_weight(), False)
                 return y.view(*lead, self.out_features)         # float32, the bias added
             y = F.linear(x2.float(), self.weight.float())   # bf16 would be emulated: 10-30x slower
