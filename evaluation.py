@@ -355,6 +355,11 @@ def _evaluate_file(loaded: LoadedCheckpoint, test_file, *, separator, stride, ba
     if model.cfg.sep_token_id is not None and store.sep_id != model.cfg.sep_token_id:
         raise UserError(f"the tokenizer's separator id {store.sep_id} differs from the model's "
                         f"{model.cfg.sep_token_id}; pass the training tokenizer.json")
+    if loaded.identity.lowercase and _has_capitals(test_file, separator):
+        log.warning(f"warning: {test_file} has capital letters, but the tokenizer was trained on lowercased text "
+                    f"(prepare-corpus without --preserve-case): the model never saw them and scores them "
+                    f"badly; to measure it on this text as it was trained, run the file through "
+                    f"prepare-corpus first")
     log.info(f"evaluating {loaded.path.name} (step {loaded.meta.get('step', '?')}, block {model.cfg.block_size}) "
              f"on {test_file}: {store.n_docs} documents, {len(store.tokens)} tokens, device {loaded.device.type}")
     result, nats = _evaluate_stream(model, loaded.identity.tokenizer, store.tokens, store.doc_starts,
@@ -364,6 +369,17 @@ def _evaluate_file(loaded: LoadedCheckpoint, test_file, *, separator, stride, ba
                   precision=loaded.precision.to_dict(), quantize=loaded.quantize)
     log.info(f"{result['tokens']} tokens in {result['seconds']:.1f}s ({result['tokens_per_second']:.0f} tokens/s)")
     return result, nats
+
+
+def _has_capitals(path, separator: str, chunk_chars: int = 1 << 20) -> bool:
+    """Whether the text file at `path` (UTF-8) has a letter that lowercasing changes, outside its
+    separator lines."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        while chunk := f.read(chunk_chars):
+            chunk = chunk.replace(separator, "")
+            if chunk != chunk.lower():
+                return True
+    return False
 
 
 def evaluate(ckpt_path, tokenizer, test_file, *, separator=DOC_SEPARATOR, stride=None, batch_size=16,

@@ -19,7 +19,9 @@ written directly as JSON and safetensors.
 Differences a user of the export should know:
 - The exported tokenizer prepends the document separator (our BOS) when called with
   `add_special_tokens=True` (the default), as our training data has a separator before every
-  document; with `add_special_tokens=False` it gives exactly our tokenizer's ids.
+  document; with `add_special_tokens=False` it gives exactly our tokenizer's ids. A model
+  trained on lowercased text (tokenizer.trained_on_lowercase) gets a tokenizer that lowercases
+  its input, as our generate stage does.
 - GPT-NeoX in transformers has no document-aware attention: a sequence that contains the
   separator in the middle attends across it. Single documents (the normal generation case)
   give the same logits as our model.
@@ -176,10 +178,14 @@ def _special_tokens(tok, cfg) -> dict:
     return {**ids, "names": names}
 
 
-def _tokenizer_json(tok, special: dict) -> str:
+def _tokenizer_json(tok, special: dict, lowercase: bool = False) -> str:
     """Our tokenizer.json, plus a post-processor that prepends the separator (BOS) when
-    special tokens are requested; without them the ids are exactly ours."""
+    special tokens are requested; without them the ids are exactly ours. `lowercase` (a model
+    trained on lowercased text): a Lowercase normalizer, so that the export lowercases its input
+    as our generate stage does."""
     data = json.loads(tok.to_str())
+    if lowercase and data.get("normalizer") is None:
+        data["normalizer"] = {"type": "Lowercase"}
     sep_name, sep_id = special["names"]["sep"], special["sep"]
     existing = data.get("post_processor")
     if sep_name is not None and (existing is None or existing.get("type") == "ByteLevel"):
@@ -323,7 +329,7 @@ def export_hf(ckpt_path, tokenizer, out_dir) -> Path:
                "pad_token_id": special["pad"]}
         write_json("generation_config.json", gen)
         save_file(hf_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "tokenizer.json").write_text(_tokenizer_json(tok, special), encoding="utf-8")
+        (tmp / "tokenizer.json").write_text(_tokenizer_json(tok, special, identity.lowercase), encoding="utf-8")
         write_json("tokenizer_config.json", _tokenizer_config(special, cfg.block_size))
         write_json("special_tokens_map.json", special_map)
         (tmp / "README.md").write_text(_model_card(cfg, meta, model.num_parameters()), encoding="utf-8")

@@ -382,9 +382,14 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
                    stop_strings: Sequence[str] = (), num_samples: int = 1, batch_size: int = 1,
                    generator: Optional[torch.Generator] = None, compile: bool = False,
                    on_start: Optional[Callable[[int], None]] = None,
-                   on_text: Optional[Callable[[int, str], None]] = None) -> list[Generation]:
+                   on_text: Optional[Callable[[int, str], None]] = None,
+                   lowercase: bool = False) -> list[Generation]:
     """Generate `num_samples` continuations of each prompt -> results, prompt-major
     (result r is prompt r // num_samples, sample r % num_samples).
+
+    `lowercase`: the model was trained on lowercased text (TokenizerIdentity.lowercase): the
+    prompts and stop strings are lowercased before use, as prepare-corpus lowercased its corpus;
+    a result keeps its prompt as given.
 
     batch_size 1: results one after another; `on_start(r)` is called before result r and
     `on_text(r, piece)` with each final piece of its text as it is produced (streaming).
@@ -397,7 +402,9 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     ids = special_ids(tokenizer)
     stop_ids = (ids["sep"], ids["eos"])
     rows = [(p, j) for p in prompts for j in range(num_samples)]
-    encoded = {p: encode_prompt(tokenizer, p, ids["sep"]) for p in prompts}
+    encoded = {p: encode_prompt(tokenizer, p.lower() if lowercase else p, ids["sep"]) for p in prompts}
+    if lowercase:
+        stop_strings = [s.lower() for s in stop_strings]
     results: list[Optional[Generation]] = [None] * len(rows)
 
     # rows of similar prompt length together: less padding (results are put back in order)
@@ -429,15 +436,17 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     return results
 
 
-def complete(model, tokenizer, prompt: str, max_new_tokens: int = 40, temperature: float = 0.0) -> str:
+def complete(model, tokenizer, prompt: str, max_new_tokens: int = 40, temperature: float = 0.0,
+             lowercase: bool = False) -> str:
     """The continuation of `prompt` (without the prompt), greedy by default. For training's
-    per-evaluation sample: the model's train/eval mode is restored and its cache freed."""
+    per-evaluation sample: the model's train/eval mode is restored and its cache freed.
+    `lowercase`: as generate_texts."""
     cfg = SamplingConfig(temperature=temperature, top_k=0, top_p=1.0)
     generator = None
     if temperature > 0:
         generator = torch.Generator(device=_unwrap(model).tok_emb.weight.device).manual_seed(0)
     return generate_texts(model, tokenizer, [prompt], max_new_tokens=max_new_tokens, cfg=cfg,
-                          generator=generator)[0].text
+                          generator=generator, lowercase=lowercase)[0].text
 
 
 # =========================================================================== the generate stage
@@ -527,6 +536,9 @@ def run_generate(*, tokenizer, ckpt_path, prompts: Sequence[str], max_new_tokens
     dev = resolve_device(device)
     tokenizer = identity.tokenizer
     model, _ = load_model(ckpt_path, dev, identity)
+    if identity.lowercase and any(t != t.lower() for t in (*prompts, *stop_strings)):
+        log.info("the tokenizer was trained on lowercased text (prepare-corpus without --preserve-case): "
+                 "prompts and --stop strings are lowercased to match")
     prec = inference.resolve_precision_for(precision, dev, quantize, n_embd=model.cfg.n_embd,
                                            vocab_size=model.cfg.vocab_size, rows=batch_size,
                                            inference_layers=model.cfg.n_layer)
@@ -558,7 +570,7 @@ def run_generate(*, tokenizer, ckpt_path, prompts: Sequence[str], max_new_tokens
         with context():
             results = generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, cfg=cfg,
                                      stop_strings=stop_strings, num_samples=num_samples, batch_size=batch_size,
-                                     generator=generator, compile=compile,
+                                     generator=generator, compile=compile, lowercase=identity.lowercase,
                                      **(dict(on_start=on_start, on_text=on_text) if stream else {}))
     except _compile_errors() as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

@@ -8,6 +8,7 @@ the sha256 of the tokenizer file (tokenizer_hash). Corpus reading is corpus.py's
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -31,6 +32,7 @@ MIN_VOCAB_SIZE = BYTE_ALPHABET + N_SPECIAL
 MAX_VOCAB_SIZE = MODEL_LIMITS["vocab_size"]
 FITNESS_SAMPLE_CHARS = 2_000_000         # characters of training text used for the fitness report
 FITNESS_MIN_WORD_CHARS = 8
+LOWERCASE_MIN_MERGES = 200               # trained_on_lowercase decides from at least this many merges
 
 
 # ---------------------------------------------------------------------------------------- tokenizer
@@ -311,6 +313,33 @@ def _byte_level_alphabet() -> dict:
     return {**{chr(b): b for b in kept}, **{chr(256 + n): b for n, b in enumerate(others)}}
 
 
+def trained_on_lowercase(tok) -> bool:
+    """Whether byte-level BPE `tok` was trained on lowercased text (prepare-corpus without
+    --preserve-case): it learned at least LOWERCASE_MIN_MERGES merges and none of them holds a
+    letter that lowercasing changes. Its model has then never seen a capital inside a word: "El
+    Gobierno" reaches it as the bytes "E", "l", "G", "o", ... (17 tokens for "Señorías, el
+    Gobierno de España" against 6 lowercased), so prompts and stop strings are lowercased for it.
+
+    Upper-case words are among the first merges of any cased corpus ("ĠEl", "ĠLa", "ĠA" in
+    Spanish); a cased corpus none of whose capitals made it into the merges is one the model saw
+    almost no capitals in, where lowercasing its input costs next to nothing. False for a
+    tokenizer that is not byte-level."""
+    byte_of = _byte_level_alphabet()
+    added = {t.content for t in tok.get_added_tokens_decoder().values()}
+    merges = 0
+    for piece in tok.get_vocab(with_added_tokens=False):
+        if piece in added or len(piece) < 2:
+            continue
+        try:
+            text = bytes(byte_of[ch] for ch in piece).decode("utf-8", errors="ignore")
+        except KeyError:        # a character outside the byte-level alphabet
+            return False
+        if text != text.lower():
+            return False
+        merges += 1
+    return merges >= LOWERCASE_MIN_MERGES
+
+
 # ---------------------------------------------------------------------------------------- identity
 
 @dataclass(frozen=True)
@@ -321,6 +350,11 @@ class TokenizerIdentity:
     sha256: str              # of the file bytes, as tokenizer_hash
     vocab_size: int          # special tokens included
     special: dict            # special_ids: {'sep': 0, 'eos': ..., 'pad': ...}
+
+    @functools.cached_property
+    def lowercase(self) -> bool:
+        """trained_on_lowercase(tokenizer), worked out at first use (a pass over the vocabulary)."""
+        return trained_on_lowercase(self.tokenizer)
 
 
 def as_identity(tokenizer: "str | os.PathLike | TokenizerIdentity") -> TokenizerIdentity:

@@ -405,7 +405,8 @@ class Trainer:
         if not self.dist.is_main:                      # only rank 0 records it
             return ""
         return self.sample_prompt + generation.complete(self.model, self.tokenizer, self.sample_prompt,
-                                                        max_new_tokens=SAMPLE_TOKENS, temperature=0.0)
+                                                        max_new_tokens=SAMPLE_TOKENS, temperature=0.0,
+                                                        lowercase=self.identity.lowercase)
 
     def evaluate_and_save(self) -> bool:
         """Validation loss + sample -> history; ckpt_best.pt on improvement, then ckpt_last.pt and
