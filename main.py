@@ -346,10 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     # ---- init-tokenizer
     p = sub.add_parser("init-tokenizer", formatter_class=fmt, help="train a byte-level BPE tokenizer")
-    p.add_argument("--files", nargs="+", required=True, help="training text files (cleaned corpus)")
+    p.add_argument("--files", "--corpus", dest="files", nargs="+", required=True,
+                   help="training text files (cleaned corpus)")
     p.add_argument("--vocab-size", type=_positive_int, default=32000,
                    help="vocabulary size in tokens, special tokens included (at least 259 = 256 bytes + 3 specials)")
-    p.add_argument("--out", required=True, help="output tokenizer.json")
+    p.add_argument("--out", "--output", dest="out", required=True, help="output tokenizer.json")
     p.add_argument("--min-frequency", type=_positive_int, default=2, help="minimum pair frequency for a merge")
     p.add_argument("--separator", default=DOC_SEPARATOR,
                    help="document separator line in the files; becomes special token id 0 of the tokenizer")
@@ -454,14 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", formatter_class=fmt, help="export a checkpoint as a Hugging Face model folder")
     p.add_argument("--ckpt", required=True, help="checkpoint to export")
     p.add_argument("--tokenizer", required=True, help="tokenizer.json the model was trained with")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", "--output", dest="out", required=True, help="output folder")
     _common(p)
     p.set_defaults(func=cmd_export)
 
     # ---- report
     p = sub.add_parser("report", formatter_class=fmt, help="one self-contained HTML page comparing runs")
     p.add_argument("runs", nargs="+", help="run folders (with history.json and config.json)")
-    p.add_argument("--out", required=True, help="output .html file")
+    p.add_argument("--out", "--output", dest="out", required=True, help="output .html file")
     _common(p)
     p.set_defaults(func=cmd_report)
 

@@ -345,3 +345,16 @@ def test_fast_encoder_without_tiktoken_is_none(tok, monkeypatch):
     monkeypatch.setattr(tokenizer, "_FAST_ENCODERS", {})
     monkeypatch.setitem(sys.modules, "tiktoken", None)     # import tiktoken raises ImportError
     assert tokenizer.fast_plain_encoder(tok) is None
+
+
+def test_output_and_input_flags_take_the_names_of_the_other_stages(spanish_file, tok_path, cli, tmp_path):
+    """init-tokenizer also takes --corpus (as analyze-corpus and train) and --output (as
+    prepare-corpus and generate); export and report take --output too."""
+    proc = cli("init-tokenizer", "--corpus", spanish_file, "--vocab-size", 600, "--output", tmp_path / "t.json",
+               "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "t.json").read_bytes() == tok_path.read_bytes()   # as --files ... --out
+    import main
+    parser = main.build_parser()
+    assert parser.parse_args(["export", "--ckpt", "c.pt", "--tokenizer", "t.json", "--output", "hf"]).out == "hf"
+    assert parser.parse_args(["report", "run", "--output", "r.html"]).out == "r.html"
