@@ -316,9 +316,10 @@ def _byte_level_alphabet() -> dict:
 def trained_on_lowercase(tok) -> bool:
     """Whether byte-level BPE `tok` was trained on lowercased text (prepare-corpus without
     --preserve-case): it learned at least LOWERCASE_MIN_MERGES merges and none of them holds a
-    letter that lowercasing changes. Its model has then never seen a capital inside a word: "El
-    Gobierno" reaches it as the bytes "E", "l", "G", "o", ... (17 tokens for "Señorías, el
-    Gobierno de España" against 6 lowercased), so prompts and stop strings are lowercased for it.
+    letter that lowercasing changes. Its model has then never seen a capital inside a word, and
+    capitalised words reach it in pieces ("Señorías, el Gobierno de España": "S", "e", "ñor",
+    "ías", ..., "G", "o", "bier", "no", ...: 17 tokens against 6 lowercased), so prompts and
+    stop strings are lowercased for it.
 
     Upper-case words are among the first merges of any cased corpus ("ĠEl", "ĠLa", "ĠA" in
     Spanish); a cased corpus none of whose capitals made it into the merges is one the model saw
