@@ -13,10 +13,8 @@ import generation as G
 import tokenizer as T
 from common import file_sha256
 from conftest import corpus_slice
-from model import GPT, ModelConfig
+from test_generation import train_tiny
 from tokenizer import load_identity
-
-BLOCK = 64
 
 
 def _docs(n_chars: int) -> list[str]:
@@ -36,23 +34,8 @@ def lower_run(tmp_path_factory):
     tok_path = d / "tokenizer.json"
     T.train_tokenizer([d / "corpus.txt"], vocab_size=512, out_path=tok_path, quiet=True)
     tok = T.load_tokenizer(tok_path)
-    ids = []
-    for x in docs:
-        ids += [0] + tok.encode(x, add_special_tokens=False).ids
-    data = torch.tensor(ids)
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_head=2, n_embd=32, block_size=BLOCK)
-    model = GPT(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(150):
-        starts = torch.randint(0, len(data) - BLOCK - 1, (16,), generator=g)
-        x = torch.stack([data[s:s + BLOCK] for s in starts])
-        y = torch.stack([data[s + 1:s + BLOCK + 1] for s in starts])
-        _, loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    model, _ = train_tiny(tok, docs, 150)
+    cfg = model.cfg
     ckpt = d / "ckpt_best.pt"
     torch.save({"model": model.state_dict(), "model_config": cfg.to_dict(), "step": 150,
                 "meta": {"tokenizer_hash": file_sha256(tok_path), "vocab_size": cfg.vocab_size,
