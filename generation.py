@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
@@ -378,6 +379,11 @@ def encode_prompt(tokenizer, prompt: str, sep_id: int = 0) -> list[int]:
     return [sep_id] + tokenizer.encode(prompt, add_special_tokens=False).ids
 
 
+def _as_trained(text: str, lowercase: bool) -> str:
+    """`text` in the form prepare-corpus gives a corpus: lowercased where `lowercase`, then NFC."""
+    return unicodedata.normalize("NFC", text.lower() if lowercase else text)
+
+
 def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, cfg: SamplingConfig,
                    stop_strings: Sequence[str] = (), num_samples: int = 1, batch_size: int = 1,
                    generator: Optional[torch.Generator] = None, compile: bool = False,
@@ -387,9 +393,10 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     """Generate `num_samples` continuations of each prompt -> results, prompt-major
     (result r is prompt r // num_samples, sample r % num_samples).
 
-    `lowercase`: the model was trained on lowercased text (TokenizerIdentity.lowercase): the
-    prompts and stop strings are lowercased before use, as prepare-corpus lowercased its corpus;
-    a result keeps its prompt as given.
+    Prompts and stop strings are put in Unicode NFC, as prepare-corpus puts every corpus (a
+    decomposed "ó", pasted from a PDF, would reach the model as a combining accent it never saw),
+    and lowercased where `lowercase`: the model was trained on lowercased text
+    (TokenizerIdentity.lowercase). A result keeps its prompt as given.
 
     batch_size 1: results one after another; `on_start(r)` is called before result r and
     `on_text(r, piece)` with each final piece of its text as it is produced (streaming).
@@ -402,9 +409,8 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: 
     ids = special_ids(tokenizer)
     stop_ids = (ids["sep"], ids["eos"])
     rows = [(p, j) for p in prompts for j in range(num_samples)]
-    encoded = {p: encode_prompt(tokenizer, p.lower() if lowercase else p, ids["sep"]) for p in prompts}
-    if lowercase:
-        stop_strings = [s.lower() for s in stop_strings]
+    encoded = {p: encode_prompt(tokenizer, _as_trained(p, lowercase), ids["sep"]) for p in prompts}
+    stop_strings = [_as_trained(s, lowercase) for s in stop_strings]
     results: list[Optional[Generation]] = [None] * len(rows)
 
     # rows of similar prompt length together: less padding (results are put back in order)

@@ -611,3 +611,24 @@ def test_generation_on_a_cpu_runs_the_token_decoder(monkeypatch):
     calls.clear()
     batch = list(G.generate_batch(model, [prompt, prompt[:5]], 10, GREEDY, stop_ids=()))
     assert len(calls) == 9 and [row[0] for row in batch] == want[:10]
+
+
+def test_prompts_and_stop_strings_are_put_in_nfc_as_the_corpus_was():
+    """A decomposed prompt or stop string (combining accents, as in text pasted from a PDF) acts
+    as its composed form, the one prepare-corpus writes; the result keeps the prompt as given."""
+    import unicodedata
+    model, tok = trained_model(), load_tok()
+    composed = "La canción de la región"
+    decomposed = unicodedata.normalize("NFD", composed)
+    assert decomposed != composed and tok.encode(decomposed).ids != tok.encode(composed).ids
+
+    def gen(prompt, **kw):
+        return G.generate_texts(model, tok, [prompt], max_new_tokens=40, cfg=G.SamplingConfig(temperature=0.8),
+                                generator=torch.Generator().manual_seed(1), **kw)[0]
+
+    want, got = gen(composed), gen(decomposed)
+    assert got.prompt == decomposed and got.token_ids == want.token_ids
+    accented = [w for w in want.text.split() if unicodedata.normalize("NFD", w) != w]
+    assert accented, want.text
+    stopped = gen(composed, stop_strings=[unicodedata.normalize("NFD", accented[0])])
+    assert stopped.finish_reason == "stop" and stopped.text == want.text[:want.text.index(accented[0])]
