@@ -30,6 +30,7 @@ import math
 import os
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -355,11 +356,11 @@ def _evaluate_file(loaded: LoadedCheckpoint, test_file, *, separator, stride, ba
     if model.cfg.sep_token_id is not None and store.sep_id != model.cfg.sep_token_id:
         raise UserError(f"the tokenizer's separator id {store.sep_id} differs from the model's "
                         f"{model.cfg.sep_token_id}; pass the training tokenizer.json")
-    if loaded.identity.lowercase and _has_capitals(test_file, separator):
-        log.warning(f"warning: {test_file} has capital letters, but the tokenizer was trained on lowercased text "
-                    f"(prepare-corpus without --preserve-case): the model never saw them and scores them "
-                    f"badly; to measure it on this text as it was trained, run the file through "
-                    f"prepare-corpus first")
+    unseen = _unprepared(test_file, separator, loaded.identity.lowercase)
+    if unseen:
+        log.warning(f"warning: {test_file} has {' and '.join(unseen)}, which prepare-corpus changes in every "
+                    f"corpus: the model never saw them and scores them badly; to measure it on this text as "
+                    f"it was trained, run the file through prepare-corpus first")
     log.info(f"evaluating {loaded.path.name} (step {loaded.meta.get('step', '?')}, block {model.cfg.block_size}) "
              f"on {test_file}: {store.n_docs} documents, {len(store.tokens)} tokens, device {loaded.device.type}")
     result, nats = _evaluate_stream(model, loaded.identity.tokenizer, store.tokens, store.doc_starts,
@@ -371,15 +372,22 @@ def _evaluate_file(loaded: LoadedCheckpoint, test_file, *, separator, stride, ba
     return result, nats
 
 
-def _has_capitals(path, separator: str, chunk_chars: int = 1 << 20) -> bool:
-    """Whether the text file at `path` (UTF-8) has a letter that lowercasing changes, outside its
-    separator lines."""
+def _unprepared(path, separator: str, lowercase: bool, chunk_chars: int = 1 << 20) -> list[str]:
+    """What prepare-corpus would change in the text file at `path` (UTF-8), outside its separator
+    lines, that a model trained on its output never saw: accents as separate combining marks (not
+    Unicode NFC) and, where `lowercase` (the tokenizer was trained on lowercased text), capitals."""
+    checks = {"decomposed accents (not Unicode NFC)": lambda text: not unicodedata.is_normalized("NFC", text)}
+    if lowercase:
+        checks["capital letters (the tokenizer was trained on lowercased text)"] = lambda text: text != text.lower()
+    found = []
     with open(path, encoding="utf-8", errors="replace") as f:
-        while chunk := f.read(chunk_chars):
+        while checks and (chunk := f.read(chunk_chars)):
             chunk = chunk.replace(separator, "")
-            if chunk != chunk.lower():
-                return True
-    return False
+            for what, present in list(checks.items()):
+                if present(chunk):
+                    found.append(what)
+                    del checks[what]
+    return found
 
 
 def evaluate(ckpt_path, tokenizer, test_file, *, separator=DOC_SEPARATOR, stride=None, batch_size=16,
