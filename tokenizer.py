@@ -314,31 +314,20 @@ def _byte_level_alphabet() -> dict:
 
 
 def trained_on_lowercase(tok) -> bool:
-    """Whether byte-level BPE `tok` was trained on lowercased text (prepare-corpus without
-    --preserve-case): it learned at least LOWERCASE_MIN_MERGES merges and none of them holds a
-    letter that lowercasing changes. Its model has then never seen a capital inside a word, and
+    """Whether `tok` was trained on lowercased text (prepare-corpus without --preserve-case): it
+    learned at least LOWERCASE_MIN_MERGES merges and none of them decodes to text holding a letter
+    that lowercasing changes. Its model has then never seen a capital inside a word, and
     capitalised words reach it in pieces ("Señorías, el Gobierno de España": "S", "e", "ñor",
     "ías", ..., "G", "o", "bier", "no", ...: 17 tokens against 6 lowercased), so prompts and
     stop strings are lowercased for it.
 
     Upper-case words are among the first merges of any cased corpus ("ĠEl", "ĠLa", "ĠA" in
     Spanish); a cased corpus none of whose capitals made it into the merges is one the model saw
-    almost no capitals in, where lowercasing its input costs next to nothing. False for a
-    tokenizer that is not byte-level."""
-    byte_of = _byte_level_alphabet()
+    almost no capitals in, where lowercasing its input costs next to nothing."""
     added = {t.content for t in tok.get_added_tokens_decoder().values()}
-    merges = 0
-    for piece in tok.get_vocab(with_added_tokens=False):
-        if piece in added or len(piece) < 2:
-            continue
-        try:
-            text = bytes(byte_of[ch] for ch in piece).decode("utf-8", errors="ignore")
-        except KeyError:        # a character outside the byte-level alphabet
-            return False
-        if text != text.lower():
-            return False
-        merges += 1
-    return merges >= LOWERCASE_MIN_MERGES
+    merges = [i for piece, i in tok.get_vocab(with_added_tokens=False).items() if len(piece) > 1 and piece not in added]
+    return len(merges) >= LOWERCASE_MIN_MERGES and \
+        all(text == text.lower() for text in tok.decode_batch([[i] for i in merges]))
 
 
 # ---------------------------------------------------------------------------------------- identity
